@@ -1,0 +1,94 @@
+// The node's configuration model (one JSON file; see docs/configuration.md).
+// The JSON adapter fills it; ValidateConfig checks what the file format
+// cannot. Plain values; no threads involved.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/priority.h"
+#include "platform/status.h"
+
+namespace ws {
+
+struct NodeConfig {
+  std::string id = "gw-0001";
+  std::string site = "default";
+};
+
+struct StorageConfig {
+  std::string path = "var/outbox.db";
+  uint64_t max_bytes = 268435456;   // 256 MiB
+  int64_t retain_delivered_s = 0;   // keep delivered events for replay; 0 = delete on ack
+  int64_t commit_window_us = 2000;  // longest a group commit waits to gather more events
+};
+
+struct TokenConfig {
+  std::string name;
+  std::string sha256;  // lowercase hex of the token's SHA-256
+  std::vector<std::string> allow_types;  // globs; empty = all
+  double rate_per_s = 0;                 // 0 = unlimited
+  double burst = 0;
+};
+
+struct ApiConfig {
+  std::vector<std::string> listen = {"127.0.0.1:8080"};  // "HOST:PORT", "[V6]:PORT" or "unix:PATH"
+  std::vector<TokenConfig> tokens;
+  uint64_t max_event_bytes = 262144;  // 256 KiB
+  uint32_t max_connections = 256;
+};
+
+struct EndpointConfig {
+  std::string name;
+  std::string host;
+  uint16_t port = 1883;
+};
+
+enum class MqttProtocol { kMqtt5, kMqtt311 };
+
+struct BackboneConfig {
+  std::vector<EndpointConfig> endpoints;
+  MqttProtocol protocol = MqttProtocol::kMqtt5;
+  std::string topic_prefix = "waystation/{site}/{node}";
+  std::string client_id;  // default: "waystation-{node}"
+  uint32_t keepalive_s = 30;
+  uint32_t inflight_window = 1000;
+};
+
+struct RouteConfig {
+  std::string match_type;  // glob on the event type: '*' matches any run of characters
+  std::string topic;       // template: {prefix} {type} {source} {site} {node}
+  Priority priority = Priority::kNormal;
+  int64_t ttl_s = 0;       // 0 = no expiry
+};
+
+struct ManagementConfig {
+  bool enabled = true;
+  bool require_signed_commands = false;
+};
+
+struct LogConfig {
+  std::string level = "info";
+  std::string format = "json";  // "json" | "text"
+};
+
+struct Config {
+  NodeConfig node;
+  StorageConfig storage;
+  ApiConfig api;
+  BackboneConfig backbone;
+  std::vector<RouteConfig> routes;
+  ManagementConfig management;
+  LogConfig log;
+};
+
+// Checks the values (ranges, formats, cross-field rules) and appends one
+// human-readable reason per problem to `errors`, each naming the key
+// ("backbone.endpoints[1].port: ..."). True if there were none.
+bool ValidateConfig(const Config& config, std::vector<std::string>* errors);
+
+// Replaces {site} and {node} in the topic prefix.
+std::string ExpandTopicPrefix(const Config& config);
+
+}  // namespace ws

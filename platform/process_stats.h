@@ -1,0 +1,24 @@
+// Figures about this process from /proc/self: memory and bytes written to
+// storage (flash wear). Safe from any thread.
+#pragma once
+
+#include <cstdint>
+
+#include "platform/status.h"
+
+namespace ws {
+
+struct ProcessStats {
+  uint64_t rss_bytes = 0;        // VmRSS from /proc/self/status
+  uint64_t peak_rss_bytes = 0;   // VmHWM
+  uint64_t write_bytes = 0;      // bytes sent to the storage layer (/proc/self/io write_bytes)
+  uint64_t read_bytes = 0;       // /proc/self/io read_bytes
+  uint64_t cpu_user_us = 0;      // getrusage
+  uint64_t cpu_system_us = 0;
+  uint32_t threads = 0;
+  uint32_t open_fds = 0;
+};
+
+Result<ProcessStats> ReadProcessStats();
+
+}  // namespace ws

@@ -1,0 +1,246 @@
+#include "tests/support/test_support.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace ws::testing {
+namespace {
+
+void SleepMs(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  std::string w;
+  while (in >> w) out.push_back(w);
+  return out;
+}
+
+}  // namespace
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/ws-test-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (mkdtemp(buf.data()) == nullptr) {
+    std::perror("mkdtemp");
+    std::abort();
+  }
+  path_ = buf.data();
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+uint16_t FreeLoopbackPort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) std::abort();
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) std::abort();
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) std::abort();
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+bool WaitForPort(uint16_t port, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    close(fd);
+    if (rc == 0) return true;
+    SleepMs(20);
+  }
+  return false;
+}
+
+Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_path) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  int log_fd = -1;
+  if (!log_path.empty()) {
+    log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  }
+  pid_ = fork();
+  if (pid_ < 0) std::abort();
+  if (pid_ == 0) {
+    if (log_fd >= 0) {
+      dup2(log_fd, 1);
+      dup2(log_fd, 2);
+    }
+    // Signals blocked by the test (e.g. a SignalWatcher) must not stay
+    // blocked in the child.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    execvp(args[0], args.data());
+    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  if (log_fd >= 0) close(log_fd);
+}
+
+Subprocess::~Subprocess() { Kill(); }
+
+bool Subprocess::running() {
+  if (pid_ <= 0) return false;
+  int st = 0;
+  pid_t r = waitpid(pid_, &st, WNOHANG);
+  if (r == 0) return true;
+  if (r == pid_) {
+    exit_code_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    pid_ = -1;
+  }
+  return false;
+}
+
+bool Subprocess::Signal(int sig) { return running() && kill(pid_, sig) == 0; }
+
+int Subprocess::Wait(int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (running()) {
+    if (std::chrono::steady_clock::now() >= deadline) return -1;
+    SleepMs(10);
+  }
+  return exit_code_;
+}
+
+void Subprocess::Kill() {
+  if (running()) {
+    kill(pid_, SIGKILL);
+    int st = 0;
+    waitpid(pid_, &st, 0);
+    exit_code_ = 128 + SIGKILL;
+    pid_ = -1;
+  }
+}
+
+int RunCommand(const std::vector<std::string>& argv, std::string* out, int timeout_ms) {
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) return -1;
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    dup2(pipefd[1], 1);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    std::vector<char*> args;
+    std::vector<std::string> copy = argv;
+    for (auto& a : copy) args.push_back(a.data());
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  close(pipefd[1]);
+  fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+  std::string buf;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  int code = -1;
+  for (;;) {
+    char chunk[4096];
+    ssize_t n = read(pipefd[0], chunk, sizeof chunk);
+    if (n > 0) {
+      buf.append(chunk, static_cast<size_t>(n));
+      continue;
+    }
+    int st = 0;
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid) {
+      while ((n = read(pipefd[0], chunk, sizeof chunk)) > 0) buf.append(chunk, static_cast<size_t>(n));
+      code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      code = -1;
+      break;
+    }
+    SleepMs(5);
+  }
+  close(pipefd[0]);
+  if (out) *out = std::move(buf);
+  return code;
+}
+
+MosquittoBroker::MosquittoBroker(std::string extra_config, uint16_t port)
+    : extra_(std::move(extra_config)), port_(port != 0 ? port : FreeLoopbackPort()) {
+  log_ = dir_.File("mosquitto.log");
+  if (!Start()) std::fprintf(stderr, "mosquitto did not start on port %u; log %s\n", port_, log_.c_str());
+}
+
+MosquittoBroker::~MosquittoBroker() { Kill(); }
+
+bool MosquittoBroker::Start() {
+  Kill();
+  std::string conf = dir_.File("mosquitto.conf");
+  {
+    std::ofstream f(conf);
+    f << "listener " << port_ << " 127.0.0.1\n"
+      << "allow_anonymous true\n"
+      << "persistence false\n"
+      << "log_dest stderr\n"
+      << "max_inflight_messages 0\n"
+      << "max_queued_messages 0\n"
+      << extra_ << "\n";
+  }
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    proc_ = std::make_unique<Subprocess>(std::vector<std::string>{"mosquitto", "-c", conf}, log_);
+    if (WaitForPort(port_, 5000)) return true;
+    Kill();
+    SleepMs(200);  // the port may still be in TIME_WAIT or taken: try again
+  }
+  return false;
+}
+
+void MosquittoBroker::Kill() {
+  if (proc_ != nullptr) {
+    proc_->Kill();
+    proc_.reset();
+  }
+}
+
+std::string DaemonPath() { return std::string(WS_TEST_BINARY_DIR) + "/firmware/waystation"; }
+
+std::vector<std::string> EmulatorPrefix() { return Split(WS_EMULATOR); }
+
+std::string SourceDir() { return WS_SOURCE_DIR; }
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace ws::testing

@@ -1,0 +1,96 @@
+// Helpers for tests that use real parts: temporary folders, child processes
+// (ended only by their own PID), a real mosquitto broker on a free loopback
+// port, and the daemon binary (run under the emulator in cross builds).
+// Test-thread only.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ws::testing {
+
+// A fresh folder under $TMPDIR, removed (recursively) on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// A loopback TCP port that was free a moment ago (bound to port 0, closed).
+uint16_t FreeLoopbackPort();
+
+// True once something accepts TCP connections on 127.0.0.1:port.
+bool WaitForPort(uint16_t port, int timeout_ms);
+
+// A child process started with execvp. The destructor kills it (SIGKILL) by
+// its PID and reaps it if it is still running.
+class Subprocess {
+ public:
+  // `argv[0]` is looked up in PATH. stdout/stderr go to `log_path` if given,
+  // else they are inherited.
+  Subprocess(std::vector<std::string> argv, const std::string& log_path = "");
+  ~Subprocess();
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  // Sends `sig`; returns false if the process is gone.
+  bool Signal(int sig);
+  // Waits up to timeout_ms for exit; returns the exit code, 128+signal for a
+  // signal death, or -1 on timeout.
+  int Wait(int timeout_ms);
+  // SIGKILL and reap.
+  void Kill();
+
+ private:
+  pid_t pid_ = -1;
+  int exit_code_ = -1;
+};
+
+// Runs a command to completion (bounded by timeout_ms, then killed) and
+// returns its exit code; stdout into *out if given.
+int RunCommand(const std::vector<std::string>& argv, std::string* out, int timeout_ms = 30000);
+
+// A real mosquitto broker on 127.0.0.1 at a free port, no persistence,
+// anonymous allowed. `extra_config` lines are appended to its config file.
+class MosquittoBroker {
+ public:
+  explicit MosquittoBroker(std::string extra_config = "", uint16_t port = 0);
+  ~MosquittoBroker();
+  // Starts (again) on the same port. False if it did not come up.
+  bool Start();
+  void Kill();  // SIGKILL, like a crash or power cut of the broker
+  bool running() const { return proc_ != nullptr; }
+  uint16_t port() const { return port_; }
+  const std::string& log_path() const { return log_; }
+
+ private:
+  TempDir dir_;
+  std::string extra_;
+  uint16_t port_;
+  std::string log_;
+  std::unique_ptr<Subprocess> proc_;
+};
+
+// build/<preset>/firmware/waystation of the build running this test.
+std::string DaemonPath();
+// The emulator prefix for target binaries ("" natively, e.g. {"qemu-aarch64","-L","/"}).
+std::vector<std::string> EmulatorPrefix();
+std::string SourceDir();
+
+// Reads a file; "" if it cannot be read.
+std::string Slurp(const std::string& path);
+
+}  // namespace ws::testing
