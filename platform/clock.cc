@@ -28,7 +28,7 @@ Clock& SystemClock() {
   return clock;
 }
 
-void FormatRfc3339(int64_t wall_micros, char (&out)[32]) {
+void FormatRfc3339(int64_t wall_micros, char (&out)[48]) {
   int64_t secs = wall_micros / 1'000'000;
   int64_t micros = wall_micros % 1'000'000;
   if (micros < 0) {

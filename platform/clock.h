@@ -45,6 +45,6 @@ class FakeClock final : public Clock {
 
 // Formats a wall time as RFC 3339 UTC with microseconds: 2026-11-21T10:00:00.000000Z.
 // Threads: any.
-void FormatRfc3339(int64_t wall_micros, char (&out)[32]);
+void FormatRfc3339(int64_t wall_micros, char (&out)[48]);
 
 }  // namespace ws

@@ -75,7 +75,7 @@ void AppendJsonEscaped(std::string* out, std::string_view s) {
 void Log(LogLevel level, std::string_view component, std::string_view message,
          std::initializer_list<LogField> fields) {
   if (!LogEnabled(level)) return;
-  char ts[32];
+  char ts[48];
   FormatRfc3339(SystemClock().WallMicros(), ts);
   std::string line;
   line.reserve(128);

@@ -1,0 +1,188 @@
+#include "core/event.h"
+
+#include <cstring>
+
+namespace ws {
+namespace {
+
+constexpr uint8_t kRecordVersion = 1;
+
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+bool Digits(std::string_view s, size_t pos, size_t n) {
+  if (pos + n > s.size()) return false;
+  for (size_t i = 0; i < n; ++i) {
+    if (!IsDigit(s[pos + i])) return false;
+  }
+  return true;
+}
+
+int Num(std::string_view s, size_t pos, size_t n) {
+  int v = 0;
+  for (size_t i = 0; i < n; ++i) v = v * 10 + (s[pos + i] - '0');
+  return v;
+}
+
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+void PutString(std::string* out, std::string_view s) {
+  PutVarint(out, s.size());
+  out->append(s);
+}
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  bool Varint(uint64_t* v) {
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (in_.empty()) return false;
+      auto b = static_cast<uint8_t>(in_.front());
+      in_.remove_prefix(1);
+      *v |= uint64_t{b & 0x7fu} << shift;
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;
+  }
+  bool String(std::string* s) {
+    uint64_t n = 0;
+    if (!Varint(&n) || n > in_.size()) return false;
+    s->assign(in_.data(), static_cast<size_t>(n));
+    in_.remove_prefix(static_cast<size_t>(n));
+    return true;
+  }
+  bool Byte(uint8_t* b) {
+    if (in_.empty()) return false;
+    *b = static_cast<uint8_t>(in_.front());
+    in_.remove_prefix(1);
+    return true;
+  }
+  bool done() const { return in_.empty(); }
+
+ private:
+  std::string_view in_;
+};
+
+}  // namespace
+
+const std::string* Event::FindAttribute(std::string_view name) const {
+  for (const auto& [k, v] : attributes) {
+    if (k == name) return &v;
+  }
+  return nullptr;
+}
+
+void Event::SetAttribute(std::string_view name, std::string value) {
+  for (auto& [k, v] : attributes) {
+    if (k == name) {
+      v = std::move(value);
+      return;
+    }
+  }
+  attributes.emplace_back(std::string(name), std::move(value));
+}
+
+size_t Event::ApproximateBytes() const {
+  size_t n = specversion.size() + id.size() + source.size() + type.size() + data.size();
+  for (const auto& [k, v] : attributes) n += k.size() + v.size();
+  return n;
+}
+
+bool IsValidAttributeName(std::string_view name) {
+  if (name.empty() || name.size() > 20) return false;
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || IsDigit(c))) return false;
+  }
+  return true;
+}
+
+bool IsRfc3339(std::string_view s) {
+  // full-date "T" partial-time [frac] time-offset
+  if (!Digits(s, 0, 4) || s.size() < 20 || s[4] != '-' || !Digits(s, 5, 2) || s[7] != '-' || !Digits(s, 8, 2)) {
+    return false;
+  }
+  if (s[10] != 'T' && s[10] != 't') return false;
+  if (!Digits(s, 11, 2) || s[13] != ':' || !Digits(s, 14, 2) || s[16] != ':' || !Digits(s, 17, 2)) return false;
+  int month = Num(s, 5, 2), day = Num(s, 8, 2), hour = Num(s, 11, 2), minute = Num(s, 14, 2), sec = Num(s, 17, 2);
+  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || sec > 60) return false;
+  size_t pos = 19;
+  if (pos < s.size() && s[pos] == '.') {
+    ++pos;
+    size_t start = pos;
+    while (pos < s.size() && IsDigit(s[pos])) ++pos;
+    if (pos == start) return false;
+  }
+  if (pos >= s.size()) return false;
+  if (s[pos] == 'Z' || s[pos] == 'z') return pos + 1 == s.size();
+  if (s[pos] != '+' && s[pos] != '-') return false;
+  if (!Digits(s, pos + 1, 2) || pos + 3 >= s.size() || s[pos + 3] != ':' || !Digits(s, pos + 4, 2)) return false;
+  if (Num(s, pos + 1, 2) > 23 || Num(s, pos + 4, 2) > 59) return false;
+  return pos + 6 == s.size();
+}
+
+Status ValidateEvent(const Event& e) {
+  if (e.specversion != "1.0") return InvalidArgument("specversion: must be \"1.0\"");
+  if (e.id.empty()) return InvalidArgument("id: must be a non-empty string");
+  if (e.source.empty()) return InvalidArgument("source: must be a non-empty URI-reference");
+  if (e.type.empty()) return InvalidArgument("type: must be a non-empty string");
+  for (const auto& [name, value] : e.attributes) {
+    if (!IsValidAttributeName(name)) {
+      return InvalidArgument(name + ": attribute names are 1-20 characters of a-z and 0-9");
+    }
+    if (name == "time" && !IsRfc3339(value)) return InvalidArgument("time: must be an RFC 3339 timestamp");
+    if ((name == "datacontenttype" || name == "subject" || name == "dataschema") && value.empty()) {
+      return InvalidArgument(name + ": must not be empty when present");
+    }
+  }
+  return Status::Ok();
+}
+
+std::string EncodeEventRecord(const Event& e) {
+  std::string out;
+  out.reserve(e.ApproximateBytes() + 16 + 2 * e.attributes.size());
+  out.push_back(static_cast<char>(kRecordVersion));
+  PutString(&out, e.specversion);
+  PutString(&out, e.id);
+  PutString(&out, e.source);
+  PutString(&out, e.type);
+  PutVarint(&out, e.attributes.size());
+  for (const auto& [k, v] : e.attributes) {
+    PutString(&out, k);
+    PutString(&out, v);
+  }
+  out.push_back(static_cast<char>(e.data_kind));
+  PutString(&out, e.data);
+  return out;
+}
+
+Result<Event> DecodeEventRecord(std::string_view record) {
+  Reader r(record);
+  uint8_t version = 0;
+  if (!r.Byte(&version) || version != kRecordVersion) return DataLoss("event record: unknown version");
+  Event e;
+  uint64_t n = 0;
+  if (!r.String(&e.specversion) || !r.String(&e.id) || !r.String(&e.source) || !r.String(&e.type) ||
+      !r.Varint(&n) || n > record.size()) {
+    return DataLoss("event record: truncated header");
+  }
+  e.attributes.reserve(static_cast<size_t>(n));
+  for (uint64_t i = 0; i < n; ++i) {
+    std::string k, v;
+    if (!r.String(&k) || !r.String(&v)) return DataLoss("event record: truncated attributes");
+    e.attributes.emplace_back(std::move(k), std::move(v));
+  }
+  uint8_t kind = 0;
+  if (!r.Byte(&kind) || kind > static_cast<uint8_t>(DataKind::kBinary) || !r.String(&e.data) || !r.done()) {
+    return DataLoss("event record: bad data section");
+  }
+  e.data_kind = static_cast<DataKind>(kind);
+  return e;
+}
+
+}  // namespace ws
