@@ -40,6 +40,14 @@ bool ValidListen(std::string_view l) {
 
 }  // namespace
 
+bool IsLocalListenAddress(std::string_view l) {
+  if (l.rfind("unix:", 0) == 0) return true;
+  size_t colon = l.rfind(':');
+  if (colon == std::string_view::npos) return false;
+  std::string_view host = l.substr(0, colon);
+  return host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
 std::string ExpandTopicPrefix(const Config& config) {
   std::string out;
   const std::string& t = config.backbone.topic_prefix;
@@ -83,6 +91,14 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
   for (size_t i = 0; i < c.api.listen.size(); ++i) {
     if (!ValidListen(c.api.listen[i])) {
       err("api.listen[" + std::to_string(i) + "]", "expected \"HOST:PORT\", \"[IPV6]:PORT\" or \"unix:PATH\"");
+    }
+  }
+  if (c.api.tokens.empty()) {
+    for (size_t i = 0; i < c.api.listen.size(); ++i) {
+      if (ValidListen(c.api.listen[i]) && !IsLocalListenAddress(c.api.listen[i])) {
+        err("api.listen[" + std::to_string(i) + "]",
+            "\"" + c.api.listen[i] + "\" is not a loopback or Unix address; configure api.tokens before listening there");
+      }
     }
   }
   for (size_t i = 0; i < c.api.tokens.size(); ++i) {

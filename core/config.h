@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/priority.h"
@@ -15,6 +16,8 @@ namespace ws {
 struct NodeConfig {
   std::string id = "gw-0001";
   std::string site = "default";
+
+  bool operator==(const NodeConfig&) const = default;
 };
 
 struct StorageConfig {
@@ -22,6 +25,8 @@ struct StorageConfig {
   uint64_t max_bytes = 268435456;   // 256 MiB
   int64_t retain_delivered_s = 0;   // keep delivered events for replay; 0 = delete on ack
   int64_t commit_window_us = 2000;  // longest a group commit waits to gather more events
+
+  bool operator==(const StorageConfig&) const = default;
 };
 
 struct TokenConfig {
@@ -30,6 +35,8 @@ struct TokenConfig {
   std::vector<std::string> allow_types;  // globs; empty = all
   double rate_per_s = 0;                 // 0 = unlimited
   double burst = 0;
+
+  bool operator==(const TokenConfig&) const = default;
 };
 
 struct ApiConfig {
@@ -37,12 +44,16 @@ struct ApiConfig {
   std::vector<TokenConfig> tokens;
   uint64_t max_event_bytes = 262144;  // 256 KiB
   uint32_t max_connections = 256;
+
+  bool operator==(const ApiConfig&) const = default;
 };
 
 struct EndpointConfig {
   std::string name;
   std::string host;
   uint16_t port = 1883;
+
+  bool operator==(const EndpointConfig&) const = default;
 };
 
 enum class MqttProtocol { kMqtt5, kMqtt311 };
@@ -54,6 +65,8 @@ struct BackboneConfig {
   std::string client_id;  // default: "waystation-{node}"
   uint32_t keepalive_s = 30;
   uint32_t inflight_window = 1000;
+
+  bool operator==(const BackboneConfig&) const = default;
 };
 
 struct RouteConfig {
@@ -61,16 +74,22 @@ struct RouteConfig {
   std::string topic;       // template: {prefix} {type} {source} {site} {node}
   Priority priority = Priority::kNormal;
   int64_t ttl_s = 0;       // 0 = no expiry
+
+  bool operator==(const RouteConfig&) const = default;
 };
 
 struct ManagementConfig {
   bool enabled = true;
   bool require_signed_commands = false;
+
+  bool operator==(const ManagementConfig&) const = default;
 };
 
 struct LogConfig {
   std::string level = "info";
   std::string format = "json";  // "json" | "text"
+
+  bool operator==(const LogConfig&) const = default;
 };
 
 struct Config {
@@ -81,12 +100,18 @@ struct Config {
   std::vector<RouteConfig> routes;
   ManagementConfig management;
   LogConfig log;
+
+  bool operator==(const Config&) const = default;
 };
 
 // Checks the values (ranges, formats, cross-field rules) and appends one
 // human-readable reason per problem to `errors`, each naming the key
 // ("backbone.endpoints[1].port: ..."). True if there were none.
 bool ValidateConfig(const Config& config, std::vector<std::string>* errors);
+
+// True for a loopback TCP listen address (127.0.0.0/8, [::1], localhost) or
+// a "unix:" path. Listeners elsewhere require tokens (default-deny).
+bool IsLocalListenAddress(std::string_view listen);
 
 // Replaces {site} and {node} in the topic prefix.
 std::string ExpandTopicPrefix(const Config& config);

@@ -3,9 +3,17 @@
 // events or the outbox: it hands complete requests to one handler and writes
 // the responses back, in request order per connection (pipelining).
 //
-// Threads: Create, Close and every callback run on the loop thread. A handler
-// may answer later (after an outbox commit) by calling its Responder from the
-// loop thread; a Responder whose connection has gone is a no-op.
+// Threads: Create, Close, the destructor and every callback run on the loop
+// thread (or before Run() starts / after it returned). A handler may answer
+// later (after an outbox commit) by calling its Responder from the loop
+// thread; a Responder whose connection or server has gone is a no-op, and so
+// is a second call of the same Responder. Close may be called from inside a
+// handler; the destructor may not. Stats() and BoundAddresses() may be called
+// from any thread.
+//
+// Errors the server detects itself (malformed request, limits, too many
+// connections, timeouts) are answered with RFC 9457 problem+json bodies and
+// never reach the handler.
 #pragma once
 
 #include <cstdint>
@@ -57,12 +65,14 @@ struct HttpServerOptions {
 };
 
 struct HttpServerStats {
-  uint64_t connections_accepted = 0;
+  uint64_t connections_accepted = 0;  // admitted (served) connections
   uint64_t connections_open = 0;
-  uint64_t connections_rejected = 0;
-  uint64_t requests = 0;
-  uint64_t timeouts = 0;
-  uint64_t parse_errors = 0;
+  uint64_t connections_rejected = 0;  // turned away with 503 (max_connections)
+  uint64_t requests = 0;              // complete requests handed to the handler
+  uint64_t timeouts = 0;              // header, body or write timeouts (not idle closes)
+  uint64_t parse_errors = 0;          // malformed requests (400)
+  uint64_t limit_errors = 0;          // 411, 413, 414, 431
+  uint64_t responses = 0;             // responses queued, handler's and server's
 };
 
 class HttpServer {
@@ -92,11 +102,19 @@ class HttpServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// True for a loopback (127.0.0.0/8, ::1) TCP address or a "unix:" address, as
-// written in the configuration. Used for the default-deny rule.
+// True for a loopback (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104, "localhost")
+// TCP address or a "unix:" address, as written in the configuration; false
+// for anything else, including addresses that do not parse. No name lookup.
+// Used for the default-deny rule. Any thread.
 bool IsLocalListenAddress(std::string_view listen);
 
-// Standard reason phrase ("Accepted" for 202).
+// Standard reason phrase ("Accepted" for 202); "Unknown" for codes it does
+// not know.
 std::string_view HttpReasonPhrase(int status);
+
+// An RFC 9457 problem+json response:
+// {"type":"https://waystation.dev/problems/<slug>","title":<reason phrase>,
+//  "status":<status>,"detail":<detail>}. Any thread.
+HttpResponse ProblemResponse(int status, std::string_view slug, std::string_view detail);
 
 }  // namespace ws

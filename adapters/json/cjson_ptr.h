@@ -1,0 +1,37 @@
+// RAII owners for cJSON trees and printed strings. Internal to adapters/json.
+#pragma once
+
+#include <cjson/cJSON.h>
+
+#include <memory>
+#include <string>
+
+namespace ws::json_internal {
+
+struct CjsonDeleter {
+  void operator()(cJSON* p) const { cJSON_Delete(p); }
+};
+using CjsonPtr = std::unique_ptr<cJSON, CjsonDeleter>;
+
+struct CjsonStringDeleter {
+  void operator()(char* p) const { cJSON_free(p); }
+};
+
+// Prints `item` compactly; "" if cJSON fails to allocate.
+inline std::string PrintCompact(const cJSON* item) {
+  std::unique_ptr<char, CjsonStringDeleter> text(cJSON_PrintUnformatted(item));
+  return text ? std::string(text.get()) : std::string();
+}
+
+// Parses exactly one JSON value: trailing non-space bytes are an error.
+inline CjsonPtr ParseExact(std::string_view json) {
+  const char* end = nullptr;
+  CjsonPtr root(cJSON_ParseWithLengthOpts(json.data(), json.size(), &end, false));
+  if (!root) return nullptr;
+  const char* stop = json.data() + json.size();
+  while (end != nullptr && end < stop && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t')) ++end;
+  if (end != stop) return nullptr;
+  return root;
+}
+
+}  // namespace ws::json_internal

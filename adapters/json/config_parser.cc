@@ -1,0 +1,223 @@
+// The configuration file: strict. An unknown key is an error, never ignored
+// (a misspelt key silently falling back to a default is how fleets drift).
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+
+#include "adapters/json/cjson_ptr.h"
+#include "adapters/json/json_codec.h"
+
+namespace ws {
+namespace {
+
+using json_internal::CjsonPtr;
+using json_internal::ParseExact;
+
+class ConfigReader {
+ public:
+  explicit ConfigReader(std::vector<std::string>* errors) : errors_(errors) {}
+
+  void Error(const std::string& key, std::string_view why) {
+    std::string m = key;
+    m += ": ";
+    m += why;
+    errors_->push_back(std::move(m));
+  }
+
+  // Calls `fields` for each member of the object at `key`; members not
+  // handled (the callback returns false) are reported as unknown.
+  void Object(const cJSON* item, const std::string& key,
+              const std::function<bool(const std::string& name, const cJSON* value, const std::string& path)>& fields) {
+    if (!cJSON_IsObject(item)) {
+      Error(key.empty() ? "(root)" : key, "expected an object");
+      return;
+    }
+    for (const cJSON* it = item->child; it != nullptr; it = it->next) {
+      std::string path = key.empty() ? std::string(it->string) : key + "." + it->string;
+      if (!fields(it->string, it, path)) Error(path, "unknown key");
+    }
+  }
+
+  void String(const cJSON* v, const std::string& path, std::string* out) {
+    if (!cJSON_IsString(v)) return Error(path, "expected a string");
+    *out = v->valuestring;
+  }
+  void Bool(const cJSON* v, const std::string& path, bool* out) {
+    if (!cJSON_IsBool(v)) return Error(path, "expected true or false");
+    *out = cJSON_IsTrue(v) != 0;
+  }
+  void Double(const cJSON* v, const std::string& path, double* out) {
+    if (!cJSON_IsNumber(v) || !std::isfinite(v->valuedouble)) return Error(path, "expected a number");
+    *out = v->valuedouble;
+  }
+  template <typename T>
+  void Integer(const cJSON* v, const std::string& path, T* out) {
+    if (!cJSON_IsNumber(v) || std::floor(v->valuedouble) != v->valuedouble) {
+      return Error(path, "expected a whole number");
+    }
+    double d = v->valuedouble;
+    if (d < static_cast<double>(std::numeric_limits<T>::min()) ||
+        d > static_cast<double>(std::numeric_limits<T>::max())) {
+      return Error(path, "out of range");
+    }
+    *out = static_cast<T>(d);
+  }
+  void StringList(const cJSON* v, const std::string& path, std::vector<std::string>* out) {
+    if (!cJSON_IsArray(v)) return Error(path, "expected an array of strings");
+    out->clear();
+    size_t i = 0;
+    for (const cJSON* it = v->child; it != nullptr; it = it->next, ++i) {
+      if (!cJSON_IsString(it)) {
+        Error(path + "[" + std::to_string(i) + "]", "expected a string");
+        continue;
+      }
+      out->emplace_back(it->valuestring);
+    }
+  }
+  template <typename T>
+  void List(const cJSON* v, const std::string& path, std::vector<T>* out,
+            const std::function<void(const cJSON*, const std::string&, T*)>& element) {
+    if (!cJSON_IsArray(v)) return Error(path, "expected an array");
+    out->clear();
+    size_t i = 0;
+    for (const cJSON* it = v->child; it != nullptr; it = it->next, ++i) {
+      T value{};
+      element(it, path + "[" + std::to_string(i) + "]", &value);
+      out->push_back(std::move(value));
+    }
+  }
+
+ private:
+  std::vector<std::string>* errors_;
+};
+
+}  // namespace
+
+bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* errors) {
+  size_t before = errors->size();
+  CjsonPtr root = ParseExact(json);
+  if (!root) {
+    errors->push_back("(file): not valid JSON");
+    return false;
+  }
+  ConfigReader r(errors);
+  r.Object(root.get(), "", [&](const std::string& name, const cJSON* v, const std::string& path) {
+    if (name == "node") {
+      r.Object(v, path, [&](const std::string& n, const cJSON* f, const std::string& p) {
+        if (n == "id") r.String(f, p, &c->node.id);
+        else if (n == "site") r.String(f, p, &c->node.site);
+        else return false;
+        return true;
+      });
+    } else if (name == "storage") {
+      r.Object(v, path, [&](const std::string& n, const cJSON* f, const std::string& p) {
+        if (n == "path") r.String(f, p, &c->storage.path);
+        else if (n == "max_bytes") r.Integer(f, p, &c->storage.max_bytes);
+        else if (n == "retain_delivered_s") r.Integer(f, p, &c->storage.retain_delivered_s);
+        else if (n == "commit_window_us") r.Integer(f, p, &c->storage.commit_window_us);
+        else return false;
+        return true;
+      });
+    } else if (name == "api") {
+      r.Object(v, path, [&](const std::string& n, const cJSON* f, const std::string& p) {
+        if (n == "listen") {
+          r.StringList(f, p, &c->api.listen);
+        } else if (n == "max_event_bytes") {
+          r.Integer(f, p, &c->api.max_event_bytes);
+        } else if (n == "max_connections") {
+          r.Integer(f, p, &c->api.max_connections);
+        } else if (n == "tokens") {
+          r.List<TokenConfig>(f, p, &c->api.tokens, [&](const cJSON* t, const std::string& tp, TokenConfig* out) {
+            r.Object(t, tp, [&](const std::string& tn, const cJSON* tf, const std::string& tpp) {
+              if (tn == "name") r.String(tf, tpp, &out->name);
+              else if (tn == "sha256") r.String(tf, tpp, &out->sha256);
+              else if (tn == "allow_types") r.StringList(tf, tpp, &out->allow_types);
+              else if (tn == "rate_per_s") r.Double(tf, tpp, &out->rate_per_s);
+              else if (tn == "burst") r.Double(tf, tpp, &out->burst);
+              else return false;
+              return true;
+            });
+          });
+        } else {
+          return false;
+        }
+        return true;
+      });
+    } else if (name == "backbone") {
+      r.Object(v, path, [&](const std::string& n, const cJSON* f, const std::string& p) {
+        if (n == "endpoints") {
+          r.List<EndpointConfig>(f, p, &c->backbone.endpoints,
+                                 [&](const cJSON* e, const std::string& ep, EndpointConfig* out) {
+                                   r.Object(e, ep, [&](const std::string& en, const cJSON* ef, const std::string& epp) {
+                                     if (en == "name") r.String(ef, epp, &out->name);
+                                     else if (en == "host") r.String(ef, epp, &out->host);
+                                     else if (en == "port") r.Integer(ef, epp, &out->port);
+                                     else return false;
+                                     return true;
+                                   });
+                                 });
+        } else if (n == "protocol") {
+          std::string proto;
+          r.String(f, p, &proto);
+          if (proto == "mqtt5") c->backbone.protocol = MqttProtocol::kMqtt5;
+          else if (proto == "mqtt311") c->backbone.protocol = MqttProtocol::kMqtt311;
+          else if (cJSON_IsString(f)) r.Error(p, "must be \"mqtt5\" or \"mqtt311\"");
+        } else if (n == "topic_prefix") {
+          r.String(f, p, &c->backbone.topic_prefix);
+        } else if (n == "client_id") {
+          r.String(f, p, &c->backbone.client_id);
+        } else if (n == "keepalive_s") {
+          r.Integer(f, p, &c->backbone.keepalive_s);
+        } else if (n == "inflight_window") {
+          r.Integer(f, p, &c->backbone.inflight_window);
+        } else {
+          return false;
+        }
+        return true;
+      });
+    } else if (name == "routes") {
+      r.List<RouteConfig>(v, path, &c->routes, [&](const cJSON* rt, const std::string& rp, RouteConfig* out) {
+        r.Object(rt, rp, [&](const std::string& n, const cJSON* f, const std::string& p) {
+          if (n == "match_type") {
+            r.String(f, p, &out->match_type);
+          } else if (n == "topic") {
+            r.String(f, p, &out->topic);
+          } else if (n == "priority") {
+            std::string prio;
+            r.String(f, p, &prio);
+            if (cJSON_IsString(f) && !ParsePriority(prio, &out->priority)) {
+              r.Error(p, "must be one of control, high, normal, bulk");
+            }
+          } else if (n == "ttl_s") {
+            r.Integer(f, p, &out->ttl_s);
+          } else {
+            return false;
+          }
+          return true;
+        });
+      });
+    } else if (name == "management") {
+      r.Object(v, path, [&](const std::string& n, const cJSON* f, const std::string& p) {
+        if (n == "enabled") r.Bool(f, p, &c->management.enabled);
+        else if (n == "require_signed_commands") r.Bool(f, p, &c->management.require_signed_commands);
+        else return false;
+        return true;
+      });
+    } else if (name == "log") {
+      r.Object(v, path, [&](const std::string& n, const cJSON* f, const std::string& p) {
+        if (n == "level") r.String(f, p, &c->log.level);
+        else if (n == "format") r.String(f, p, &c->log.format);
+        else return false;
+        return true;
+      });
+    } else {
+      return false;
+    }
+    return true;
+  });
+  ValidateConfig(*c, errors);
+  return errors->size() == before;
+}
+
+}  // namespace ws

@@ -1,0 +1,243 @@
+#include "adapters/json/json_codec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "adapters/json/cjson_ptr.h"
+
+namespace ws {
+
+using json_internal::CjsonPtr;
+using json_internal::ParseExact;
+using json_internal::PrintCompact;
+
+namespace {
+
+bool IsJsonContentType(const std::string* ct) {
+  if (ct == nullptr) return true;  // CloudEvents: absent means application/json
+  std::string_view v(*ct);
+  size_t semi = v.find(';');
+  if (semi != std::string_view::npos) v = v.substr(0, semi);
+  while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
+  return v == "application/json" || v == "text/json" ||
+         (v.size() > 5 && v.substr(v.size() - 5) == "+json");
+}
+
+// Extension values may be strings, numbers or booleans; they travel as their
+// canonical string form (as in the MQTT and HTTP binary bindings).
+Result<std::string> AttributeValue(const cJSON* item, const char* name) {
+  if (cJSON_IsString(item)) return std::string(item->valuestring);
+  if (cJSON_IsBool(item)) return std::string(cJSON_IsTrue(item) ? "true" : "false");
+  if (cJSON_IsNumber(item)) {
+    double d = item->valuedouble;
+    if (std::floor(d) != d || std::fabs(d) > 2147483647.0) {
+      return InvalidArgument(std::string(name) + ": extension integers must be whole 32-bit numbers");
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.0f", d);
+    return std::string(buf);
+  }
+  return InvalidArgument(std::string(name) + ": must be a string, number or boolean");
+}
+
+Result<Event> EventFromObject(const cJSON* obj, bool allow_missing_id) {
+  if (!cJSON_IsObject(obj)) return InvalidArgument("event: must be a JSON object");
+  {
+    // Duplicate member names are ambiguous: refuse them (sorted, so a body
+    // with many keys cannot make this quadratic).
+    std::vector<std::string_view> names;
+    for (const cJSON* it = obj->child; it != nullptr; it = it->next) names.emplace_back(it->string);
+    std::sort(names.begin(), names.end());
+    auto dup = std::adjacent_find(names.begin(), names.end());
+    if (dup != names.end()) return InvalidArgument(std::string(*dup) + ": appears more than once");
+  }
+  Event e;
+  bool have_specversion = false, have_data = false, have_data_base64 = false;
+  const cJSON* data_item = nullptr;
+  for (const cJSON* it = obj->child; it != nullptr; it = it->next) {
+    std::string_view name(it->string);
+    if (name == "data") {
+      have_data = true;
+      data_item = it;
+      continue;
+    }
+    if (name == "data_base64") {
+      if (!cJSON_IsString(it)) return InvalidArgument("data_base64: must be a string");
+      WS_ASSIGN_OR_RETURN(e.data, Base64Decode(it->valuestring));
+      have_data_base64 = true;
+      continue;
+    }
+    if (name == "specversion" || name == "id" || name == "source" || name == "type") {
+      if (!cJSON_IsString(it)) return InvalidArgument(std::string(name) + ": must be a string");
+      std::string v = it->valuestring;
+      if (name == "specversion") {
+        e.specversion = std::move(v);
+        have_specversion = true;
+      } else if (name == "id") {
+        e.id = std::move(v);
+      } else if (name == "source") {
+        e.source = std::move(v);
+      } else {
+        e.type = std::move(v);
+      }
+      continue;
+    }
+    if (!IsValidAttributeName(name)) {
+      return InvalidArgument(std::string(name) + ": attribute names are 1-20 characters of a-z and 0-9");
+    }
+    if (cJSON_IsNull(it)) continue;  // an explicit null is the same as absent
+    WS_ASSIGN_OR_RETURN(std::string value, AttributeValue(it, it->string));
+    e.attributes.emplace_back(std::string(name), std::move(value));
+  }
+  if (!have_specversion) return InvalidArgument("specversion: required");
+  if (have_data && have_data_base64) return InvalidArgument("data: data and data_base64 are mutually exclusive");
+  if (have_data_base64) {
+    e.data_kind = DataKind::kBinary;
+  } else if (have_data && !cJSON_IsNull(data_item)) {
+    if (IsJsonContentType(e.FindAttribute("datacontenttype"))) {
+      e.data_kind = DataKind::kJson;
+      e.data = PrintCompact(data_item);
+      if (e.data.empty()) return Status(StatusCode::kResourceExhausted, "data: out of memory");
+    } else {
+      // A non-JSON content type carries its text as a JSON string.
+      if (!cJSON_IsString(data_item)) {
+        return InvalidArgument("data: must be a string for a non-JSON datacontenttype (or use data_base64)");
+      }
+      e.data_kind = DataKind::kBinary;
+      e.data = data_item->valuestring;
+    }
+  }
+  if (allow_missing_id && cJSON_GetObjectItemCaseSensitive(obj, "id") == nullptr) {
+    Event probe = e;
+    probe.id = "-";  // the caller assigns the real id
+    WS_TRY(ValidateEvent(probe));
+    return e;
+  }
+  WS_TRY(ValidateEvent(e));
+  return e;
+}
+
+}  // namespace
+
+Result<Event> ParseStructuredEvent(std::string_view json, bool allow_missing_id) {
+  CjsonPtr root = ParseExact(json);
+  if (!root) return InvalidArgument("body: not valid JSON");
+  return EventFromObject(root.get(), allow_missing_id);
+}
+
+Result<std::vector<Event>> ParseEventBatch(std::string_view json, bool allow_missing_id, size_t max_events) {
+  CjsonPtr root = ParseExact(json);
+  if (!root) return InvalidArgument("body: not valid JSON");
+  if (!cJSON_IsArray(root.get())) return InvalidArgument("body: a batch must be a JSON array of events");
+  std::vector<Event> out;
+  size_t i = 0;
+  for (const cJSON* it = root->child; it != nullptr; it = it->next, ++i) {
+    if (i >= max_events) {
+      return Status(StatusCode::kResourceExhausted, "body: more than " + std::to_string(max_events) + " events");
+    }
+    Result<Event> e = EventFromObject(it, allow_missing_id);
+    if (!e.ok()) return e.status().WithContext("[" + std::to_string(i) + "]");
+    out.push_back(std::move(e).value());
+  }
+  if (out.empty()) return InvalidArgument("body: the batch is empty");
+  return out;
+}
+
+std::string EncodeStructuredEvent(const Event& e) {
+  JsonWriter w;
+  w.String("specversion", e.specversion).String("id", e.id).String("source", e.source).String("type", e.type);
+  for (const auto& [k, v] : e.attributes) w.String(k, v);
+  std::string out = w.Finish();
+  // Splice the data in as raw text: re-parsing it would cost a tree per event.
+  if (e.data_kind != DataKind::kNone && !out.empty()) {
+    out.pop_back();  // '}'
+    if (e.data_kind == DataKind::kJson) {
+      out += ",\"data\":";
+      out += e.data;
+    } else {
+      out += ",\"data_base64\":\"";
+      out += Base64Encode(e.data);
+      out += '"';
+    }
+    out += '}';
+  }
+  return out;
+}
+
+bool IsValidJson(std::string_view json) { return ParseExact(json) != nullptr; }
+
+std::string CjsonLibraryVersion() { return cJSON_Version(); }
+
+class JsonWriter::Impl {
+ public:
+  Impl() : root_(cJSON_CreateObject()) { stack_.push_back(root_.get()); }
+  void Add(std::string_view key, cJSON* item) {
+    if (item == nullptr || stack_.empty()) {
+      failed_ = true;
+      cJSON_Delete(item);
+      return;
+    }
+    cJSON* parent = stack_.back();
+    if (cJSON_IsArray(parent)) {
+      if (!cJSON_AddItemToArray(parent, item)) failed_ = true;
+    } else {
+      std::string k(key);
+      if (!cJSON_AddItemToObject(parent, k.c_str(), item)) failed_ = true;
+    }
+  }
+  void Push(std::string_view key, cJSON* item) {
+    Add(key, item);
+    if (!failed_) stack_.push_back(item);
+  }
+  void Pop() {
+    if (stack_.size() > 1) stack_.pop_back();
+  }
+  std::string Finish() { return failed_ || !root_ ? std::string() : PrintCompact(root_.get()); }
+
+ private:
+  CjsonPtr root_;
+  std::vector<cJSON*> stack_;  // borrowed pointers into root_
+  bool failed_ = false;
+};
+
+JsonWriter::JsonWriter() : impl_(std::make_unique<Impl>()) {}
+JsonWriter::~JsonWriter() = default;
+
+JsonWriter& JsonWriter::String(std::string_view key, std::string_view value) {
+  std::string v(value);
+  impl_->Add(key, cJSON_CreateString(v.c_str()));
+  return *this;
+}
+JsonWriter& JsonWriter::Int(std::string_view key, int64_t value) {
+  impl_->Add(key, cJSON_CreateNumber(static_cast<double>(value)));
+  return *this;
+}
+JsonWriter& JsonWriter::Double(std::string_view key, double value) {
+  impl_->Add(key, cJSON_CreateNumber(value));
+  return *this;
+}
+JsonWriter& JsonWriter::Bool(std::string_view key, bool value) {
+  impl_->Add(key, cJSON_CreateBool(value ? 1 : 0));
+  return *this;
+}
+JsonWriter& JsonWriter::Null(std::string_view key) {
+  impl_->Add(key, cJSON_CreateNull());
+  return *this;
+}
+JsonWriter& JsonWriter::BeginObject(std::string_view key) {
+  impl_->Push(key, cJSON_CreateObject());
+  return *this;
+}
+JsonWriter& JsonWriter::BeginArray(std::string_view key) {
+  impl_->Push(key, cJSON_CreateArray());
+  return *this;
+}
+JsonWriter& JsonWriter::End() {
+  impl_->Pop();
+  return *this;
+}
+std::string JsonWriter::Finish() { return impl_->Finish(); }
+
+}  // namespace ws

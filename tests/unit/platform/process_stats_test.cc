@@ -1,0 +1,100 @@
+#include "platform/process_stats.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "platform/unique_fd.h"
+#include "tests/support/test_support.h"
+
+namespace ws {
+namespace {
+
+ProcessStats Read() {
+  Result<ProcessStats> r = ReadProcessStats();
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? *r : ProcessStats{};
+}
+
+TEST(ProcessStatsTest, MemoryFigures) {
+  ProcessStats st = Read();
+  EXPECT_GT(st.rss_bytes, 0u);
+  EXPECT_EQ(st.rss_bytes % 1024, 0u);  // reported in kB
+  EXPECT_GE(st.peak_rss_bytes, st.rss_bytes);
+}
+
+TEST(ProcessStatsTest, CountsThreads) {
+  uint32_t before = Read().threads;
+  ASSERT_GE(before, 1u);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  int started = 0;
+  std::vector<std::thread> workers;
+  for (int i = 0; i < 3; ++i) {
+    workers.emplace_back([&] {
+      std::unique_lock<std::mutex> lock(mu);
+      ++started;
+      cv.notify_all();
+      cv.wait(lock, [&] { return release; });
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return started == 3; });
+  }
+  uint32_t during = Read().threads;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  for (auto& t : workers) t.join();
+  EXPECT_EQ(during, before + 3);
+}
+
+TEST(ProcessStatsTest, CountsOpenDescriptors) {
+  uint32_t before = Read().open_fds;
+  std::vector<UniqueFd> fds;
+  for (int i = 0; i < 5; ++i) {
+    fds.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(fds.back().valid());
+  }
+  EXPECT_EQ(Read().open_fds, before + 5);
+  fds.clear();
+  EXPECT_EQ(Read().open_fds, before);
+}
+
+TEST(ProcessStatsTest, WriteBytesGrowWithFileWrites) {
+  ws::testing::TempDir dir;
+  ProcessStats before = Read();
+
+  constexpr size_t kTotal = 4 * 1024 * 1024;
+  {
+    UniqueFd fd(::open(dir.File("wear").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    ASSERT_TRUE(fd.valid());
+    std::string chunk(64 * 1024, 'w');
+    for (size_t done = 0; done < kTotal; done += chunk.size()) {
+      ASSERT_EQ(::write(fd.get(), chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+    }
+    ASSERT_EQ(::fsync(fd.get()), 0);
+  }
+  ProcessStats after = Read();
+
+  if (before.write_bytes == 0 && after.write_bytes == 0) {
+    GTEST_SKIP() << "/proc/self/io reports no write_bytes here (no task I/O accounting, an emulator, "
+                    "or a memory-backed TMPDIR)";
+  }
+  EXPECT_GE(after.write_bytes - before.write_bytes, kTotal / 2)
+      << "before " << before.write_bytes << " after " << after.write_bytes;
+  EXPECT_GT(after.cpu_user_us + after.cpu_system_us, 0u);
+}
+
+}  // namespace
+}  // namespace ws
