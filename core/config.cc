@@ -45,7 +45,11 @@ bool IsLocalListenAddress(std::string_view l) {
   size_t colon = l.rfind(':');
   if (colon == std::string_view::npos) return false;
   std::string_view host = l.substr(0, colon);
-  return host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+  if (host == "localhost" || host == "[::1]") return true;
+  // Only a numeric 127.x address: the listener resolves names, and a name
+  // such as "127.gw.example" can point at a public interface.
+  if (host.rfind("127.", 0) != 0) return false;
+  return host.find_first_not_of("0123456789.") == std::string_view::npos;
 }
 
 std::string ExpandTopicPrefix(const Config& config) {

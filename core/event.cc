@@ -23,6 +23,13 @@ int Num(std::string_view s, size_t pos, size_t n) {
   return v;
 }
 
+// RFC 3339 section 5.7: the day must exist in that month of that year.
+int DaysInMonth(int year, int month) {
+  static constexpr int kDays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (month == 2 && year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)) return 29;
+  return kDays[month - 1];
+}
+
 void PutVarint(std::string* out, uint64_t v) {
   while (v >= 0x80) {
     out->push_back(static_cast<char>((v & 0x7f) | 0x80));
@@ -109,8 +116,11 @@ bool IsRfc3339(std::string_view s) {
   }
   if (s[10] != 'T' && s[10] != 't') return false;
   if (!Digits(s, 11, 2) || s[13] != ':' || !Digits(s, 14, 2) || s[16] != ':' || !Digits(s, 17, 2)) return false;
-  int month = Num(s, 5, 2), day = Num(s, 8, 2), hour = Num(s, 11, 2), minute = Num(s, 14, 2), sec = Num(s, 17, 2);
-  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || sec > 60) return false;
+  int year = Num(s, 0, 4), month = Num(s, 5, 2), day = Num(s, 8, 2), hour = Num(s, 11, 2), minute = Num(s, 14, 2),
+      sec = Num(s, 17, 2);
+  if (month < 1 || month > 12 || day < 1 || day > DaysInMonth(year, month) || hour > 23 || minute > 59 || sec > 60) {
+    return false;
+  }
   size_t pos = 19;
   if (pos < s.size() && s[pos] == '.') {
     ++pos;

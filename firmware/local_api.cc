@@ -90,6 +90,14 @@ Result<Event> ParseBinaryMode(const HttpRequest& req, std::string_view media_typ
   return e;
 }
 
+bool TypeAllowed(const TokenConfig& token, std::string_view type) {
+  if (token.allow_types.empty()) return true;
+  for (const std::string& glob : token.allow_types) {
+    if (GlobMatch(glob, type)) return true;
+  }
+  return false;
+}
+
 HttpResponse JsonResponse(int status, std::string body) {
   HttpResponse r;
   r.status = status;
@@ -213,7 +221,13 @@ void LocalApi::PostEvent(HttpRequest&& req, HttpResponder respond, const TokenCo
     const std::string& m = parsed.status().message();
     return Reject(respond, Problem(400, "invalid-event", "Invalid event", m, FieldOf(m)));
   }
-  if (token != nullptr) parsed->SetAttribute("producer", token->name);
+  if (token != nullptr) {
+    if (!TypeAllowed(*token, parsed->type)) {
+      return Reject(respond, Problem(403, "type-not-allowed", "Event type not allowed",
+                                     "token \"" + token->name + "\" may not publish " + parsed->type, "type"));
+    }
+    parsed->SetAttribute("producer", token->name);
+  }
   std::vector<Event> events;
   events.push_back(std::move(parsed).value());
   Append(std::move(events), /*batch=*/false, std::move(respond));
@@ -238,7 +252,15 @@ void LocalApi::PostBatch(HttpRequest&& req, HttpResponder respond, const TokenCo
                                      "[" + std::to_string(i) + "] exceeds " +
                                          std::to_string(ctx_.api->max_event_bytes) + " bytes"));
     }
-    if (token != nullptr) (*parsed)[i].SetAttribute("producer", token->name);
+    if (token != nullptr) {
+      if (!TypeAllowed(*token, (*parsed)[i].type)) {
+        return Reject(respond, Problem(403, "type-not-allowed", "Event type not allowed",
+                                       "[" + std::to_string(i) + "]: token \"" + token->name + "\" may not publish " +
+                                           (*parsed)[i].type,
+                                       "[" + std::to_string(i) + "].type"));
+      }
+      (*parsed)[i].SetAttribute("producer", token->name);
+    }
   }
   Append(std::move(parsed).value(), /*batch=*/true, std::move(respond));
 }

@@ -137,16 +137,21 @@ int EventLoop::NextTimeoutMs() const {
 
 void EventLoop::RunDueTimers() {
   int64_t now = SystemClock().MonotonicMillis();
-  // Timers added by callbacks with zero delay run on the next iteration, so
-  // a timer that re-arms itself cannot starve descriptors.
-  std::vector<std::function<void()>> due;
-  while (!timers_.empty() && timers_.begin()->first.first <= now) {
+  // Timers added by callbacks (ids from `first_new` on) wait for the next
+  // iteration, so a timer that re-arms itself with zero delay cannot starve
+  // descriptors. Each due timer is taken off the map only just before it
+  // runs, so a callback can still cancel a later timer due in this round.
+  // A new timer's deadline is >= `now`, so it sorts after every due timer
+  // with a smaller id: meeting one means the round is over.
+  const TimerId first_new = next_timer_id_;
+  while (!timers_.empty()) {
     auto it = timers_.begin();
+    if (it->first.first > now || it->first.second >= first_new) break;
+    std::function<void()> fn = std::move(it->second);
     timer_deadlines_.erase(it->first.second);
-    due.push_back(std::move(it->second));
     timers_.erase(it);
+    fn();
   }
-  for (auto& fn : due) fn();
 }
 
 Status EventLoop::Run() {

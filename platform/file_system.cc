@@ -59,7 +59,12 @@ Status SyncDirectory(const std::string& dir) {
 
 Status AtomicWriteFile(const std::string& path, std::string_view contents, uint32_t mode) {
   std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, static_cast<mode_t>(mode)));
+  // A temp file left by a power cut (pids repeat across boots) would keep its
+  // old permissions under O_TRUNC: remove it and create the file afresh so
+  // `mode` applies. ENOENT is the usual case; any other failure shows up as
+  // the create error below.
+  ::unlink(tmp.c_str());
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode)));
   if (!fd.valid()) return ErrnoStatus(errno, "create " + tmp);
   Status s = WriteAllFd(fd.get(), contents, tmp);
   if (s.ok() && ::fsync(fd.get()) != 0) s = ErrnoStatus(errno, "fsync " + tmp);

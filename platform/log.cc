@@ -25,6 +25,28 @@ void WriteAll(std::string_view line) {
   }
 }
 
+// Text lines are for people, so only control characters are escaped: a
+// newline in a message (often client-supplied, like an event type) would
+// otherwise end the line and let the rest pose as a log line of its own.
+void AppendTextEscaped(std::string* out, std::string_view s) {
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      *out += "\\n";
+    } else if (c == '\r') {
+      *out += "\\r";
+    } else if (c == '\t') {
+      *out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", u);
+      *out += buf;
+    } else {
+      *out += c;
+    }
+  }
+}
+
 }  // namespace
 
 bool ParseLogLevel(std::string_view name, LogLevel* out) {
@@ -102,14 +124,14 @@ void Log(LogLevel level, std::string_view component, std::string_view message,
     line += ' ';
     line += LogLevelName(level);
     line += ' ';
-    line += component;
+    AppendTextEscaped(&line, component);
     line += ": ";
-    line += message;
+    AppendTextEscaped(&line, message);
     for (const LogField& f : fields) {
       line += ' ';
-      line += f.key;
+      AppendTextEscaped(&line, f.key);
       line += '=';
-      line += f.value;
+      AppendTextEscaped(&line, f.value);
     }
     line += '\n';
   }

@@ -181,23 +181,33 @@ TEST(EventLoopTest, TaskPostedByTheStoppingTaskStillRuns) {
 }
 
 TEST(EventLoopTest, TimersFireInDeadlineOrder) {
-  auto loop = MakeLoop();
-  ASSERT_NE(loop, nullptr);
-  std::vector<int> fired;
-  loop->AddTimer(30, [&] { fired.push_back(30); });
-  loop->AddTimer(10, [&] { fired.push_back(10); });
-  loop->AddTimer(20, [&] { fired.push_back(20); });
-  loop->AddTimer(0, [&] { fired.push_back(0); });
-  loop->AddTimer(-5, [&] { fired.push_back(-5); });  // treated as 0, after the earlier 0
-  loop->AddTimer(60, [&] { loop->Stop(); });
-  EXPECT_TRUE(RunWithWatchdog(loop.get()));
-  EXPECT_EQ(fired, (std::vector<int>{0, -5, 10, 20, 30}));
+  // Added out of order, 100 ms apart. Should this thread stall for that long
+  // between two AddTimer calls, the deadlines would no longer follow the
+  // delays: such an attempt is discarded and tried again.
+  constexpr int kAttempts = 5;
+  for (int attempt = 1; attempt <= kAttempts; ++attempt) {
+    auto loop = MakeLoop();
+    ASSERT_NE(loop, nullptr);
+    std::vector<int> fired;
+    const int64_t start = SystemClock().MonotonicMillis();
+    loop->AddTimer(300, [&] { fired.push_back(300); });
+    loop->AddTimer(100, [&] { fired.push_back(100); });
+    loop->AddTimer(200, [&] { fired.push_back(200); });
+    loop->AddTimer(0, [&] { fired.push_back(0); });
+    loop->AddTimer(-5, [&] { fired.push_back(-5); });  // treated as 0, after the earlier 0
+    loop->AddTimer(400, [&] { loop->Stop(); });
+    if (SystemClock().MonotonicMillis() - start >= 90 && attempt < kAttempts) continue;
+    EXPECT_TRUE(RunWithWatchdog(loop.get()));
+    EXPECT_EQ(fired, (std::vector<int>{0, -5, 100, 200, 300}));
+    return;
+  }
 }
 
 TEST(EventLoopTest, CancelledTimerDoesNotFire) {
   auto loop = MakeLoop();
   ASSERT_NE(loop, nullptr);
   std::vector<int> fired;
+  // Added in deadline order, so a stall between the calls cannot reorder them.
   loop->AddTimer(5, [&] { fired.push_back(5); });
   EventLoop::TimerId cancelled = loop->AddTimer(10, [&] { fired.push_back(10); });
   loop->AddTimer(15, [&] { fired.push_back(15); });

@@ -251,7 +251,8 @@ TEST_F(LogTest, TextFormatKeepsOneLinePerMessage) {
       {{"detail", "two\nlines"}});
   std::string out = cap.Finish();
   EXPECT_EQ(Lines(out).size(), 1u) << out;
-  EXPECT_NE(out.find("rejected type a"), std::string::npos) << out;
+  EXPECT_NE(out.find("rejected type a\\n2026-01-01T"), std::string::npos) << out;
+  EXPECT_NE(out.find("detail=two\\nlines\n"), std::string::npos) << out;
 }
 
 TEST_F(LogTest, ConcurrentLinesDoNotInterleave) {
