@@ -1,5 +1,9 @@
 #include "core/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <strings.h>
+
 #include <string_view>
 
 #include "core/routing.h"
@@ -41,15 +45,22 @@ bool ValidListen(std::string_view l) {
 }  // namespace
 
 bool IsLocalListenAddress(std::string_view l) {
-  if (l.rfind("unix:", 0) == 0) return true;
-  size_t colon = l.rfind(':');
-  if (colon == std::string_view::npos) return false;
-  std::string_view host = l.substr(0, colon);
-  if (host == "localhost" || host == "[::1]") return true;
-  // Only a numeric 127.x address: the listener resolves names, and a name
-  // such as "127.gw.example" can point at a public interface.
-  if (host.rfind("127.", 0) != 0) return false;
-  return host.find_first_not_of("0123456789.") == std::string_view::npos;
+  if (l.rfind("unix:", 0) == 0) return l.size() > 5;
+  if (!ValidListen(l)) return false;
+  std::string host(l.substr(0, l.rfind(':')));
+  if (host.size() == 9 && strncasecmp(host.c_str(), "localhost", 9) == 0) return true;
+  // Numeric addresses only: a name is resolved by the listener and may point
+  // anywhere, so "127.gw.example" is not local.
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  if (host.size() > 2 && host.front() == '[') {
+    std::string inner = host.substr(1, host.size() - 2);
+    in6_addr v6{};
+    if (inet_pton(AF_INET6, inner.c_str(), &v6) != 1) return false;
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
 }
 
 std::string ExpandTopicPrefix(const Config& config) {

@@ -30,13 +30,13 @@
 namespace ws {
 
 struct HttpRequest {
-  std::string method;  // "GET", "POST", ...
-  std::string path;    // without the query, percent-decoding not applied
-  std::string query;   // after '?', may be empty
+  std::string method;                                        // "GET", "POST", ...
+  std::string path;                                          // without the query, percent-decoding not applied
+  std::string query;                                         // after '?', may be empty
   std::vector<std::pair<std::string, std::string>> headers;  // names lowercased
-  std::string body;    // de-chunked
-  std::string peer;    // "127.0.0.1:53210", "[::1]:4000" or "unix"
-  bool peer_is_local = false;  // loopback or Unix socket
+  std::string body;                                          // de-chunked
+  std::string peer;                                          // "127.0.0.1:53210", "[::1]:4000" or "unix"
+  bool peer_is_local = false;                                // loopback or Unix socket
 
   // nullptr if absent; `name` must be lowercase.
   const std::string* Header(std::string_view name) const;
@@ -53,15 +53,15 @@ using HttpResponder = std::function<void(HttpResponse)>;
 using HttpHandler = std::function<void(HttpRequest&& request, HttpResponder respond)>;
 
 struct HttpServerOptions {
-  std::vector<std::string> listen;        // "127.0.0.1:8080", "[::1]:8080", "0.0.0.0:0", "unix:var/api.sock"
-  size_t max_header_bytes = 16 * 1024;    // 431 beyond
-  size_t max_body_bytes = 1024 * 1024;    // 413 beyond
-  size_t max_url_bytes = 4096;            // 414 beyond
-  uint32_t max_connections = 256;         // further connections are accepted and closed with 503
-  int64_t idle_timeout_ms = 60'000;       // keep-alive connection with no request
-  int64_t header_timeout_ms = 10'000;     // a request's headers must arrive within this (slowloris)
-  int64_t body_timeout_ms = 30'000;       // ... and its body within this
-  uint32_t max_pipelined = 32;            // requests parsed ahead of their responses
+  std::vector<std::string> listen;              // "127.0.0.1:8080", "[::1]:8080", "0.0.0.0:0", "unix:var/api.sock"
+  size_t max_header_bytes = size_t{16} * 1024;  // 431 beyond
+  size_t max_body_bytes = size_t{1024} * 1024;  // 413 beyond
+  size_t max_url_bytes = 4096;                  // 414 beyond
+  uint32_t max_connections = 256;               // further connections are accepted and closed with 503
+  int64_t idle_timeout_ms = 60'000;             // keep-alive connection with no request
+  int64_t header_timeout_ms = 10'000;           // a request's headers must arrive within this (slowloris)
+  int64_t body_timeout_ms = 30'000;             // ... and its body within this
+  uint32_t max_pipelined = 32;                  // requests parsed ahead of their responses
 };
 
 struct HttpServerStats {
@@ -80,8 +80,7 @@ class HttpServer {
   // Binds every listen address (a Unix socket path is unlinked first and
   // created with mode 0660) and starts accepting. Fails without binding
   // anything if one address is bad or taken.
-  static Result<std::unique_ptr<HttpServer>> Create(EventLoop* loop, HttpServerOptions options,
-                                                    HttpHandler handler);
+  static Result<std::unique_ptr<HttpServer>> Create(EventLoop* loop, HttpServerOptions options, HttpHandler handler);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
@@ -101,12 +100,6 @@ class HttpServer {
   explicit HttpServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// True for a loopback (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104, "localhost")
-// TCP address or a "unix:" address, as written in the configuration; false
-// for anything else, including addresses that do not parse. No name lookup.
-// Used for the default-deny rule. Any thread.
-bool IsLocalListenAddress(std::string_view listen);
 
 // Standard reason phrase ("Accepted" for 202); "Unknown" for codes it does
 // not know.

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/base64.h"
 #include "core/config.h"
 #include "core/event.h"
 #include "platform/status.h"
@@ -67,9 +68,5 @@ class JsonWriter {
 // cJSON's version ("1.7.15").
 std::string CjsonLibraryVersion();
 
-// Base64 (RFC 4648, with padding).
-std::string Base64Encode(std::string_view bytes);
-// Fails on characters outside the alphabet or bad padding.
-Result<std::string> Base64Decode(std::string_view text);
 
 }  // namespace ws

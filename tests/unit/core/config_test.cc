@@ -208,7 +208,11 @@ TEST(ConfigTest, IsLocalListenAddress) {
   EXPECT_TRUE(IsLocalListenAddress("127.10.0.3:0"));
   EXPECT_TRUE(IsLocalListenAddress("localhost:8080"));
   EXPECT_TRUE(IsLocalListenAddress("[::1]:80"));
+  EXPECT_TRUE(IsLocalListenAddress("[::ffff:127.0.0.1]:80"));
+  EXPECT_TRUE(IsLocalListenAddress("LocalHost:8080"));
   EXPECT_TRUE(IsLocalListenAddress("unix:/run/waystation/api.sock"));
+  EXPECT_FALSE(IsLocalListenAddress("[2001:db8::1]:80"));
+  EXPECT_FALSE(IsLocalListenAddress("[::ffff:192.0.2.1]:80"));
   EXPECT_FALSE(IsLocalListenAddress("0.0.0.0:80"));
   EXPECT_FALSE(IsLocalListenAddress("128.0.0.1:80"));
   EXPECT_FALSE(IsLocalListenAddress("[::]:80"));

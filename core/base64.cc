@@ -1,4 +1,4 @@
-#include "adapters/json/json_codec.h"
+#include "core/base64.h"
 
 namespace ws {
 namespace {
