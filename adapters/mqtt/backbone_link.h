@@ -4,14 +4,36 @@
 // PUBACK acks the event in the outbox; after a reconnect everything not
 // acknowledged is sent again, in order.
 //
-// Threads: Create, Start, Stop and Stats run on the loop thread.
-// NotifyAppended may be called from any thread (it posts to the loop).
+// Events travel per the CloudEvents MQTT binding: binary mode on MQTT 5
+// (attributes as User Properties, datacontenttype as Content Type), structured
+// JSON on MQTT 3.1.1. A PUBACK reason code that means "never" (not
+// authorized, topic invalid, packet too large, payload format invalid) and an
+// event larger than the broker's Maximum Packet Size go to the dead-letter
+// queue; other failure codes are retried after a backoff with full jitter,
+// starting again from the oldest undelivered event (events after it in the
+// same window may then arrive before it; the sequence tells the order).
+// Presence: a retained `{prefix}/state` "online" message on every connect,
+// the same topic as Last Will ("offline"), and a retained "offline" on Stop.
+//
+// Not there yet: TLS to the broker; returning to the primary endpoint after
+// it has been stable (the link stays on the endpoint that works and moves on
+// only when it fails); host names are resolved by libmosquitto with a
+// blocking lookup on the loop thread (use IP addresses where that matters);
+// MQTT 3.1.1 has no PUBACK reason codes, so a broker that drops a refused
+// message there still acknowledges it.
+//
+// Threads: Create, Start, Stop, Stats and the destructor run on the loop
+// thread. NotifyAppended may be called from any thread (it posts to the loop)
+// while the link exists. libmosquitto callbacks run inside
+// mosquitto_loop_read/write/misc, i.e. on the loop thread; outbox completions
+// arrive on the store's thread and are posted back to the loop.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/config.h"
@@ -32,6 +54,11 @@ struct BackboneOptions {
   std::string boot_id;
   int64_t reconnect_min_ms = 200;
   int64_t reconnect_max_ms = 30'000;
+  std::string node_id;                // named in the presence messages; default: client_id
+  int64_t connect_timeout_ms = 10'000;  // from connect to CONNACK before trying the next endpoint
+  int64_t retry_min_ms = 500;         // backoff after a transient PUBACK failure (full jitter)
+  int64_t retry_max_ms = 30'000;
+  int64_t stop_timeout_ms = 2'000;    // how long Stop waits for the offline state and in-flight acks
 };
 
 enum class LinkState { kDisconnected, kConnecting, kConnected, kStopping, kStopped };
@@ -46,6 +73,10 @@ struct BackboneStats {
   uint64_t acked = 0;
   uint64_t dead_lettered = 0;
   uint32_t inflight = 0;
+  uint64_t connect_failures = 0;    // attempts that never reached CONNACK success
+  uint64_t transient_failures = 0;  // PUBACKs with a failure code that is worth retrying
+  uint32_t window = 0;              // in-flight limit of the current session (ours and the broker's)
+  uint32_t broker_max_packet = 0;   // the broker's Maximum Packet Size; 0 = none given
 };
 
 std::string_view LinkStateName(LinkState state);
@@ -54,6 +85,8 @@ class BackboneLink {
  public:
   // `loop` and `outbox` must outlive the link.
   static Result<std::unique_ptr<BackboneLink>> Create(EventLoop* loop, Outbox* outbox, BackboneOptions options);
+  // Without a finished Stop this drops the connection without DISCONNECT, so
+  // the broker publishes the Will, and gives every lease back to the outbox.
   ~BackboneLink();
   BackboneLink(const BackboneLink&) = delete;
   BackboneLink& operator=(const BackboneLink&) = delete;
@@ -61,7 +94,8 @@ class BackboneLink {
   // Begins connecting (non-blocking); reconnects by itself from then on.
   void Start();
   // Graceful stop: publishes the retained "offline" state, waits briefly for
-  // in-flight acks, disconnects; `done` runs on the loop thread when finished.
+  // in-flight acks, disconnects; `done` runs on the loop thread when finished
+  // (not at all if the link is destroyed first).
   void Stop(std::function<void()> done);
   // Any thread: the outbox has new events.
   void NotifyAppended();

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/base64.h"
 #include "core/event.h"
 
 namespace ws {
@@ -43,9 +44,6 @@ inline std::string_view BinaryModePayload(const Event& event) { return event.dat
 // attribute as a string member, and `data` (JSON data, inserted as the JSON
 // text it is) or `data_base64` (binary data).
 std::string EncodeStructuredMode(const Event& event);
-
-// RFC 4648 base64 with padding.
-std::string Base64Encode(std::string_view bytes);
 
 // Appends `s` to `out` as a JSON string literal (with quotes). Control
 // characters are escaped; bytes that are not valid UTF-8 become U+FFFD, so
