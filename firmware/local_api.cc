@@ -218,7 +218,8 @@ void LocalApi::PostEvent(HttpRequest&& req, HttpResponder respond, const TokenCo
   Result<Event> parsed = structured ? ParseStructuredEvent(req.body, /*allow_missing_id=*/true)
                                     : ParseBinaryMode(req, media);
   if (!parsed.ok()) {
-    const std::string& m = parsed.status().message();
+    Status st = parsed.status();
+    const std::string& m = st.message();
     return Reject(respond, Problem(400, "invalid-event", "Invalid event", m, FieldOf(m)));
   }
   if (token != nullptr) {
@@ -241,8 +242,9 @@ void LocalApi::PostBatch(HttpRequest&& req, HttpResponder respond, const TokenCo
   }
   Result<std::vector<Event>> parsed = ParseEventBatch(req.body, /*allow_missing_id=*/true, kMaxBatchEvents);
   if (!parsed.ok()) {
-    const std::string& m = parsed.status().message();
-    int status = parsed.status().code() == StatusCode::kResourceExhausted ? 413 : 400;
+    Status st = parsed.status();
+    const std::string& m = st.message();
+    int status = st.code() == StatusCode::kResourceExhausted ? 413 : 400;
     return Reject(respond, Problem(status, status == 413 ? "batch-too-large" : "invalid-event",
                                    status == 413 ? "Batch too large" : "Invalid event", m, FieldOf(m)));
   }

@@ -211,7 +211,7 @@ bool MosquittoBroker::Start() {
       << "persistence false\n"
       << "log_dest stderr\n"
       << "max_inflight_messages 0\n"
-      << "max_queued_messages 0\n"
+      << "max_queued_messages 1000000\n"
       << extra_ << "\n";
   }
   for (int attempt = 0; attempt < 3; ++attempt) {
