@@ -272,7 +272,6 @@ void LocalApi::Append(std::vector<Event> events, bool batch, HttpResponder respo
   entries.reserve(events.size());
   for (size_t i = 0; i < events.size(); ++i) {
     Event& e = events[i];
-    std::string where = batch ? "[" + std::to_string(i) + "]." : "";
     if (e.id.empty()) {
       Result<std::string> id = ctx_.random->UuidV4();
       if (!id.ok()) {
@@ -283,6 +282,12 @@ void LocalApi::Append(std::vector<Event> events, bool batch, HttpResponder respo
     }
     RouteDecision route = ctx_.router->Route(e);
     if (!IsValidPublishTopic(route.topic)) {
+      std::string where;
+      if (batch) {
+        where += '[';
+        where += std::to_string(i);
+        where += "].";
+      }
       return Reject(respond, Problem(400, "invalid-event", "Invalid event",
                                      where + "type: gives the topic \"" + route.topic +
                                          "\", which MQTT does not allow ('+', '#' or an empty level)",
