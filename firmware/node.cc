@@ -122,7 +122,8 @@ class Node::Impl {
     ho.listen = config_.api.listen;
     ho.max_connections = config_.api.max_connections;
     // The body limit leaves room for a batch; per-event limits are the API's.
-    ho.max_body_bytes = std::max<size_t>(config_.api.max_event_bytes * 4, 1024 * 1024);
+    // max_event_bytes is validated to <= 16 MiB, so the product fits size_t on 32-bit targets.
+    ho.max_body_bytes = std::max<size_t>(static_cast<size_t>(config_.api.max_event_bytes) * 4, 1024 * 1024);
     LocalApi* api = api_.get();
     WS_ASSIGN_OR_RETURN(http_, HttpServer::Create(loop_.get(), std::move(ho), [api](HttpRequest&& req, HttpResponder r) {
                           api->Handle(std::move(req), std::move(r));

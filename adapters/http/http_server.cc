@@ -159,7 +159,7 @@ class HttpServer::Impl {
     uint64_t pending() const { return next_seq - head_seq; }
     bool has_held() const { return held_off < held.size(); }
     bool has_output() const { return out_off < out.size(); }
-    ResponseSlot& slot(uint64_t seq) { return slots[seq % slots.size()]; }
+    ResponseSlot& slot(uint64_t seq) { return slots[static_cast<size_t>(seq % slots.size())]; }
   };
 
   // Keeps a connection alive while code for it is on the stack; the
