@@ -19,6 +19,11 @@ if(WAYSTATION_SANITIZE)
   add_link_options(-fsanitize=${_ws_san})
 endif()
 
+# 64-bit file offsets on 32-bit targets (armhf): the outbox may grow past
+# 2 GiB, and readdir() on a filesystem with 64-bit directory cookies fails
+# with EOVERFLOW without it. A no-op on 64-bit targets.
+add_compile_definitions(_FILE_OFFSET_BITS=64)
+
 # Trim the 64 KiB segment alignment ARM toolchains default to.
 if(CMAKE_CROSSCOMPILING)
   add_link_options(-Wl,-z,max-page-size=4096)
