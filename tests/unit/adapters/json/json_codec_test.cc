@@ -1,0 +1,146 @@
+#include "adapters/json/json_codec.h"
+
+#include <gtest/gtest.h>
+
+namespace ws {
+namespace {
+
+TEST(StructuredEvent, ParsesAttributesExtensionsAndJsonData) {
+  Result<Event> e = ParseStructuredEvent(
+      R"({"specversion":"1.0","id":"a1","source":"/s","type":"t.x","time":"2026-11-21T10:00:00Z",
+          "traceparent":"00-ab-cd-01","count":3,"flag":true,"data":{"k":[1,2]}})",
+      false);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ(e->id, "a1");
+  EXPECT_EQ(e->type, "t.x");
+  ASSERT_NE(e->FindAttribute("traceparent"), nullptr);
+  EXPECT_EQ(*e->FindAttribute("traceparent"), "00-ab-cd-01");
+  EXPECT_EQ(*e->FindAttribute("count"), "3");
+  EXPECT_EQ(*e->FindAttribute("flag"), "true");
+  EXPECT_EQ(e->data_kind, DataKind::kJson);
+  EXPECT_EQ(e->data, R"({"k":[1,2]})");
+}
+
+TEST(StructuredEvent, DataBase64BecomesBinary) {
+  Result<Event> e = ParseStructuredEvent(
+      R"({"specversion":"1.0","id":"b","source":"/s","type":"t","datacontenttype":"application/octet-stream",
+          "data_base64":"AAEC/w=="})",
+      false);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ(e->data_kind, DataKind::kBinary);
+  EXPECT_EQ(e->data, std::string("\x00\x01\x02\xff", 4));
+}
+
+TEST(StructuredEvent, RejectsWithTheOffendingAttributeFirst) {
+  struct Case {
+    const char* json;
+    const char* field;
+  } cases[] = {
+      {R"({"id":"a","source":"/s","type":"t"})", "specversion"},
+      {R"({"specversion":"0.3","id":"a","source":"/s","type":"t"})", "specversion"},
+      {R"({"specversion":"1.0","source":"/s","type":"t"})", "id"},
+      {R"({"specversion":"1.0","id":"","source":"/s","type":"t"})", "id"},
+      {R"({"specversion":"1.0","id":"a","type":"t"})", "source"},
+      {R"({"specversion":"1.0","id":"a","source":"/s"})", "type"},
+      {R"({"specversion":"1.0","id":7,"source":"/s","type":"t"})", "id"},
+      {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","Bad":"x"})", "Bad"},
+      {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","time":"yesterday"})", "time"},
+      {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","data":1,"data_base64":"AA=="})", "data"},
+      {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","data_base64":"!!!"})", "data_base64"},
+      {R"({"specversion":"1.0","id":"a","id":"b","source":"/s","type":"t"})", "id"},
+      {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","ext":{"nested":1}})", "ext"},
+  };
+  for (const Case& c : cases) {
+    Result<Event> e = ParseStructuredEvent(c.json, false);
+    ASSERT_FALSE(e.ok()) << c.json;
+    EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(e.status().message().rfind(c.field, 0), 0u) << c.json << " -> " << e.status().message();
+  }
+}
+
+TEST(StructuredEvent, MalformedJsonAndTrailingBytesAreRefused) {
+  for (const char* j : {"", "{", "[1,2", R"({"specversion":"1.0"} x)", "nul", "{\"a\":1}{}"}) {
+    Result<Event> e = ParseStructuredEvent(j, true);
+    ASSERT_FALSE(e.ok()) << j;
+    EXPECT_EQ(e.status().message(), "body: not valid JSON") << j;
+  }
+}
+
+TEST(StructuredEvent, MissingIdAllowedOnlyWhenAsked) {
+  const char* j = R"({"specversion":"1.0","source":"/s","type":"t"})";
+  EXPECT_FALSE(ParseStructuredEvent(j, false).ok());
+  Result<Event> e = ParseStructuredEvent(j, true);
+  ASSERT_TRUE(e.ok());
+  EXPECT_TRUE(e->id.empty());
+}
+
+TEST(StructuredEvent, EncodeThenParseRoundTrips) {
+  Event e;
+  e.id = "r\"1";
+  e.source = "/s\n";
+  e.type = "t";
+  e.attributes = {{"subject", "x"}, {"traceparent", "00-1-2-01"}};
+  for (DataKind kind : {DataKind::kNone, DataKind::kJson, DataKind::kBinary}) {
+    e.data_kind = kind;
+    e.data = kind == DataKind::kJson ? R"({"a":[true,null,"\u00e9"]})"
+                                     : (kind == DataKind::kBinary ? std::string("\0\xfe", 2) : "");
+    if (kind == DataKind::kBinary) e.SetAttribute("datacontenttype", "application/octet-stream");
+    std::string json = EncodeStructuredEvent(e);
+    Result<Event> back = ParseStructuredEvent(json, false);
+    ASSERT_TRUE(back.ok()) << json << " " << back.status().ToString();
+    EXPECT_EQ(back->id, e.id);
+    EXPECT_EQ(back->source, e.source);
+    EXPECT_EQ(back->data_kind, e.data_kind);
+    if (kind == DataKind::kJson) {
+      EXPECT_EQ(back->data, R"({"a":[true,null,"é"]})");
+    } else {
+      EXPECT_EQ(back->data, e.data);
+    }
+    EXPECT_EQ(*back->FindAttribute("traceparent"), "00-1-2-01");
+  }
+}
+
+TEST(EventBatch, AllOrNothingWithIndexInTheError) {
+  Result<std::vector<Event>> ok = ParseEventBatch(
+      R"([{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t"}])",
+      false, 10);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(ok->size(), 2u);
+  Result<std::vector<Event>> bad = ParseEventBatch(
+      R"([{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s"}])",
+      false, 10);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message().rfind("[1]: type", 0), 0u) << bad.status().message();
+  EXPECT_FALSE(ParseEventBatch("[]", false, 10).ok());
+  EXPECT_FALSE(ParseEventBatch(R"({"specversion":"1.0"})", false, 10).ok());
+  Result<std::vector<Event>> many = ParseEventBatch(
+      R"([{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t"}])",
+      false, 1);
+  ASSERT_FALSE(many.ok());
+  EXPECT_EQ(many.status().code(), StatusCode::kResourceExhausted);
+}
+
+TEST(Base64, KnownVectorsAndRejects) {
+  EXPECT_EQ(Base64Encode(""), "");
+  EXPECT_EQ(Base64Encode("f"), "Zg==");
+  EXPECT_EQ(Base64Encode("fo"), "Zm8=");
+  EXPECT_EQ(Base64Encode("foo"), "Zm9v");
+  EXPECT_EQ(Base64Encode("foobar"), "Zm9vYmFy");
+  for (std::string s : {"", "f", "fo", "foo", "foob", "fooba", "foobar"}) {
+    Result<std::string> d = Base64Decode(Base64Encode(s));
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(*d, s);
+  }
+  for (const char* bad : {"Zg=", "Z===", "Zm9v!A==", "=AAA", "Zg==Zg=="}) EXPECT_FALSE(Base64Decode(bad).ok()) << bad;
+}
+
+TEST(JsonWriter, NestsAndEscapes) {
+  JsonWriter w;
+  w.String("a", "q\"\n").Int("n", 42).Bool("b", false).BeginArray("list");
+  w.String("", "x").BeginObject("").Int("k", 1).End();
+  w.End().BeginObject("o").Null("z").End();
+  EXPECT_EQ(w.Finish(), R"({"a":"q\"\n","n":42,"b":false,"list":["x",{"k":1}],"o":{"z":null}})");
+}
+
+}  // namespace
+}  // namespace ws
