@@ -18,9 +18,7 @@ MetricsText& MetricsText::Family(std::string_view name, std::string_view type, s
   return *this;
 }
 
-MetricsText& MetricsText::Sample(std::string_view labels, double value) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", value);
+void MetricsText::Line(std::string_view labels, std::string_view value) {
   out_ += family_;
   if (!labels.empty()) {
     out_ += '{';
@@ -28,21 +26,19 @@ MetricsText& MetricsText::Sample(std::string_view labels, double value) {
     out_ += '}';
   }
   out_ += ' ';
-  out_ += buf;
+  out_ += value;
   out_ += '\n';
+}
+
+MetricsText& MetricsText::Sample(std::string_view labels, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", value);
+  Line(labels, buf);
   return *this;
 }
 
 MetricsText& MetricsText::Sample(std::string_view labels, uint64_t value) {
-  out_ += family_;
-  if (!labels.empty()) {
-    out_ += '{';
-    out_ += labels;
-    out_ += '}';
-  }
-  out_ += ' ';
-  out_ += std::to_string(value);
-  out_ += '\n';
+  Line(labels, std::to_string(value));
   return *this;
 }
 

@@ -20,6 +20,8 @@ class MetricsText {
   const std::string& text() const { return out_; }
 
  private:
+  void Line(std::string_view labels, std::string_view value);
+
   std::string out_;
   std::string family_;
 };
