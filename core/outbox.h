@@ -43,7 +43,8 @@ struct LeasedEvent {
   std::string stream;
   Priority priority = Priority::kNormal;
   int32_t attempts = 0;
-  int64_t accepted_at_us = 0;  // wall clock at commit
+  int64_t accepted_at_us = 0;  // wall clock at commit (of the retry or replay for those)
+  int64_t replay_of = 0;       // Replay: the delivered sequence this sends again; 0 = an original
   Event event;
 };
 
@@ -52,6 +53,36 @@ struct ClassBacklog {
   uint64_t bytes = 0;
   int64_t oldest_accepted_us = 0;  // 0 when empty
 };
+
+// A dead-lettered event as the operator sees it (the record stays in the
+// store; Retry brings it back).
+struct DeadLetter {
+  int64_t sequence = 0;  // the sequence it had in the outbox
+  std::string id;
+  std::string type;
+  std::string topic;
+  Priority priority = Priority::kNormal;
+  std::string reason;
+  int64_t accepted_at_us = 0;       // wall clock
+  int64_t dead_lettered_at_us = 0;  // wall clock
+  int32_t attempts = 0;
+};
+
+// Which retained delivered events a Replay re-sends: those whose sequence is
+// in [from_sequence, to_sequence] or whose accepted time is in
+// [from_us, to_us]. A bound of 0 is open. A criterion with both bounds 0 is
+// not used; with neither criterion used, every retained event is selected.
+struct ReplayRange {
+  int64_t from_sequence = 0;
+  int64_t to_sequence = 0;
+  int64_t from_us = 0;  // wall clock
+  int64_t to_us = 0;
+};
+
+// Append-to-commit latency buckets (upper bounds, microseconds); the last
+// bucket of OutboxStats::ack_latency_buckets is +Inf.
+inline constexpr int64_t kAckLatencyBoundsUs[] = {250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000};
+inline constexpr size_t kAckLatencyBucketCount = sizeof(kAckLatencyBoundsUs) / sizeof(kAckLatencyBoundsUs[0]) + 1;
 
 struct OutboxStats {
   ClassBacklog backlog[4];  // indexed by Priority
@@ -65,7 +96,20 @@ struct OutboxStats {
   uint64_t removed_dead_lettered = 0;
   uint64_t removed_purged = 0;
   uint64_t rejected_full = 0;
+  uint64_t replayed = 0;             // delivered events re-enqueued by Replay
+  uint64_t dead_letters_retried = 0;  // dead letters moved back by RetryDeadLetter
+  uint64_t nacked = 0;               // events made leasable again by Nack
+  // Append-to-commit latency, one observation per event of each successful
+  // Append call: per-bucket counts (not cumulative; bounds in
+  // kAckLatencyBoundsUs, last = +Inf), their sum and count.
+  uint64_t ack_latency_buckets[kAckLatencyBucketCount] = {};
+  uint64_t ack_latency_sum_us = 0;
+  uint64_t ack_latency_count = 0;
   bool quarantined_at_start = false;  // a corrupt file was moved aside at open
+  // The background integrity check after open found damage; the store is
+  // checked in full (and quarantined if still damaged) at the next start.
+  bool integrity_failed = false;
+  bool integrity_check_running = false;  // that background check has not finished yet
 };
 
 class Outbox {
@@ -98,6 +142,36 @@ class Outbox {
 
   // Never deliverable: move to the dead-letter queue with `reason`.
   virtual void DeadLetter(int64_t sequence, std::string reason, StatusDone done) = 0;
+
+  // The link could not deliver these (a transient failure): count an
+  // attempt for each and make it leasable again, no earlier than
+  // `not_before_us` (wall clock). Unknown sequences are ignored.
+  virtual void Nack(std::vector<int64_t> sequences, int64_t not_before_us, StatusDone done) = 0;
+
+  // Dead letters, oldest first, with a sequence above `after_sequence`, at
+  // most `limit`.
+  // (Qualified: inside this class `DeadLetter` names the method above.)
+  virtual void ListDeadLetters(int64_t after_sequence, size_t limit,
+                               std::function<void(Result<std::vector<ws::DeadLetter>>)> done) = 0;
+
+  // Moves one dead letter (by sequence, or by event id when sequence == 0)
+  // back to the outbox under a NEW sequence, so it is sent after what is
+  // queued; attempts start again at 0. kNotFound if there is none,
+  // kResourceExhausted if its class is full (it stays a dead letter).
+  virtual void RetryDeadLetter(int64_t sequence, std::string id, std::function<void(Result<AppendOutcome>)> done) = 0;
+
+  // Deletes one dead letter (by sequence, or by id when sequence == 0), or
+  // all of them when sequence == 0 and id is empty; counted removed_purged.
+  // Answers how many were deleted (kNotFound when one was named and absent).
+  virtual void PurgeDeadLetters(int64_t sequence, std::string id, std::function<void(Result<uint64_t>)> done) = 0;
+
+  // Re-enqueues retained delivered events (only kept while delivered
+  // retention is configured) selected by `range` as new outbox entries: new
+  // sequences, same ids; ids still queued are skipped. Answers how many.
+  // All or nothing: kInvalidArgument for a bad range, kResourceExhausted
+  // when the class limits refuse one, kFailedPrecondition without
+  // retention.
+  virtual void Replay(const ReplayRange& range, std::function<void(Result<uint64_t>)> done) = 0;
 
   // Called on the store's thread after every commit that added events. Set
   // it before traffic starts.

@@ -1,11 +1,19 @@
 #include "adapters/sqlite/outbox_db.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <string>
 
+#include "core/outbox_policy.h"
+#include "platform/file_system.h"
 #include "platform/log.h"
+#include "platform/unique_fd.h"
 
 namespace ws::sqlite {
 namespace {
@@ -90,7 +98,23 @@ CREATE TRIGGER dlq_total_out AFTER DELETE ON dlq BEGIN
 END;
 )sql";
 
+// Schema version 2: retry times (Nack), the replay mark, and the indexes
+// Replay and the retry bookkeeping read. Adding NOT NULL columns with a
+// default rewrites no rows, so the migration is quick on any backlog.
+constexpr const char* kSchemaV2 = R"sql(
+-- Nack: not leasable before this wall time; 0 = no retry time.
+ALTER TABLE events ADD COLUMN not_before_us INTEGER NOT NULL DEFAULT 0;
+-- Replay: the delivered sequence this event sends again; 0 = an original.
+ALTER TABLE events ADD COLUMN replay_of INTEGER NOT NULL DEFAULT 0;
+-- Partial: only events that were ever nacked are in it.
+CREATE INDEX events_waiting ON events(not_before_us) WHERE not_before_us > 0;
+CREATE INDEX delivered_by_accepted ON delivered(accepted_us);
+)sql";
+
 constexpr int64_t kDlqBucket = 4;
+
+// Tables a store of the current schema must have; their absence is damage.
+constexpr const char* kTables[] = {"meta", "events", "dlq", "delivered", "totals"};
 
 struct Migration {
   int version;  // PRAGMA user_version after this step
@@ -100,8 +124,9 @@ struct Migration {
 // transaction together with the version bump.
 constexpr Migration kMigrations[] = {
     {1, kSchemaV1},
+    {2, kSchemaV2},
 };
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 int64_t MicrosSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
@@ -142,6 +167,53 @@ Status QuickCheck(const Connection& db) {
   if (!problems.empty()) return DataLoss("PRAGMA quick_check found damage: " + problems);
   return Status::Ok();
 }
+
+uint32_t BigEndian32(std::string_view b, size_t at) {
+  return (static_cast<uint32_t>(static_cast<uint8_t>(b[at])) << 24) |
+         (static_cast<uint32_t>(static_cast<uint8_t>(b[at + 1])) << 16) |
+         (static_cast<uint32_t>(static_cast<uint8_t>(b[at + 2])) << 8) |
+         static_cast<uint32_t>(static_cast<uint8_t>(b[at + 3]));
+}
+
+// Reads the first 100 bytes of the file and checks them against its size.
+// Plain reads: SQLite would accept a truncated file and fail only when a
+// missing page is needed.
+Status CheckFileHeader(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus(errno, "open " + path + " for the header check");
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "stat " + path);
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size == 0) return Status::Ok();  // a new store
+  char header[100] = {};
+  size_t got = 0;
+  while (got < sizeof header) {
+    const ssize_t n = ::pread(fd.get(), header + got, sizeof header - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, "read the header of " + path);
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  return CheckDatabaseHeader(std::string_view(header, got), size);
+}
+
+// The structural check, for a large file after a clean shutdown: what can
+// be judged without reading every page. Read-only, like QuickCheck.
+Status StructuralCheck(const Connection& db) {
+  for (const char* table : kTables) {
+    const std::string sql =
+        std::string("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '") + table + "'";
+    WS_ASSIGN_OR_RETURN(int64_t n, QueryInt(db, sql.c_str()));
+    if (n != 1) return DataLoss(std::string("the outbox schema has no table \"") + table + "\"");
+  }
+  // The page count SQLite itself derives must agree with the header check
+  // above; reading it also makes SQLite parse the header and the schema.
+  WS_ASSIGN_OR_RETURN(int64_t pages, QueryInt(db, "PRAGMA page_count"));
+  if (pages <= 0) return DataLoss("the store reports no pages");
+  return Status::Ok();
+}
+
+int StopRequested(void* flag) { return static_cast<std::atomic<bool>*>(flag)->load() ? 1 : 0; }
 
 Status ConfigureConnection(Connection& db, int64_t cache_kib) {
   // A second process (an operator's sqlite3 shell) may hold a read lock
@@ -222,16 +294,73 @@ Status Migrate(Connection& db, int version) {
 
 }  // namespace
 
+Status CheckDatabaseHeader(std::string_view h, uint64_t file_size) {
+  static constexpr std::string_view kMagic("SQLite format 3\0", 16);
+  if (h.size() < 100) {
+    return DataLoss("the file is " + std::to_string(file_size) + " bytes, too short for an SQLite header");
+  }
+  if (h.substr(0, 16) != kMagic) return DataLoss("the file does not start with the SQLite header");
+  const uint32_t raw_page = (static_cast<uint32_t>(static_cast<uint8_t>(h[16])) << 8) | static_cast<uint8_t>(h[17]);
+  const uint64_t page_size = raw_page == 1 ? 65536 : raw_page;
+  if (page_size < 512 || page_size > 65536 || (page_size & (page_size - 1)) != 0) {
+    return DataLoss("the header's page size " + std::to_string(raw_page) + " is invalid");
+  }
+  const auto write_version = static_cast<uint8_t>(h[18]);
+  const auto read_version = static_cast<uint8_t>(h[19]);
+  if (write_version < 1 || write_version > 2 || read_version < 1 || read_version > 2) {
+    return DataLoss("the header's file format versions are invalid");
+  }
+  if (static_cast<uint8_t>(h[21]) != 64 || static_cast<uint8_t>(h[22]) != 32 || static_cast<uint8_t>(h[23]) != 32) {
+    return DataLoss("the header's payload fractions are invalid");
+  }
+  if (page_size - static_cast<uint8_t>(h[20]) < 480) return DataLoss("the header's reserved space is invalid");
+  const uint32_t schema_format = BigEndian32(h, 44);
+  if (schema_format > 4) return DataLoss("the header's schema format " + std::to_string(schema_format) + " is invalid");
+  const uint32_t encoding = BigEndian32(h, 56);
+  if (encoding > 3) return DataLoss("the header's text encoding " + std::to_string(encoding) + " is invalid");
+  if (file_size % page_size != 0) {
+    return DataLoss("the file size " + std::to_string(file_size) + " is not a whole number of " +
+                    std::to_string(page_size) + "-byte pages");
+  }
+  // The page count in the header is current only when the change counter
+  // matches "version valid for" (SQLite's own rule).
+  const uint32_t pages = BigEndian32(h, 28);
+  if (pages != 0 && BigEndian32(h, 24) == BigEndian32(h, 92) && pages > file_size / page_size) {
+    return DataLoss("the header counts " + std::to_string(pages) + " pages, the file holds " +
+                    std::to_string(file_size / page_size) + ": it was truncated");
+  }
+  return Status::Ok();
+}
+
+Status FullCheckOnOwnConnection(const std::string& path, const std::string& vfs, int64_t cache_kib,
+                                std::atomic<bool>* stop) {
+  WS_ASSIGN_OR_RETURN(Connection db, Connection::OpenReadOnly(path, vfs));
+  int rc = sqlite3_busy_timeout(db.get(), 2000);
+  if (rc != SQLITE_OK) return db.Error(rc, "set busy timeout");
+  const std::string cache = "PRAGMA cache_size=-" + std::to_string(cache_kib);
+  WS_TRY(db.Exec(cache.c_str(), "set cache_size"));
+  WS_TRY(db.Exec("PRAGMA mmap_size=0", "set mmap_size"));
+  // Checked by SQLite every 1000 virtual-machine steps: a shutdown does not
+  // wait for the whole walk.
+  sqlite3_progress_handler(db.get(), 1000, StopRequested, stop);
+  return QuickCheck(db);
+}
+
 Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options, OpenReport* report) {
   auto store = std::make_unique<OutboxDb>(PrivateTag{});
+  // Before SQLite touches the file: SQLite reads a truncated file without
+  // complaint until it needs a page that is not there.
+  if (!options.full_check && PathExists(options.path)) WS_TRY(CheckFileHeader(options.path));
   WS_ASSIGN_OR_RETURN(store->db_, Connection::Open(options.path, options.vfs));
 
   // Until the file has passed every check, nothing may write to it.
   WS_TRY(SetCheckpointOnClose(store->db_, false));
   const auto check_start = std::chrono::steady_clock::now();
-  WS_TRY(QuickCheck(store->db_));
-  report->quick_check_us = MicrosSince(check_start);
+  report->full_check = options.full_check;
+  WS_TRY(options.full_check ? QuickCheck(store->db_) : Status::Ok());
   WS_ASSIGN_OR_RETURN(report->schema_version_found, CheckSchemaVersion(store->db_));
+  if (!options.full_check && report->schema_version_found > 0) WS_TRY(StructuralCheck(store->db_));
+  report->check_us = MicrosSince(check_start);
   WS_TRY(SetCheckpointOnClose(store->db_, true));
 
   WS_TRY(ConfigureConnection(store->db_, options.cache_kib));
@@ -261,13 +390,16 @@ Status OutboxDb::Prepare() {
        " coalesce((SELECT max(seq) FROM events), 0), coalesce((SELECT max(seq) FROM dlq), 0),"
        " coalesce((SELECT max(seq) FROM delivered), 0))"},
       {&set_last_sequence_, "UPDATE meta SET value = ?1 WHERE key = 'last_sequence'"},
+      // The lowest sequence: after a replay an id is both delivered and
+      // queued, and a producer's retry gets the first answer it had.
       {&find_id_,
        "SELECT seq, record FROM events WHERE id = ?1"
        " UNION ALL SELECT seq, record FROM dlq WHERE id = ?1"
-       " UNION ALL SELECT seq, record FROM delivered WHERE id = ?1 LIMIT 1"},
+       " UNION ALL SELECT seq, record FROM delivered WHERE id = ?1 ORDER BY 1 LIMIT 1"},
+      {&find_queued_id_, "SELECT seq FROM events WHERE id = ?1"},
       {&insert_event_,
-       "INSERT INTO events(seq, id, priority, stream, topic, accepted_us, expires_us, attempts, bytes, record)"
-       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)"},
+       "INSERT INTO events(seq, id, priority, stream, topic, accepted_us, expires_us, attempts, bytes, record,"
+       " replay_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10)"},
       {&copy_to_delivered_,
        "INSERT INTO delivered(seq, id, priority, stream, topic, accepted_us, delivered_us, record)"
        " SELECT seq, id, priority, stream, topic, accepted_us, ?2, record FROM events WHERE seq = ?1"},
@@ -284,12 +416,35 @@ Status OutboxDb::Prepare() {
       {&any_delivered_, "SELECT 1 FROM delivered WHERE delivered_us <= ?1 LIMIT 1"},
       {&purge_delivered_,
        "DELETE FROM delivered WHERE seq IN (SELECT seq FROM delivered WHERE delivered_us <= ?1 LIMIT ?2)"},
-      {&add_attempt_, "UPDATE events SET attempts = attempts + 1 WHERE priority = ?1 AND seq <= ?2"},
+      {&class_head_, "SELECT seq, accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT ?2"},
+      {&delete_class_up_to_, "DELETE FROM events WHERE priority = ?1 AND seq <= ?2"},
+      {&add_attempt_,
+       "UPDATE events SET attempts = attempts + 1 WHERE priority = ?1 AND seq <= ?2 AND not_before_us <= ?3"},
+      {&nack_, "UPDATE events SET attempts = attempts + 1, not_before_us = ?2 WHERE seq = ?1 RETURNING priority"},
+      // "> 0" repeats the partial index's condition so the planner can use it.
+      {&read_waiting_,
+       "SELECT seq, priority, not_before_us FROM events WHERE not_before_us > ?1 AND not_before_us > 0"},
       {&read_class_,
-       "SELECT seq, topic, stream, attempts, accepted_us, record FROM events"
-       " WHERE priority = ?1 AND seq > ?2 AND (expires_us = 0 OR expires_us > ?3) ORDER BY seq LIMIT ?4"},
+       "SELECT seq, topic, stream, attempts, accepted_us, record, replay_of FROM events"
+       " WHERE priority = ?1 AND seq > ?2 AND (expires_us = 0 OR expires_us > ?3) AND not_before_us <= ?3"
+       " ORDER BY seq LIMIT ?4"},
+      {&read_one_,
+       "SELECT seq, topic, stream, attempts, accepted_us, record, replay_of, priority FROM events"
+       " WHERE seq = ?1 AND (expires_us = 0 OR expires_us > ?2)"},
       {&read_totals_, "SELECT bucket, count, bytes FROM totals"},
-      {&oldest_in_class_, "SELECT accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT 1"},
+      {&oldest_in_class_, "SELECT seq, bytes, accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT 1"},
+      {&list_dlq_,
+       "SELECT seq, id, priority, topic, accepted_us, dead_lettered_us, attempts, reason, record FROM dlq"
+       " WHERE seq > ?1 ORDER BY seq LIMIT ?2"},
+      {&find_dlq_by_seq_, "SELECT seq, id, priority, stream, topic, bytes, record FROM dlq WHERE seq = ?1"},
+      {&find_dlq_by_id_,
+       "SELECT seq, id, priority, stream, topic, bytes, record FROM dlq WHERE id = ?1 ORDER BY seq LIMIT 1"},
+      {&delete_dlq_by_seq_, "DELETE FROM dlq WHERE seq = ?1"},
+      {&delete_dlq_by_id_, "DELETE FROM dlq WHERE id = ?1"},
+      {&delete_oldest_dlq_, "DELETE FROM dlq WHERE seq IN (SELECT seq FROM dlq ORDER BY seq LIMIT ?1)"},
+      {&delivered_by_seq_, "SELECT seq FROM delivered WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3"},
+      {&delivered_by_time_, "SELECT seq FROM delivered WHERE accepted_us BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3"},
+      {&read_delivered_, "SELECT id, priority, stream, topic, record FROM delivered WHERE seq = ?1"},
   };
   for (const Def& d : defs) {
     WS_ASSIGN_OR_RETURN(*d.stmt, Statement::Prepare(db_, d.sql));
@@ -369,7 +524,54 @@ Status OutboxDb::InsertEvent(const NewEventRow& r) {
   WS_TRY(insert_event_.Bind(7, r.expires_us));
   WS_TRY(insert_event_.Bind(8, static_cast<int64_t>(r.bytes)));
   WS_TRY(insert_event_.BindBlob(9, r.record));
+  WS_TRY(insert_event_.Bind(10, r.replay_of));
   return insert_event_.Run();
+}
+
+Result<std::optional<int64_t>> OutboxDb::FindQueuedId(std::string_view id) {
+  StatementScope scope(find_queued_id_);
+  WS_TRY(find_queued_id_.BindText(1, id));
+  WS_ASSIGN_OR_RETURN(bool row, find_queued_id_.Step());
+  if (!row) return std::optional<int64_t>();
+  return std::optional<int64_t>(find_queued_id_.ColumnInt64(0));
+}
+
+Result<bool> OutboxDb::DeleteEvent(int64_t sequence) {
+  StatementScope scope(delete_event_);
+  WS_TRY(delete_event_.Bind(1, sequence));
+  WS_TRY(delete_event_.Run());
+  return delete_event_.Changes() > 0;
+}
+
+Result<std::optional<EventHead>> OutboxDb::OldestInClass(Priority p) {
+  StatementScope scope(oldest_in_class_);
+  WS_TRY(oldest_in_class_.Bind(1, static_cast<int64_t>(p)));
+  WS_ASSIGN_OR_RETURN(bool row, oldest_in_class_.Step());
+  if (!row) return std::optional<EventHead>();
+  const int64_t bytes = oldest_in_class_.ColumnInt64(1);
+  if (bytes < 0) return DataLoss("event " + std::to_string(oldest_in_class_.ColumnInt64(0)) + " has negative bytes");
+  return std::optional<EventHead>(
+      EventHead{oldest_in_class_.ColumnInt64(0), static_cast<uint64_t>(bytes), oldest_in_class_.ColumnInt64(2)});
+}
+
+Result<int64_t> OutboxDb::DeleteOlderThan(Priority p, int64_t cutoff_us, int64_t limit) {
+  int64_t last = 0;
+  {
+    StatementScope scope(class_head_);
+    WS_TRY(class_head_.Bind(1, static_cast<int64_t>(p)));
+    WS_TRY(class_head_.Bind(2, limit));
+    for (;;) {
+      WS_ASSIGN_OR_RETURN(bool row, class_head_.Step());
+      if (!row || class_head_.ColumnInt64(1) > cutoff_us) break;
+      last = class_head_.ColumnInt64(0);
+    }
+  }
+  if (last == 0) return int64_t{0};
+  StatementScope scope(delete_class_up_to_);
+  WS_TRY(delete_class_up_to_.Bind(1, static_cast<int64_t>(p)));
+  WS_TRY(delete_class_up_to_.Bind(2, last));
+  WS_TRY(delete_class_up_to_.Run());
+  return delete_class_up_to_.Changes();
 }
 
 Result<bool> OutboxDb::RemoveDelivered(int64_t sequence, bool retain, int64_t now_us) {
@@ -428,11 +630,37 @@ Result<int64_t> OutboxDb::PurgeDeliveredUpTo(int64_t cutoff_us, int64_t limit) {
   return purge_delivered_.Changes();
 }
 
-Status OutboxDb::AddAttempt(Priority p, int64_t up_to_sequence) {
+Status OutboxDb::AddAttempt(Priority p, int64_t up_to_sequence, int64_t now_us) {
   StatementScope scope(add_attempt_);
   WS_TRY(add_attempt_.Bind(1, static_cast<int64_t>(p)));
   WS_TRY(add_attempt_.Bind(2, up_to_sequence));
+  WS_TRY(add_attempt_.Bind(3, now_us));
   return add_attempt_.Run();
+}
+
+Result<std::optional<Priority>> OutboxDb::Nack(int64_t sequence, int64_t not_before_us) {
+  StatementScope scope(nack_);
+  WS_TRY(nack_.Bind(1, sequence));
+  WS_TRY(nack_.Bind(2, not_before_us));
+  WS_ASSIGN_OR_RETURN(bool row, nack_.Step());
+  if (!row) return std::optional<Priority>();
+  const int64_t p = nack_.ColumnInt64(0);
+  // RETURNING rows are produced before the change is final: step to the end.
+  WS_TRY(nack_.Run());
+  if (p < 0 || p >= kPriorityCount) return DataLoss("event " + std::to_string(sequence) + " has an invalid priority");
+  return std::optional<Priority>(static_cast<Priority>(p));
+}
+
+Status OutboxDb::ReadWaiting(int64_t now_us, std::vector<WaitingRow>* out) {
+  StatementScope scope(read_waiting_);
+  WS_TRY(read_waiting_.Bind(1, now_us));
+  for (;;) {
+    WS_ASSIGN_OR_RETURN(bool row, read_waiting_.Step());
+    if (!row) return Status::Ok();
+    const int64_t p = read_waiting_.ColumnInt64(1);
+    if (p < 0 || p >= kPriorityCount) continue;  // the CHECK constraint makes this impossible
+    out->push_back(WaitingRow{read_waiting_.ColumnInt64(0), static_cast<Priority>(p), read_waiting_.ColumnInt64(2)});
+  }
 }
 
 Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t now_us, size_t limit, std::vector<LeasedEvent>* out,
@@ -441,9 +669,7 @@ Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t now_us, size_t 
   WS_TRY(read_class_.Bind(1, static_cast<int64_t>(p)));
   WS_TRY(read_class_.Bind(2, after));
   WS_TRY(read_class_.Bind(3, now_us));
-  // LIMIT -1 would mean "no limit" to SQLite; keep a huge request huge.
-  const size_t capped = std::min<size_t>(limit, static_cast<size_t>(INT64_MAX));
-  WS_TRY(read_class_.Bind(4, static_cast<int64_t>(capped)));
+  WS_TRY(read_class_.Bind(4, static_cast<int64_t>(std::min<uint64_t>(limit, INT64_MAX))));
   for (;;) {
     WS_ASSIGN_OR_RETURN(bool row, read_class_.Step());
     if (!row) return Status::Ok();
@@ -461,8 +687,144 @@ Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t now_us, size_t 
     e.priority = p;
     e.attempts = static_cast<int32_t>(read_class_.ColumnInt64(3));
     e.accepted_at_us = read_class_.ColumnInt64(4);
+    e.replay_of = read_class_.ColumnInt64(6);
     e.event = std::move(event).value();
   }
+}
+
+Status OutboxDb::ReadLeasableBySequence(int64_t sequence, int64_t now_us, std::vector<LeasedEvent>* out,
+                                        std::vector<std::pair<int64_t, Status>>* unreadable) {
+  StatementScope scope(read_one_);
+  WS_TRY(read_one_.Bind(1, sequence));
+  WS_TRY(read_one_.Bind(2, now_us));
+  WS_ASSIGN_OR_RETURN(bool row, read_one_.Step());
+  if (!row) return Status::Ok();
+  Result<Event> event = DecodeEventRecord(read_one_.ColumnBlob(5));
+  if (!event.ok()) {
+    unreadable->emplace_back(sequence, event.status());
+    return Status::Ok();
+  }
+  const int64_t p = read_one_.ColumnInt64(7);
+  if (p < 0 || p >= kPriorityCount) return DataLoss("event " + std::to_string(sequence) + " has an invalid priority");
+  LeasedEvent& e = out->emplace_back();
+  e.sequence = sequence;
+  e.topic = std::string(read_one_.ColumnText(1));
+  e.stream = std::string(read_one_.ColumnText(2));
+  e.priority = static_cast<Priority>(p);
+  e.attempts = static_cast<int32_t>(read_one_.ColumnInt64(3));
+  e.accepted_at_us = read_one_.ColumnInt64(4);
+  e.replay_of = read_one_.ColumnInt64(6);
+  e.event = std::move(event).value();
+  return Status::Ok();
+}
+
+namespace {
+
+// LIMIT -1 would mean "no limit" to SQLite; keep a huge request huge.
+int64_t SqlLimit(size_t limit) { return static_cast<int64_t>(std::min<uint64_t>(limit, INT64_MAX)); }
+
+Result<Priority> PriorityColumn(const Statement& stmt, int column, int64_t sequence) {
+  const int64_t p = stmt.ColumnInt64(column);
+  if (p < 0 || p >= kPriorityCount) return DataLoss("row " + std::to_string(sequence) + " has an invalid priority");
+  return static_cast<Priority>(p);
+}
+
+}  // namespace
+
+Status OutboxDb::ListDeadLetters(int64_t after, size_t limit, std::vector<DeadLetter>* out) {
+  StatementScope scope(list_dlq_);
+  WS_TRY(list_dlq_.Bind(1, after));
+  WS_TRY(list_dlq_.Bind(2, SqlLimit(limit)));
+  for (;;) {
+    WS_ASSIGN_OR_RETURN(bool row, list_dlq_.Step());
+    if (!row) return Status::Ok();
+    DeadLetter d;
+    d.sequence = list_dlq_.ColumnInt64(0);
+    d.id = std::string(list_dlq_.ColumnText(1));
+    WS_ASSIGN_OR_RETURN(d.priority, PriorityColumn(list_dlq_, 2, d.sequence));
+    d.topic = std::string(list_dlq_.ColumnText(3));
+    d.accepted_at_us = list_dlq_.ColumnInt64(4);
+    d.dead_lettered_at_us = list_dlq_.ColumnInt64(5);
+    d.attempts = static_cast<int32_t>(list_dlq_.ColumnInt64(6));
+    d.reason = std::string(list_dlq_.ColumnText(7));
+    // The type is inside the record; a record that cannot be decoded (the
+    // reason it was parked, perhaps) is still listed, without one.
+    Result<Event> event = DecodeEventRecord(list_dlq_.ColumnBlob(8));
+    if (event.ok()) d.type = std::move(event->type);
+    out->push_back(std::move(d));
+  }
+}
+
+Result<std::optional<DeadLetterRow>> OutboxDb::FindDeadLetter(int64_t sequence, std::string_view id) {
+  Statement& stmt = sequence != 0 ? find_dlq_by_seq_ : find_dlq_by_id_;
+  StatementScope scope(stmt);
+  WS_TRY(sequence != 0 ? stmt.Bind(1, sequence) : stmt.BindText(1, id));
+  WS_ASSIGN_OR_RETURN(bool row, stmt.Step());
+  if (!row) return std::optional<DeadLetterRow>();
+  DeadLetterRow d;
+  d.sequence = stmt.ColumnInt64(0);
+  d.id = std::string(stmt.ColumnText(1));
+  WS_ASSIGN_OR_RETURN(d.priority, PriorityColumn(stmt, 2, d.sequence));
+  d.stream = std::string(stmt.ColumnText(3));
+  d.topic = std::string(stmt.ColumnText(4));
+  const int64_t bytes = stmt.ColumnInt64(5);
+  if (bytes < 0) return DataLoss("dead letter " + std::to_string(d.sequence) + " has negative bytes");
+  d.bytes = static_cast<uint64_t>(bytes);
+  d.record = std::string(stmt.ColumnBlob(6));
+  return std::optional<DeadLetterRow>(std::move(d));
+}
+
+Result<int64_t> OutboxDb::DeleteDeadLetters(int64_t sequence, std::string_view id) {
+  Statement& stmt = sequence != 0 ? delete_dlq_by_seq_ : delete_dlq_by_id_;
+  StatementScope scope(stmt);
+  WS_TRY(sequence != 0 ? stmt.Bind(1, sequence) : stmt.BindText(1, id));
+  WS_TRY(stmt.Run());
+  return stmt.Changes();
+}
+
+Result<int64_t> OutboxDb::DeleteOldestDeadLetters(int64_t limit) {
+  StatementScope scope(delete_oldest_dlq_);
+  WS_TRY(delete_oldest_dlq_.Bind(1, limit));
+  WS_TRY(delete_oldest_dlq_.Run());
+  return delete_oldest_dlq_.Changes();
+}
+
+Status OutboxDb::SelectDelivered(const ReplayRange& range, size_t limit, std::vector<int64_t>* out) {
+  const bool by_sequence = range.from_sequence != 0 || range.to_sequence != 0;
+  const bool by_time = range.from_us != 0 || range.to_us != 0;
+  auto collect = [&](Statement& stmt, int64_t from, int64_t to) -> Status {
+    StatementScope scope(stmt);
+    WS_TRY(stmt.Bind(1, from));
+    WS_TRY(stmt.Bind(2, to == 0 ? INT64_MAX : to));
+    WS_TRY(stmt.Bind(3, SqlLimit(limit)));
+    for (;;) {
+      WS_ASSIGN_OR_RETURN(bool row, stmt.Step());
+      if (!row) return Status::Ok();
+      out->push_back(stmt.ColumnInt64(0));
+    }
+  };
+  const size_t start = out->size();
+  if (by_sequence || !by_time) WS_TRY(collect(delivered_by_seq_, range.from_sequence, range.to_sequence));
+  if (by_time) WS_TRY(collect(delivered_by_time_, range.from_us, range.to_us));
+  // Both criteria: one ascending list without the events both selected.
+  std::sort(out->begin() + static_cast<std::ptrdiff_t>(start), out->end());
+  out->erase(std::unique(out->begin() + static_cast<std::ptrdiff_t>(start), out->end()), out->end());
+  if (out->size() - start > limit) out->resize(start + limit);
+  return Status::Ok();
+}
+
+Result<std::optional<DeliveredRow>> OutboxDb::ReadDelivered(int64_t sequence) {
+  StatementScope scope(read_delivered_);
+  WS_TRY(read_delivered_.Bind(1, sequence));
+  WS_ASSIGN_OR_RETURN(bool row, read_delivered_.Step());
+  if (!row) return std::optional<DeliveredRow>();
+  DeliveredRow d;
+  d.id = std::string(read_delivered_.ColumnText(0));
+  WS_ASSIGN_OR_RETURN(d.priority, PriorityColumn(read_delivered_, 1, sequence));
+  d.stream = std::string(read_delivered_.ColumnText(2));
+  d.topic = std::string(read_delivered_.ColumnText(3));
+  d.record = std::string(read_delivered_.ColumnBlob(4));
+  return std::optional<DeliveredRow>(std::move(d));
 }
 
 Result<StoreTotals> OutboxDb::ReadTotals() {
@@ -490,10 +852,8 @@ Result<StoreTotals> OutboxDb::ReadTotals() {
   for (Priority p : kAllPriorities) {
     ClassBacklog& b = t.backlog[static_cast<size_t>(p)];
     if (b.count == 0) continue;
-    StatementScope scope(oldest_in_class_);
-    WS_TRY(oldest_in_class_.Bind(1, static_cast<int64_t>(p)));
-    WS_ASSIGN_OR_RETURN(bool row, oldest_in_class_.Step());
-    if (row) b.oldest_accepted_us = oldest_in_class_.ColumnInt64(0);
+    WS_ASSIGN_OR_RETURN(std::optional<EventHead> head, OldestInClass(p));
+    if (head.has_value()) b.oldest_accepted_us = head->accepted_us;
   }
   return t;
 }

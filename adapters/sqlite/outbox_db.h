@@ -1,11 +1,13 @@
 // The outbox's tables and the statements on them: schema and migrations,
-// the integrity check at open, and one method per SQL operation. Internal to
+// the integrity checks (at open, and the full one a background thread may
+// run on its own connection), and one method per SQL operation. Internal to
 // adapters/sqlite. Single-threaded: it belongs to SqliteOutbox's committer
 // thread (opened on the caller's thread, then handed over). It decides no
 // policy beyond single statements; SqliteOutbox composes these calls into
 // transactions.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -23,8 +25,12 @@ namespace ws::sqlite {
 
 struct OutboxDbOptions {
   std::string path;
-  std::string vfs;         // empty = SQLite's default
+  std::string vfs;  // empty = SQLite's default
   int64_t cache_kib = 2048;
+  // PRAGMA quick_check (reads every page) before anything else; without it
+  // only the structural check runs (header, page count against the file
+  // size, schema), and the caller is expected to run FullCheck later.
+  bool full_check = true;
 };
 
 // An event id already in the store (outbox, dead letters or delivered).
@@ -41,10 +47,45 @@ struct StoreTotals {
 
 // What Open found: the state the committer starts from.
 struct OpenReport {
-  int64_t quick_check_us = 0;
+  bool full_check = false;  // quick_check ran (else only the structural check)
+  int64_t check_us = 0;
   int schema_version_found = 0;  // PRAGMA user_version before migrating
   int64_t last_sequence = 0;
   StoreTotals totals;
+};
+
+// The first event of a class in (priority, sequence) order.
+struct EventHead {
+  int64_t sequence = 0;
+  uint64_t bytes = 0;
+  int64_t accepted_us = 0;
+};
+
+// An event waiting for its retry time (set by Nack).
+struct WaitingRow {
+  int64_t sequence = 0;
+  Priority priority = Priority::kNormal;
+  int64_t not_before_us = 0;
+};
+
+// A dead letter with what it takes to put it back into the outbox.
+struct DeadLetterRow {
+  int64_t sequence = 0;
+  std::string id;
+  Priority priority = Priority::kNormal;
+  std::string stream;
+  std::string topic;
+  uint64_t bytes = 0;
+  std::string record;
+};
+
+// A retained delivered event, as Replay needs it.
+struct DeliveredRow {
+  std::string id;
+  Priority priority = Priority::kNormal;
+  std::string stream;
+  std::string topic;
+  std::string record;
 };
 
 struct NewEventRow {
@@ -57,12 +98,28 @@ struct NewEventRow {
   int64_t expires_us = 0;
   uint64_t bytes = 0;
   std::string_view record;
+  int64_t replay_of = 0;  // the delivered sequence this event re-sends; 0 = none
 };
+
+// Checks the first 100 bytes of a database file (its header) against the
+// file's size: the magic string, sane page size and format fields, and a
+// page count that fits in the file. kDataLoss names what is wrong. Pure;
+// exposed for tests.
+Status CheckDatabaseHeader(std::string_view header, uint64_t file_size);
+
+// PRAGMA quick_check over the whole file on a connection of its own, opened
+// read-only (no write lock, so the committer keeps committing meanwhile).
+// For a thread other than the committer's. kDataLoss when it finds damage,
+// kCancelled once `*stop` turns true (checked every few thousand steps),
+// other codes when the check itself could not run.
+Status FullCheckOnOwnConnection(const std::string& path, const std::string& vfs, int64_t cache_kib,
+                                std::atomic<bool>* stop);
 
 class OutboxDb {
  public:
-  // Opens or creates the file, runs PRAGMA quick_check, switches to WAL with
-  // synchronous=FULL, migrates the schema and prepares every statement.
+  // Opens or creates the file, checks it (options.full_check), switches to
+  // WAL with synchronous=FULL, migrates the schema and prepares every
+  // statement.
   // kDataLoss means the file is damaged (or is not an outbox) and should be
   // quarantined; other errors are reported as they are.
   static Result<std::unique_ptr<OutboxDb>> Open(const OutboxDbOptions& options, OpenReport* report);
@@ -99,8 +156,15 @@ class OutboxDb {
   Result<int64_t> LastSequence();
   Status SetLastSequence(int64_t sequence);
 
+  // The lowest sequence under which `id` is stored anywhere.
   Result<std::optional<StoredId>> FindId(std::string_view id);
+  // The sequence of `id` in the outbox itself (not dead letters or
+  // delivered), if it is there.
+  Result<std::optional<int64_t>> FindQueuedId(std::string_view id);
   Status InsertEvent(const NewEventRow& row);
+  // False if no such event is in the outbox.
+  Result<bool> DeleteEvent(int64_t sequence);
+  Result<std::optional<EventHead>> OldestInClass(Priority p);
 
   // Removes an acknowledged event, keeping a copy in `delivered` when
   // `retain`. False if no such event is in the outbox.
@@ -114,14 +178,46 @@ class OutboxDb {
   Result<bool> AnyDeliveredUpTo(int64_t cutoff_us);
   Result<int64_t> PurgeDeliveredUpTo(int64_t cutoff_us, int64_t limit);
 
-  // Counts a delivery attempt for every event of class `p` up to `sequence`.
-  Status AddAttempt(Priority p, int64_t up_to_sequence);
+  // Deletes the events of class `p` at the head of its queue that were
+  // accepted at or before `cutoff_us`, at most `limit`; returns how many.
+  // Only the head: accepted times rise with the sequence, so the first
+  // younger event ends the run without reading the rest of the class.
+  Result<int64_t> DeleteOlderThan(Priority p, int64_t cutoff_us, int64_t limit);
+
+  // Counts a delivery attempt for every event of class `p` up to `sequence`
+  // that is not waiting for a retry time after `now_us` (a Nack counted
+  // those already).
+  Status AddAttempt(Priority p, int64_t up_to_sequence, int64_t now_us);
+
+  // A transient delivery failure: one more attempt, and not leasable before
+  // `not_before_us`. The event's class, or nothing if it is not there.
+  Result<std::optional<Priority>> Nack(int64_t sequence, int64_t not_before_us);
+  // Events whose retry time is after `now_us`.
+  Status ReadWaiting(int64_t now_us, std::vector<WaitingRow>* out);
 
   // Appends up to `limit` unexpired events of class `p` with a sequence above
   // `after`, in sequence order, to `out`. Rows whose record cannot be decoded
   // go to `unreadable` instead. `*last_seen` is the highest sequence read.
+  // Rows whose retry time is after `now_us` are skipped.
   Status ReadLeasable(Priority p, int64_t after, int64_t now_us, size_t limit, std::vector<LeasedEvent>* out,
                       std::vector<std::pair<int64_t, Status>>* unreadable, int64_t* last_seen);
+  // The one event `sequence`, if it is there and unexpired, like ReadLeasable.
+  Status ReadLeasableBySequence(int64_t sequence, int64_t now_us, std::vector<LeasedEvent>* out,
+                                std::vector<std::pair<int64_t, Status>>* unreadable);
+
+  // Dead letters with a sequence above `after`, oldest first, at most `limit`.
+  Status ListDeadLetters(int64_t after, size_t limit, std::vector<DeadLetter>* out);
+  // By sequence, or (sequence 0) the oldest with this id.
+  Result<std::optional<DeadLetterRow>> FindDeadLetter(int64_t sequence, std::string_view id);
+  // By sequence, or (sequence 0) every one with this id; returns how many.
+  Result<int64_t> DeleteDeadLetters(int64_t sequence, std::string_view id);
+  // The oldest `limit` dead letters; returns how many.
+  Result<int64_t> DeleteOldestDeadLetters(int64_t limit);
+
+  // Sequences of retained delivered events in `range`, ascending, at most
+  // `limit`.
+  Status SelectDelivered(const ReplayRange& range, size_t limit, std::vector<int64_t>* out);
+  Result<std::optional<DeliveredRow>> ReadDelivered(int64_t sequence);
 
   // Counts and bytes per class and of the dead letters, kept by triggers in
   // the `totals` table, plus the oldest event of each class: no table scan.
@@ -135,10 +231,13 @@ class OutboxDb {
   Connection db_;
   Statement begin_, commit_, rollback_, savepoint_, release_, rollback_to_;
   Statement last_sequence_, set_last_sequence_;
-  Statement find_id_, insert_event_;
+  Statement find_id_, find_queued_id_, insert_event_;
   Statement copy_to_delivered_, delete_event_, copy_to_dlq_;
   Statement any_expired_, delete_expired_, any_delivered_, purge_delivered_;
-  Statement add_attempt_, read_class_, read_totals_, oldest_in_class_;
+  Statement class_head_, delete_class_up_to_;
+  Statement add_attempt_, nack_, read_waiting_, read_class_, read_one_, read_totals_, oldest_in_class_;
+  Statement list_dlq_, find_dlq_by_seq_, find_dlq_by_id_, delete_dlq_by_seq_, delete_dlq_by_id_, delete_oldest_dlq_;
+  Statement delivered_by_seq_, delivered_by_time_, read_delivered_;
 };
 
 }  // namespace ws::sqlite

@@ -33,7 +33,15 @@ void Connection::Close() {
 }
 
 Result<Connection> Connection::Open(const std::string& path, const std::string& vfs) {
-  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+  return OpenFlags(path, vfs, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+}
+
+Result<Connection> Connection::OpenReadOnly(const std::string& path, const std::string& vfs) {
+  return OpenFlags(path, vfs, SQLITE_OPEN_READONLY);
+}
+
+Result<Connection> Connection::OpenFlags(const std::string& path, const std::string& vfs, int flags) {
+  flags |= SQLITE_OPEN_NOMUTEX;
 #ifdef SQLITE_OPEN_EXRESCODE
   flags |= SQLITE_OPEN_EXRESCODE;
 #endif

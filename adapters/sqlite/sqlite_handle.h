@@ -27,6 +27,8 @@ class Connection {
   // Opens read-write, creating the file if missing. `vfs` names a registered
   // SQLite VFS; empty means the default one.
   static Result<Connection> Open(const std::string& path, const std::string& vfs);
+  // Opens an existing file read-only (for a check beside the writer).
+  static Result<Connection> OpenReadOnly(const std::string& path, const std::string& vfs);
 
   sqlite3* get() const { return db_; }
   bool valid() const { return db_ != nullptr; }
@@ -43,6 +45,7 @@ class Connection {
 
  private:
   explicit Connection(sqlite3* db) : db_(db) {}
+  static Result<Connection> OpenFlags(const std::string& path, const std::string& vfs, int flags);
   sqlite3* db_ = nullptr;
 };
 

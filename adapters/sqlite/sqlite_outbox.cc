@@ -2,15 +2,19 @@
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -33,6 +37,13 @@ constexpr int64_t kSweepChunk = 2048;
 
 // How often the store looks for expired events and stale deliveries.
 constexpr auto kMaintenanceInterval = std::chrono::seconds(1);
+
+// One Replay re-sends at most this many events: one transaction, so its WAL
+// (about 200 bytes per event) stays a few tens of MiB.
+constexpr size_t kMaxReplayEvents = 100000;
+
+constexpr const char* kCleanSuffix = ".clean";
+constexpr const char* kNeedsCheckSuffix = ".needs-check";
 
 Status ShuttingDown() { return Status(StatusCode::kCancelled, "the outbox is shutting down"); }
 
@@ -74,9 +85,56 @@ Result<std::string> Quarantine(const std::string& path, const Clock& clock) {
   return target;
 }
 
+// Size of a regular file; nullopt when it does not exist or cannot be read.
+std::optional<uint64_t> FileSize(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  return static_cast<uint64_t>(st.st_size);
+}
+
+std::string CleanMarkerText(uint64_t size) {
+  return "waystation outbox closed cleanly\nsize=" + std::to_string(size) + "\n";
+}
+
+// How much Open checks, and why (for the log).
+struct CheckPlan {
+  bool full = true;
+  bool background = false;
+  std::string why;
+};
+
+// The full check reads every page: it runs at open whenever that is cheap
+// (a small file) or there is reason to doubt the file; a large file after a
+// clean shutdown gets the structural check at open and the full one in the
+// background, so the node collects events again within a fraction of a
+// second.
+CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes) {
+  const std::optional<uint64_t> size = FileSize(path);
+  if (!size.has_value() || *size == 0) return {true, false, "new store"};
+  if (PathExists(path + kNeedsCheckSuffix)) return {true, false, "the last background check found damage"};
+  if (*size <= full_check_max_bytes) return {true, false, "small file"};
+  // A running store always has a -wal file; one left with content means the
+  // last run did not close, whatever the marker says.
+  const std::optional<uint64_t> wal = FileSize(path + "-wal");
+  if (wal.has_value() && *wal > 0) return {true, false, "the last shutdown was not clean (WAL left behind)"};
+  Result<std::string> marker = ReadFile(path + kCleanSuffix);
+  if (!marker.ok()) return {true, false, "the last shutdown was not clean (no marker)"};
+  if (*marker != CleanMarkerText(*size)) return {true, false, "the file changed since its clean shutdown"};
+  return {false, true, "clean shutdown"};
+}
+
+// Best effort: a marker that cannot be removed is logged. A stale clean
+// marker cannot mislead the next open, which also requires the WAL gone.
+void RemoveMarker(const std::string& path) {
+  if (::unlink(path.c_str()) == 0 || errno == ENOENT) return;
+  WS_LOG_WARN(kComponent, "could not remove a marker file",
+              {{"path", path}, {"error", ErrnoStatus(errno, "unlink").ToString()}});
+}
+
 struct AppendOp {
   std::vector<OutboxEntry> entries;
   Outbox::AppendDone done;
+  std::chrono::steady_clock::time_point called;  // for the ack latency histogram
 };
 struct LeaseOp {
   size_t max_events;
@@ -92,15 +150,41 @@ struct DeadLetterOp {
   std::string reason;
   Outbox::StatusDone done;
 };
-using Op = std::variant<AppendOp, LeaseOp, AckOp, ResetLeasesOp, DeadLetterOp>;
+struct NackOp {
+  std::vector<int64_t> sequences;
+  int64_t not_before_us;
+  Outbox::StatusDone done;
+};
+struct ListDeadLettersOp {
+  int64_t after_sequence;
+  size_t limit;
+  std::function<void(Result<std::vector<DeadLetter>>)> done;
+};
+struct RetryDeadLetterOp {
+  int64_t sequence;
+  std::string id;
+  std::function<void(Result<AppendOutcome>)> done;
+};
+struct PurgeDeadLettersOp {
+  int64_t sequence;
+  std::string id;
+  std::function<void(Result<uint64_t>)> done;
+};
+struct ReplayOp {
+  ReplayRange range;
+  std::function<void(Result<uint64_t>)> done;
+};
+using Op = std::variant<AppendOp, LeaseOp, AckOp, ResetLeasesOp, DeadLetterOp, NackOp, ListDeadLettersOp,
+                        RetryDeadLetterOp, PurgeDeadLettersOp, ReplayOp>;
 
-// What an append batch has written so far inside its transaction.
+// What a write transaction has done so far: the store's usage as it left
+// it (what the limits are judged against), and what it added and dropped.
 struct BatchTally {
   int64_t last_sequence = 0;
-  uint64_t total_bytes = 0;
+  StoreUsage usage;
   uint64_t new_events = 0;
-  std::array<uint64_t, kPriorityCount> count{};
-  std::array<uint64_t, kPriorityCount> bytes{};
+  uint64_t dropped = 0;  // removed by drop_oldest
+  std::array<uint64_t, kPriorityCount> added{};
 };
 
 }  // namespace
@@ -110,6 +194,9 @@ class SqliteOutbox::Impl {
   Impl(SqliteOutboxOptions options, Clock* clock, std::unique_ptr<sqlite::OutboxDb> db,
        const sqlite::OpenReport& report, bool quarantined)
       : options_(std::move(options)), clock_(clock), db_(std::move(db)), last_sequence_(report.last_sequence) {
+    limits_.max_bytes = options_.max_bytes;
+    limits_.control_reserve_bytes = options_.control_reserve_bytes;
+    limits_.classes = options_.classes;
     ApplyTotals(report.totals);
     stats_.last_sequence = report.last_sequence;
     stats_.quarantined_at_start = quarantined;
@@ -117,24 +204,46 @@ class SqliteOutbox::Impl {
 
   ~Impl() { Shutdown(); }
 
-  // Refuses new calls, lets the committer finish what is queued, joins it.
-  // Idempotent. Not from the committer thread itself.
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  // Reads back the retry times Nack left in the file (the committer thread
+  // has not started yet, so this thread may use the connection).
+  Status LoadWaiting() {
+    std::vector<sqlite::WaitingRow> rows;
+    WS_TRY(db_->ReadWaiting(clock_->WallMicros(), &rows));
+    for (const sqlite::WaitingRow& r : rows) waiting_[static_cast<size_t>(r.priority)][r.sequence] = r.not_before_us;
+    return Status::Ok();
+  }
+
+  void Start(bool background_check) {
+    if (background_check) {
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        stats_.integrity_check_running = true;
+      }
+      check_thread_ = std::thread([this] { RunBackgroundCheck(); });
+      static_cast<void>(pthread_setname_np(check_thread_.native_handle(), "ws-outbox-check"));
+    }
+    thread_ = std::thread([this] { Run(); });
+    // The name only helps top/gdb; failing to set it changes nothing.
+    static_cast<void>(pthread_setname_np(thread_.native_handle(), "ws-outbox"));
+  }
+
+  // Refuses new calls, stops the background check, lets the committer
+  // finish what is queued, joins it, closes the database and, if that left
+  // no WAL behind, marks the shutdown clean. Idempotent. Not from the
+  // committer thread itself.
   void Shutdown() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
     }
     cv_.notify_all();
+    check_stop_ = true;
+    if (check_thread_.joinable()) check_thread_.join();
     if (thread_.joinable()) thread_.join();
-  }
-
-  Impl(const Impl&) = delete;
-  Impl& operator=(const Impl&) = delete;
-
-  void Start() {
-    thread_ = std::thread([this] { Run(); });
-    // The name only helps top/gdb; failing to set it changes nothing.
-    static_cast<void>(pthread_setname_np(thread_.native_handle(), "ws-outbox"));
+    CloseDatabase();
   }
 
   // Queues `op`; false (and `op` untouched) once shutdown has begun.
@@ -161,6 +270,60 @@ class SqliteOutbox::Impl {
   }
 
  private:
+  // ---- shutdown (the thread that destroys the outbox, after the joins) ----
+
+  void CloseDatabase() {
+    if (db_ == nullptr) return;
+    // The last connection to close checkpoints the WAL into the file and
+    // deletes it; a WAL still there means that did not happen.
+    db_.reset();
+    bool damaged = false;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      damaged = stats_.integrity_failed;
+    }
+    if (damaged || PathExists(options_.path + "-wal")) return;
+    const std::optional<uint64_t> size = FileSize(options_.path);
+    if (!size.has_value()) return;
+    Status s = AtomicWriteFile(options_.path + kCleanSuffix, CleanMarkerText(*size));
+    if (!s.ok()) {
+      // Only costs the next start a full check.
+      WS_LOG_WARN(kComponent, "could not mark the shutdown clean", {{"error", s.ToString()}});
+    }
+  }
+
+  // ---- background check thread ----
+
+  void RunBackgroundCheck() {
+    const auto start = std::chrono::steady_clock::now();
+    Status s = sqlite::FullCheckOnOwnConnection(options_.path, options_.vfs, options_.cache_kib, &check_stop_);
+    const std::string ms = std::to_string(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count());
+    if (s.ok()) {
+      WS_LOG_INFO(kComponent, "background integrity check passed", {{"path", options_.path}, {"check_ms", ms}});
+    } else if (s.code() == StatusCode::kDataLoss) {
+      // The file stays in use: what it holds is still readable in part, and
+      // quarantining under the committer's feet would stop collection. The
+      // next start checks in full first and moves it aside.
+      Status marked = AtomicWriteFile(options_.path + kNeedsCheckSuffix, s.ToString() + "\n");
+      WS_LOG_ERROR(kComponent,
+                   "ALARM: the background integrity check found damage; the store will be checked "
+                   "in full and quarantined at the next start",
+                   {{"path", options_.path},
+                    {"error", s.ToString()},
+                    {"marker", marked.ok() ? options_.path + kNeedsCheckSuffix : marked.ToString()}});
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.integrity_failed = true;
+    } else if (s.code() == StatusCode::kCancelled) {
+      WS_LOG_INFO(kComponent, "background integrity check stopped by shutdown", {{"path", options_.path}});
+    } else {
+      WS_LOG_WARN(kComponent, "background integrity check could not run",
+                  {{"path", options_.path}, {"error", s.ToString()}});
+    }
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.integrity_check_running = false;
+  }
+
   // ---- committer thread ----
 
   void Run() {
@@ -201,15 +364,29 @@ class SqliteOutbox::Impl {
         Op op = std::move(queue_.front());
         queue_.pop_front();
         lock.unlock();
-        if (auto* lease = std::get_if<LeaseOp>(&op)) {
-          RunLease(*lease);
-        } else if (auto* dead = std::get_if<DeadLetterOp>(&op)) {
-          RunDeadLetter(*dead);
-        } else {
-          RunResetLeases();
-        }
+        RunOne(op);
         lock.lock();
       }
+    }
+  }
+
+  void RunOne(Op& op) {
+    if (auto* lease = std::get_if<LeaseOp>(&op)) {
+      RunLease(*lease);
+    } else if (auto* dead = std::get_if<DeadLetterOp>(&op)) {
+      RunDeadLetter(*dead);
+    } else if (auto* nack = std::get_if<NackOp>(&op)) {
+      RunNack(*nack);
+    } else if (auto* list = std::get_if<ListDeadLettersOp>(&op)) {
+      RunListDeadLetters(*list);
+    } else if (auto* retry = std::get_if<RetryDeadLetterOp>(&op)) {
+      RunRetryDeadLetter(*retry);
+    } else if (auto* purge = std::get_if<PurgeDeadLettersOp>(&op)) {
+      RunPurgeDeadLetters(*purge);
+    } else if (auto* replay = std::get_if<ReplayOp>(&op)) {
+      RunReplay(*replay);
+    } else {
+      RunResetLeases();
     }
   }
 
@@ -241,12 +418,37 @@ class SqliteOutbox::Impl {
     }
   }
 
+  BatchTally StartTally() const {
+    BatchTally t;
+    t.last_sequence = last_sequence_;
+    t.usage = usage_;
+    return t;
+  }
+
+  // After a commit: the tally becomes the store's state. Drops change each
+  // class's oldest event, so they are read back from the file.
+  void CommitTally(const BatchTally& t, int64_t now) {
+    last_sequence_ = t.last_sequence;
+    usage_ = t.usage;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      for (size_t p = 0; p < kPriorityCount; ++p) {
+        ClassBacklog& b = stats_.backlog[p];
+        if (t.added[p] > 0 && b.count == 0) b.oldest_accepted_us = now;
+        b.count = usage_.classes[p].count;
+        b.bytes = usage_.classes[p].bytes;
+      }
+      stats_.last_sequence = last_sequence_;
+      stats_.removed_dropped_overflow += t.dropped;
+    }
+    if (t.dropped > 0) RefreshTotals();
+  }
+
   void RunAppendBatch(std::vector<AppendOp>& batch) {
     const int64_t now = clock_->WallMicros();
     std::vector<Result<std::vector<AppendOutcome>>> results;
     results.reserve(batch.size());
-    BatchTally tally;
-    tally.last_sequence = last_sequence_;
+    BatchTally tally = StartTally();
 
     // A storage failure (disk full, I/O error) dooms the whole transaction;
     // a request's own rejection (duplicate id with other content, store
@@ -279,19 +481,17 @@ class SqliteOutbox::Impl {
       }
       results = std::move(failed);
     } else {
-      last_sequence_ = tally.last_sequence;
-      store_bytes_ += tally.total_bytes;
+      CommitTally(tally, now);
+      const auto committed = std::chrono::steady_clock::now();
       std::lock_guard<std::mutex> lock(stats_mu_);
-      for (size_t p = 0; p < kPriorityCount; ++p) {
-        ClassBacklog& b = stats_.backlog[p];
-        if (tally.count[p] > 0 && b.count == 0) b.oldest_accepted_us = now;
-        b.count += tally.count[p];
-        b.bytes += tally.bytes[p];
-      }
-      stats_.last_sequence = last_sequence_;
       if (tally.new_events > 0) {
         ++stats_.commits;
         stats_.appended_events += tally.new_events;
+      }
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (!results[i].ok()) continue;
+        const int64_t us = std::chrono::duration_cast<std::chrono::microseconds>(committed - batch[i].called).count();
+        RecordAckLatency(us, batch[i].entries.size(), &stats_);
       }
     }
 
@@ -333,6 +533,34 @@ class SqliteOutbox::Impl {
     return s;
   }
 
+  // Makes room for one event of class `p` counting `bytes`, as the class's
+  // overflow policy says, inside the open transaction. Sets *refused (and
+  // returns kResourceExhausted with the reason) when the event may not be
+  // stored; any other error is a storage failure.
+  Status Admit(Priority p, uint64_t bytes, BatchTally* tally, bool* refused) {
+    const auto i = static_cast<size_t>(p);
+    for (;;) {
+      AdmissionDecision d = DecideAdmission(limits_, tally->usage, p, bytes);
+      if (d.action == Admission::kAdmit) return Status::Ok();
+      if (d.action == Admission::kReject) {
+        *refused = true;
+        return ResourceExhausted(std::move(d.reason));
+      }
+      WS_ASSIGN_OR_RETURN(std::optional<sqlite::EventHead> head, db_->OldestInClass(p));
+      // The totals say the class has events; if the table disagrees, refuse
+      // rather than loop.
+      if (!head.has_value()) {
+        *refused = true;
+        return ResourceExhausted(std::move(d.reason));
+      }
+      WS_TRY(db_->DeleteEvent(head->sequence).status());
+      ClassUsage& u = tally->usage.classes[i];
+      u.count -= std::min<uint64_t>(u.count, 1);
+      u.bytes -= std::min(u.bytes, head->bytes);
+      ++tally->dropped;
+    }
+  }
+
   // Sets *rejected for a refusal of this call alone (nothing else is wrong).
   Status AppendEntries(const std::vector<OutboxEntry>& entries, int64_t now, BatchTally* tally,
                        std::vector<AppendOutcome>* outcomes, bool* rejected) {
@@ -355,25 +583,22 @@ class SqliteOutbox::Impl {
                              std::to_string(found->sequence) + ") with different content");
       }
       const uint64_t bytes = StoredBytes(e, record);
-      const uint64_t in_use = store_bytes_ + tally->total_bytes;
-      if (bytes > options_.max_bytes || in_use > options_.max_bytes - bytes) {
-        *rejected = true;
+      if (Status admit = Admit(e.priority, bytes, tally, rejected); !admit.ok()) {
+        if (!*rejected) return admit;
         {
           std::lock_guard<std::mutex> lock(stats_mu_);
           stats_.rejected_full += entries.size();
         }
-        return ResourceExhausted("outbox full: event \"" + e.event.id + "\" needs " + std::to_string(bytes) +
-                                 " bytes, " + std::to_string(in_use) + " of max_bytes " +
-                                 std::to_string(options_.max_bytes) + " are in use");
+        return ResourceExhausted("event \"" + e.event.id + "\" refused: " + admit.message());
       }
       const int64_t seq = tally->last_sequence + 1;
-      WS_TRY(db_->InsertEvent(sqlite::NewEventRow{seq, e.event.id, e.priority, e.stream, e.topic, now,
-                                                  e.expires_at_us, bytes, record}));
+      WS_TRY(db_->InsertEvent(
+          sqlite::NewEventRow{seq, e.event.id, e.priority, e.stream, e.topic, now, e.expires_at_us, bytes, record, 0}));
       tally->last_sequence = seq;
-      tally->total_bytes += bytes;
       tally->new_events += 1;
-      tally->count[p] += 1;
-      tally->bytes[p] += bytes;
+      tally->added[p] += 1;
+      tally->usage.classes[p].count += 1;
+      tally->usage.classes[p].bytes += bytes;
       outcomes->push_back(AppendOutcome{seq, e.event.id, false});
     }
     return Status::Ok();
@@ -398,6 +623,10 @@ class SqliteOutbox::Impl {
     return s;
   }
 
+  void ForgetWaiting(int64_t sequence) {
+    for (auto& w : waiting_) w.erase(sequence);
+  }
+
   void RunAcks(std::vector<AckOp>& acks) {
     size_t wanted = 0;
     for (const AckOp& a : acks) wanted += a.sequences.size();
@@ -420,6 +649,9 @@ class SqliteOutbox::Impl {
           std::lock_guard<std::mutex> lock(stats_mu_);
           stats_.removed_delivered += static_cast<uint64_t>(removed);
         }
+        for (const AckOp& a : acks) {
+          for (int64_t seq : a.sequences) ForgetWaiting(seq);
+        }
         RefreshTotals();
       } else {
         s = s.WithContext("ack");
@@ -438,18 +670,46 @@ class SqliteOutbox::Impl {
 
     std::vector<LeasedEvent> out;
     std::vector<std::pair<int64_t, Status>> unreadable;
-    // Cursors move only when the whole lease succeeded.
+    // Cursors and the retry bookkeeping move only when the whole lease
+    // succeeded.
     std::array<int64_t, kPriorityCount> cursor = cursor_;
+    std::vector<std::pair<size_t, int64_t>> retried;
     for (Priority p : kAllPriorities) {
       if (out.size() >= op.max_events) break;
       const auto i = static_cast<size_t>(p);
-      Status s = db_->ReadLeasable(p, cursor[i], now, op.max_events - out.size(), &out, &unreadable, &cursor[i]);
-      if (!s.ok()) {
-        if (op.done) op.done(s.WithContext("lease"));
-        return;
+      const size_t first = out.size();
+      // Nacked events whose time has come. Those behind the cursor are read
+      // one by one (the scan no longer reaches them); those ahead of it are
+      // simply forgotten here, since the scan below now returns them.
+      std::map<int64_t, int64_t>& waiting = waiting_[i];
+      for (auto it = waiting.begin(); it != waiting.end() && out.size() < op.max_events;) {
+        if (it->second > now) {
+          ++it;
+          continue;
+        }
+        if (it->first > cursor[i]) {
+          it = waiting.erase(it);
+          continue;
+        }
+        if (Status s = db_->ReadLeasableBySequence(it->first, now, &out, &unreadable); !s.ok()) {
+          if (op.done) op.done(s.WithContext("lease"));
+          return;
+        }
+        retried.emplace_back(i, it->first);
+        ++it;
       }
+      if (out.size() < op.max_events) {
+        Status s = db_->ReadLeasable(p, cursor[i], now, op.max_events - out.size(), &out, &unreadable, &cursor[i]);
+        if (!s.ok()) {
+          if (op.done) op.done(s.WithContext("lease"));
+          return;
+        }
+      }
+      std::sort(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(),
+                [](const LeasedEvent& a, const LeasedEvent& b) { return a.sequence < b.sequence; });
     }
     cursor_ = cursor;
+    for (const auto& [i, seq] : retried) waiting_[i].erase(seq);
     // A record that passed the integrity check but cannot be decoded will
     // never be deliverable; parking it keeps it for inspection and stops it
     // from blocking its class.
@@ -468,10 +728,11 @@ class SqliteOutbox::Impl {
     bool any = false;
     for (int64_t c : cursor_) any = any || c > 0;
     if (any) {
+      const int64_t now = clock_->WallMicros();
       Status s = Transact([&]() -> Status {
         for (Priority p : kAllPriorities) {
           const int64_t c = cursor_[static_cast<size_t>(p)];
-          if (c > 0) WS_TRY(db_->AddAttempt(p, c));
+          if (c > 0) WS_TRY(db_->AddAttempt(p, c, now));
         }
         return Status::Ok();
       });
@@ -479,7 +740,33 @@ class SqliteOutbox::Impl {
         WS_LOG_WARN(kComponent, "could not count delivery attempts", {{"error", s.ToString()}});
       }
     }
+    // Events waiting for a retry time stay waiting: the scan from the start
+    // skips them until their time has come.
     cursor_.fill(0);
+  }
+
+  void RunNack(NackOp& op) {
+    const int64_t not_before = std::max<int64_t>(op.not_before_us, 0);
+    std::vector<std::pair<Priority, int64_t>> found;
+    Status s;
+    if (!op.sequences.empty()) {
+      s = Transact([&]() -> Status {
+        for (int64_t seq : op.sequences) {
+          WS_ASSIGN_OR_RETURN(std::optional<Priority> p, db_->Nack(seq, not_before));
+          if (p.has_value()) found.emplace_back(*p, seq);
+        }
+        return Status::Ok();
+      });
+    }
+    if (s.ok()) {
+      for (const auto& [p, seq] : found) waiting_[static_cast<size_t>(p)][seq] = not_before;
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.nacked += found.size();
+    } else {
+      s = s.WithContext("nack");
+      WS_LOG_WARN(kComponent, "nack transaction failed", {{"error", s.ToString()}});
+    }
+    if (op.done) op.done(s);
   }
 
   void RunDeadLetter(DeadLetterOp& op) {
@@ -495,6 +782,7 @@ class SqliteOutbox::Impl {
         std::lock_guard<std::mutex> lock(stats_mu_);
         ++stats_.removed_dead_lettered;
       }
+      ForgetWaiting(op.sequence);
       RefreshTotals();
       WS_LOG_WARN(kComponent, "event dead-lettered",
                   {{"sequence", std::to_string(op.sequence)}, {"reason", op.reason}});
@@ -504,34 +792,229 @@ class SqliteOutbox::Impl {
     if (op.done) op.done(s);
   }
 
+  void RunListDeadLetters(ListDeadLettersOp& op) {
+    std::vector<ws::DeadLetter> out;
+    Status s = db_->ListDeadLetters(op.after_sequence, op.limit, &out);
+    if (!op.done) return;
+    if (!s.ok()) {
+      op.done(s.WithContext("list dead letters"));
+    } else {
+      op.done(std::move(out));
+    }
+  }
+
+  static std::string DeadLetterName(int64_t sequence, const std::string& id) {
+    return sequence != 0 ? "sequence " + std::to_string(sequence) : "id \"" + id + "\"";
+  }
+
+  void RunRetryDeadLetter(RetryDeadLetterOp& op) {
+    auto answer = [&op](Result<AppendOutcome> r) {
+      if (op.done) op.done(std::move(r));
+    };
+    if (op.sequence < 0 || (op.sequence == 0 && op.id.empty())) {
+      return answer(InvalidArgument("name the dead letter to retry by sequence (> 0) or by id"));
+    }
+    const int64_t now = clock_->WallMicros();
+    BatchTally tally = StartTally();
+    AppendOutcome outcome;
+    Status s = Transact([&]() -> Status {
+      WS_ASSIGN_OR_RETURN(std::optional<sqlite::DeadLetterRow> row, db_->FindDeadLetter(op.sequence, op.id));
+      if (!row.has_value()) return NotFound("no dead letter with " + DeadLetterName(op.sequence, op.id));
+      WS_ASSIGN_OR_RETURN(std::optional<int64_t> queued, db_->FindQueuedId(row->id));
+      if (queued.has_value()) {
+        return AlreadyExists("event id \"" + row->id + "\" is already queued (sequence " + std::to_string(*queued) +
+                             ")");
+      }
+      // The dead letter leaves as the event comes back: judge the limits
+      // without its bytes counted twice.
+      WS_TRY(db_->DeleteDeadLetters(row->sequence, {}).status());
+      tally.usage.other_bytes -= std::min(tally.usage.other_bytes, row->bytes);
+      bool refused = false;
+      if (Status admit = Admit(row->priority, row->bytes, &tally, &refused); !admit.ok()) {
+        return refused ? ResourceExhausted("dead letter " + std::to_string(row->sequence) +
+                                           " cannot come back: " + admit.message())
+                       : admit;
+      }
+      const int64_t seq = tally.last_sequence + 1;
+      WS_TRY(db_->InsertEvent(sqlite::NewEventRow{seq, row->id, row->priority, row->stream, row->topic, now, 0,
+                                                  row->bytes, row->record, 0}));
+      WS_TRY(db_->SetLastSequence(seq));
+      tally.last_sequence = seq;
+      tally.added[static_cast<size_t>(row->priority)] += 1;
+      tally.usage.classes[static_cast<size_t>(row->priority)].count += 1;
+      tally.usage.classes[static_cast<size_t>(row->priority)].bytes += row->bytes;
+      outcome = AppendOutcome{seq, row->id, false};
+      return Status::Ok();
+    });
+    if (!s.ok()) {
+      if (s.code() != StatusCode::kNotFound && s.code() != StatusCode::kAlreadyExists &&
+          s.code() != StatusCode::kResourceExhausted) {
+        WS_LOG_WARN(kComponent, "retrying a dead letter failed", {{"error", s.ToString()}});
+      }
+      return answer(s.WithContext("retry dead letter"));
+    }
+    CommitTally(tally, now);
+    RefreshTotals();  // the dead letters' count and bytes
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.dead_letters_retried;
+    }
+    WS_LOG_INFO(kComponent, "dead letter queued again",
+                {{"id", outcome.id}, {"sequence", std::to_string(outcome.sequence)}});
+    answer(outcome);
+    NotifyListener();
+  }
+
+  void RunPurgeDeadLetters(PurgeDeadLettersOp& op) {
+    auto answer = [&op](Result<uint64_t> r) {
+      if (op.done) op.done(std::move(r));
+    };
+    if (op.sequence < 0) return answer(InvalidArgument("a dead letter's sequence is > 0"));
+    int64_t purged = 0;
+    Status s;
+    if (op.sequence != 0 || !op.id.empty()) {
+      s = Transact([&]() -> Status {
+        WS_ASSIGN_OR_RETURN(purged, db_->DeleteDeadLetters(op.sequence, op.id));
+        return Status::Ok();
+      });
+      if (s.ok() && purged == 0) s = NotFound("no dead letter with " + DeadLetterName(op.sequence, op.id));
+    } else {
+      // Everything: in chunks, so a large queue never builds one huge WAL.
+      for (;;) {
+        int64_t n = 0;
+        s = Transact([&]() -> Status {
+          WS_ASSIGN_OR_RETURN(n, db_->DeleteOldestDeadLetters(kSweepChunk));
+          return Status::Ok();
+        });
+        if (!s.ok()) break;
+        purged += n;
+        if (n < kSweepChunk) break;
+      }
+    }
+    if (purged > 0) {
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        stats_.removed_purged += static_cast<uint64_t>(purged);
+      }
+      RefreshTotals();
+      WS_LOG_INFO(kComponent, "dead letters purged", {{"count", std::to_string(purged)}});
+    }
+    if (!s.ok()) return answer(s.WithContext("purge dead letters"));
+    answer(static_cast<uint64_t>(purged));
+  }
+
+  void RunReplay(ReplayOp& op) {
+    auto answer = [&op](Result<uint64_t> r) {
+      if (op.done) op.done(std::move(r));
+    };
+    if (Status s = CheckReplayRange(op.range); !s.ok()) return answer(s);
+    if (options_.retain_delivered_s <= 0) {
+      return answer(
+          FailedPrecondition("replay needs delivered events to be kept: storage.retain_delivered_s is 0, so none are"));
+    }
+    const int64_t now = clock_->WallMicros();
+    // Retention may have run out for some of them since the last sweep.
+    PurgeDelivered(now);
+    BatchTally tally = StartTally();
+    uint64_t replayed = 0;
+    Status s = Transact([&]() -> Status {
+      std::vector<int64_t> sequences;
+      WS_TRY(db_->SelectDelivered(op.range, kMaxReplayEvents + 1, &sequences));
+      if (sequences.size() > kMaxReplayEvents) {
+        return InvalidArgument("the range selects more than " + std::to_string(kMaxReplayEvents) +
+                               " delivered events; replay it in parts");
+      }
+      for (int64_t from : sequences) {
+        WS_ASSIGN_OR_RETURN(std::optional<sqlite::DeliveredRow> row, db_->ReadDelivered(from));
+        if (!row.has_value()) continue;
+        // Still queued (replayed before and not yet delivered): it is going
+        // out anyway.
+        WS_ASSIGN_OR_RETURN(std::optional<int64_t> queued, db_->FindQueuedId(row->id));
+        if (queued.has_value()) continue;
+        const uint64_t bytes = row->record.size() + row->topic.size() + row->stream.size();
+        bool refused = false;
+        if (Status admit = Admit(row->priority, bytes, &tally, &refused); !admit.ok()) {
+          return refused ? ResourceExhausted("replay of sequence " + std::to_string(from) +
+                                             " refused, nothing replayed: " + admit.message())
+                         : admit;
+        }
+        const int64_t seq = tally.last_sequence + 1;
+        WS_TRY(db_->InsertEvent(sqlite::NewEventRow{seq, row->id, row->priority, row->stream, row->topic, now, 0, bytes,
+                                                    row->record, from}));
+        tally.last_sequence = seq;
+        tally.added[static_cast<size_t>(row->priority)] += 1;
+        tally.usage.classes[static_cast<size_t>(row->priority)].count += 1;
+        tally.usage.classes[static_cast<size_t>(row->priority)].bytes += bytes;
+        ++replayed;
+      }
+      if (tally.last_sequence != last_sequence_) WS_TRY(db_->SetLastSequence(tally.last_sequence));
+      return Status::Ok();
+    });
+    if (!s.ok()) {
+      if (s.code() != StatusCode::kInvalidArgument && s.code() != StatusCode::kResourceExhausted) {
+        WS_LOG_WARN(kComponent, "replay failed; nothing was replayed", {{"error", s.ToString()}});
+      }
+      return answer(s.WithContext("replay"));
+    }
+    CommitTally(tally, now);
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.replayed += replayed;
+    }
+    WS_LOG_INFO(kComponent, "delivered events queued again for replay", {{"count", std::to_string(replayed)}});
+    answer(replayed);
+    if (replayed > 0) NotifyListener();
+  }
+
   void RunMaintenance() {
     const int64_t now = clock_->WallMicros();
     SweepExpired(now);
     PurgeDelivered(now);
   }
 
-  // Best effort: a failure is logged and retried at the next Lease or idle
-  // tick; leasing skips expired events either way.
-  void SweepExpired(int64_t now) {
-    Result<bool> any = db_->AnyExpired(now);
-    if (!any.ok()) {
-      WS_LOG_WARN(kComponent, "expiry check failed", {{"error", any.status().ToString()}});
-      return;
-    }
-    if (!*any) return;
+  // Deletes in chunks with `chunk` (one transaction each) until a chunk
+  // comes back short; returns how many, logging a failure under `what`.
+  template <typename Chunk>
+  int64_t DeleteInChunks(const char* what, Chunk&& chunk) {
     int64_t total = 0;
     for (;;) {
       int64_t n = 0;
       Status s = Transact([&]() -> Status {
-        WS_ASSIGN_OR_RETURN(n, db_->DeleteExpired(now, kSweepChunk));
+        WS_ASSIGN_OR_RETURN(n, chunk());
         return Status::Ok();
       });
       if (!s.ok()) {
-        WS_LOG_WARN(kComponent, "removing expired events failed", {{"error", s.ToString()}});
+        WS_LOG_WARN(kComponent, what, {{"error", s.ToString()}});
         break;
       }
       total += n;
       if (n < kSweepChunk) break;
+    }
+    return total;
+  }
+
+  // Best effort: a failure is logged and retried at the next Lease or idle
+  // tick; leasing skips expired events either way.
+  void SweepExpired(int64_t now) {
+    int64_t total = 0;
+    Result<bool> any = db_->AnyExpired(now);
+    if (!any.ok()) {
+      WS_LOG_WARN(kComponent, "expiry check failed", {{"error", any.status().ToString()}});
+    } else if (*any) {
+      total += DeleteInChunks("removing expired events failed", [&] { return db_->DeleteExpired(now, kSweepChunk); });
+    }
+    // max_age_s: one index lookup per limited class when nothing is due.
+    for (Priority p : kAllPriorities) {
+      const int64_t cutoff = MaxAgeCutoffUs(limits_.classes[static_cast<size_t>(p)], now);
+      if (cutoff == 0) continue;
+      Result<std::optional<sqlite::EventHead>> head = db_->OldestInClass(p);
+      if (!head.ok()) {
+        WS_LOG_WARN(kComponent, "age check failed", {{"error", head.status().ToString()}});
+        continue;
+      }
+      if (!head->has_value() || (*head)->accepted_us > cutoff) continue;
+      total += DeleteInChunks("removing events past max_age_s failed",
+                              [&] { return db_->DeleteOlderThan(p, cutoff, kSweepChunk); });
     }
     if (total == 0) return;
     {
@@ -550,18 +1033,8 @@ class SqliteOutbox::Impl {
       return;
     }
     if (!*any) return;
-    for (;;) {
-      int64_t n = 0;
-      Status s = Transact([&]() -> Status {
-        WS_ASSIGN_OR_RETURN(n, db_->PurgeDeliveredUpTo(cutoff, kSweepChunk));
-        return Status::Ok();
-      });
-      if (!s.ok()) {
-        WS_LOG_WARN(kComponent, "removing delivered events past retention failed", {{"error", s.ToString()}});
-        return;
-      }
-      if (n < kSweepChunk) return;
-    }
+    DeleteInChunks("removing delivered events past retention failed",
+                   [&] { return db_->PurgeDeliveredUpTo(cutoff, kSweepChunk); });
   }
 
   // After removals: the totals table is exact and tiny, so reading it back
@@ -576,9 +1049,8 @@ class SqliteOutbox::Impl {
   }
 
   void ApplyTotals(const sqlite::StoreTotals& t) {
-    uint64_t bytes = t.dlq_bytes;
-    for (const ClassBacklog& b : t.backlog) bytes += b.bytes;
-    store_bytes_ = bytes;
+    for (size_t p = 0; p < kPriorityCount; ++p) usage_.classes[p] = {t.backlog[p].count, t.backlog[p].bytes};
+    usage_.other_bytes = t.dlq_bytes;
     std::lock_guard<std::mutex> lock(stats_mu_);
     for (size_t p = 0; p < kPriorityCount; ++p) stats_.backlog[p] = t.backlog[p];
     stats_.dlq_count = t.dlq_count;
@@ -586,12 +1058,18 @@ class SqliteOutbox::Impl {
 
   const SqliteOutboxOptions options_;
   Clock* const clock_;
+  StoreLimits limits_;
 
-  // Committer thread only (and the constructor, before the thread starts).
+  // Committer thread only (and the constructor, before the thread starts,
+  // and CloseDatabase, after it ended).
   std::unique_ptr<sqlite::OutboxDb> db_;
   int64_t last_sequence_ = 0;
-  uint64_t store_bytes_ = 0;  // backlog + dead letters, as counted against max_bytes
+  // Backlog per class and dead letters, as counted against the limits.
+  StoreUsage usage_;
   std::array<int64_t, kPriorityCount> cursor_{};  // last leased sequence per class
+  // Per class: nacked events (sequence -> retry time) that the cursor scan
+  // may already have passed. Bounded by what the link had in flight.
+  std::array<std::map<int64_t, int64_t>, kPriorityCount> waiting_;
 
   // The queue and the listener.
   mutable std::mutex mu_;
@@ -603,7 +1081,10 @@ class SqliteOutbox::Impl {
   mutable std::mutex stats_mu_;
   OutboxStats stats_;
 
-  std::thread thread_;  // last: it starts after everything above exists
+  std::atomic<bool> check_stop_{false};
+  // Last: they start after everything above exists.
+  std::thread check_thread_;
+  std::thread thread_;
 };
 
 Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions options) {
@@ -612,6 +1093,9 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
   if (options.cache_kib <= 0) return InvalidArgument("cache_kib must be positive");
   if (options.commit_window_us < 0) return InvalidArgument("commit_window_us must not be negative");
   if (options.retain_delivered_s < 0) return InvalidArgument("retain_delivered_s must not be negative");
+  for (const ClassLimits& c : options.classes) {
+    if (c.max_age_s < 0) return InvalidArgument("a class's max_age_s must not be negative");
+  }
   Clock* clock = options.clock != nullptr ? options.clock : &SystemClock();
 
   const std::string folder = DirName(options.path);
@@ -625,19 +1109,32 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
 
   // Open time is measured on the real clock even under a FakeClock.
   const int64_t started_ns = SystemClock().MonotonicNanos();
-  const sqlite::OutboxDbOptions db_options{options.path, options.vfs, options.cache_kib};
+  const CheckPlan plan = PlanCheck(options.path, options.full_check_max_bytes);
+  // From here on the file may change: the marker described it as it was.
+  RemoveMarker(options.path + kCleanSuffix);
+  sqlite::OutboxDbOptions db_options{options.path, options.vfs, options.cache_kib, plan.full};
   sqlite::OpenReport report;
   Result<std::unique_ptr<sqlite::OutboxDb>> db = sqlite::OutboxDb::Open(db_options, &report);
   bool quarantined = false;
+  bool background = plan.background;
   if (!db.ok() && db.status().code() == StatusCode::kDataLoss) {
     // The node must keep collecting events: keep the evidence, start afresh.
     WS_LOG_ERROR(kComponent, "the outbox file is damaged; moving it aside and starting a fresh store",
                  {{"path", options.path}, {"error", db.status().ToString()}});
     WS_ASSIGN_OR_RETURN(std::string moved_to, Quarantine(options.path, *clock));
     WS_LOG_ERROR(kComponent, "damaged outbox quarantined", {{"path", options.path}, {"moved_to", moved_to}});
+    RemoveMarker(options.path + kNeedsCheckSuffix);
     quarantined = true;
+    background = false;
     report = sqlite::OpenReport{};
+    db_options.full_check = true;
     db = sqlite::OutboxDb::Open(db_options, &report);
+  } else if (db.ok() && PathExists(options.path + kNeedsCheckSuffix)) {
+    // The full check just passed: whatever the background check saw (a
+    // read error of the moment) is not there now.
+    WS_LOG_WARN(kComponent, "the store passed the full check the last background check asked for",
+                {{"path", options.path}});
+    RemoveMarker(options.path + kNeedsCheckSuffix);
   }
   if (!db.ok()) return db.status().WithContext("open outbox " + options.path);
 
@@ -647,7 +1144,9 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
   WS_LOG_INFO(kComponent, "outbox opened",
               {{"path", options.path},
                {"open_ms", std::to_string(static_cast<double>(elapsed_us) / 1000.0)},
-               {"quick_check_ms", std::to_string(static_cast<double>(report.quick_check_us) / 1000.0)},
+               {"check", report.full_check ? "full" : "structural (full check in the background)"},
+               {"check_reason", plan.why},
+               {"check_ms", std::to_string(static_cast<double>(report.check_us) / 1000.0)},
                {"backlog", std::to_string(backlog)},
                {"dlq", std::to_string(report.totals.dlq_count)},
                {"last_sequence", std::to_string(report.last_sequence)},
@@ -655,7 +1154,8 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
                {"sqlite", LibraryVersion()}});
 
   auto impl = std::make_unique<Impl>(std::move(options), clock, std::move(db).value(), report, quarantined);
-  impl->Start();
+  WS_TRY(impl->LoadWaiting().WithContext("open outbox: read retry times"));
+  impl->Start(background);
   // The constructor is private, so make_unique cannot reach it; the pointer
   // is owned the moment it exists.
   return std::unique_ptr<SqliteOutbox>(new SqliteOutbox(std::move(impl)));
@@ -668,7 +1168,7 @@ SqliteOutbox::SqliteOutbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) 
 SqliteOutbox::~SqliteOutbox() { impl_->Shutdown(); }
 
 void SqliteOutbox::Append(std::vector<OutboxEntry> entries, AppendDone done) {
-  AppendOp op{std::move(entries), std::move(done)};
+  AppendOp op{std::move(entries), std::move(done), std::chrono::steady_clock::now()};
   if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
 }
 
@@ -689,6 +1189,32 @@ void SqliteOutbox::ResetLeases() {
 
 void SqliteOutbox::DeadLetter(int64_t sequence, std::string reason, StatusDone done) {
   DeadLetterOp op{sequence, std::move(reason), std::move(done)};
+  if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
+}
+
+void SqliteOutbox::Nack(std::vector<int64_t> sequences, int64_t not_before_us, StatusDone done) {
+  NackOp op{std::move(sequences), not_before_us, std::move(done)};
+  if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
+}
+
+void SqliteOutbox::ListDeadLetters(int64_t after_sequence, size_t limit,
+                                   std::function<void(Result<std::vector<ws::DeadLetter>>)> done) {
+  ListDeadLettersOp op{after_sequence, limit, std::move(done)};
+  if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
+}
+
+void SqliteOutbox::RetryDeadLetter(int64_t sequence, std::string id, std::function<void(Result<AppendOutcome>)> done) {
+  RetryDeadLetterOp op{sequence, std::move(id), std::move(done)};
+  if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
+}
+
+void SqliteOutbox::PurgeDeadLetters(int64_t sequence, std::string id, std::function<void(Result<uint64_t>)> done) {
+  PurgeDeadLettersOp op{sequence, std::move(id), std::move(done)};
+  if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
+}
+
+void SqliteOutbox::Replay(const ReplayRange& range, std::function<void(Result<uint64_t>)> done) {
+  ReplayOp op{range, std::move(done)};
   if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
 }
 

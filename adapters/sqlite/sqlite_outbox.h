@@ -17,22 +17,30 @@
 #include <string>
 
 #include "core/outbox.h"
+#include "core/outbox_policy.h"
 #include "platform/clock.h"
 #include "platform/status.h"
 
 namespace ws {
 
 struct SqliteOutboxOptions {
-  std::string path;                  // the database file; its folder is created if missing
-  uint64_t max_bytes = 268435456;    // appends beyond this fail with kResourceExhausted
+  std::string path;                                      // the database file; its folder is created if missing
+  uint64_t max_bytes = 268435456;                        // appends beyond this fail with kResourceExhausted
+  uint64_t control_reserve_bytes = 0;                    // the top of max_bytes that only control events may fill
+  ClassLimitsArray classes = DefaultClassLimitsArray();  // per class, see core/outbox_policy.h
   int64_t retain_delivered_s = 0;
-  int64_t commit_window_us = 2000;   // how long a batch may wait to gather more appends
-  size_t max_batch_events = 4096;    // a batch closes at this many events
-  int64_t cache_kib = 2048;          // SQLite page cache cap (keeps RSS small with any backlog)
-  Clock* clock = nullptr;            // nullptr = SystemClock()
+  int64_t commit_window_us = 2000;  // how long a batch may wait to gather more appends
+  size_t max_batch_events = 4096;   // a batch closes at this many events
+  int64_t cache_kib = 2048;         // SQLite page cache cap (keeps RSS small with any backlog)
+  Clock* clock = nullptr;           // nullptr = SystemClock()
   // A registered SQLite VFS by name; empty = SQLite's default. Lets tests
   // put a disk that fails on demand under the store.
   std::string vfs;
+  // Files up to this size are checked in full (PRAGMA quick_check) at every
+  // open. A larger file is checked in full at open only after an unclean
+  // shutdown or when a background check asked for it; otherwise open runs
+  // the structural check and the full one follows on a background thread.
+  uint64_t full_check_max_bytes = 64 * 1024 * 1024;
 };
 
 // Meanings specific to this store:
@@ -42,26 +50,60 @@ struct SqliteOutboxOptions {
 //  - Expired events are removed when Lease runs and about once a second
 //    (busy or idle); delivered events past retention likewise.
 //  - LeasedEvent::attempts counts earlier leases of the event that ended
-//    without an ack (counted when ResetLeases runs).
+//    without an ack (counted by Nack, or when ResetLeases runs).
 //  - Stats().commits counts the transactions that stored at least one new
 //    event, so appended_events / commits is the mean group size;
 //    rejected_full counts the events of calls refused for max_bytes.
 //  - An event id is "already stored" while it is in the outbox, the
 //    dead-letter queue or delivered retention.
+//  - Class limits and the overflow policy apply to every event entering the
+//    outbox: appends, dead letters retried and replays. drop_oldest removes
+//    events inside the transaction that needs the room (counted
+//    removed_dropped_overflow); a refusal leaves everything as it was.
+//  - max_age_s removes events whose accepted time is older (counted
+//    removed_expired), from the head of each class: accepted times rise with
+//    the sequence, so a wall clock set back delays expiry of what follows.
+//    A retried dead letter or a replayed event is accepted anew (its
+//    accepted time is the retry's) and carries no TTL.
+//  - A nacked event is leased again, ahead of newer events of its class,
+//    once its retry time has come. ResetLeases counts an attempt for leased
+//    events except those waiting for a retry time (their Nack counted it).
+//  - Replay needs delivered retention; without it the call fails with
+//    kFailedPrecondition. One call re-sends at most 100000 events (more is
+//    kInvalidArgument); ids still queued are skipped, not counted.
+//  - Purging every dead letter runs in chunks of a few thousand, each its
+//    own transaction.
+//  - Stats().ack_latency_* observe every event of every successful Append
+//    call: from the call to the commit returning, on the steady clock.
+//  - Clean shutdown: after the destructor closed the database (WAL
+//    checkpointed and removed) it writes "<path>.clean". Open trusts a
+//    large file after a clean shutdown enough to skip the full check at
+//    open; a background check that finds damage writes "<path>.needs-check"
+//    and sets Stats().integrity_failed, and the next Open checks in full and
+//    quarantines.
 class SqliteOutbox final : public Outbox {
  public:
-  // Opens (or creates) the store, checks its integrity, migrates the schema
-  // (PRAGMA user_version) and starts the committer thread. A damaged file is
-  // moved aside as "<path>.corrupt-<UTC>" (with its -wal/-shm) and a fresh
-  // store is started; Stats().quarantined_at_start tells.
+  // Opens (or creates) the store, checks its integrity (see
+  // full_check_max_bytes), migrates the schema (PRAGMA user_version) and
+  // starts the committer thread. A damaged file is moved aside as
+  // "<path>.corrupt-<UTC>" (with its -wal/-shm) and a fresh store is
+  // started; Stats().quarantined_at_start tells.
   static Result<std::unique_ptr<SqliteOutbox>> Open(SqliteOutboxOptions options);
-  ~SqliteOutbox() override;  // finishes queued work, then stops the thread
+  // Finishes queued work, stops the threads, closes the file and marks the
+  // shutdown clean.
+  ~SqliteOutbox() override;
 
   void Append(std::vector<OutboxEntry> entries, AppendDone done) override;
   void Lease(size_t max_events, LeaseDone done) override;
   void Ack(std::vector<int64_t> sequences, StatusDone done) override;
   void ResetLeases() override;
   void DeadLetter(int64_t sequence, std::string reason, StatusDone done) override;
+  void Nack(std::vector<int64_t> sequences, int64_t not_before_us, StatusDone done) override;
+  void ListDeadLetters(int64_t after_sequence, size_t limit,
+                       std::function<void(Result<std::vector<ws::DeadLetter>>)> done) override;
+  void RetryDeadLetter(int64_t sequence, std::string id, std::function<void(Result<AppendOutcome>)> done) override;
+  void PurgeDeadLetters(int64_t sequence, std::string id, std::function<void(Result<uint64_t>)> done) override;
+  void Replay(const ReplayRange& range, std::function<void(Result<uint64_t>)> done) override;
   void SetAppendListener(std::function<void()> listener) override;
   OutboxStats Stats() const override;
 

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "adapters/sqlite/outbox_db.h"
 #include "platform/clock.h"
 #include "platform/process_stats.h"
 #include "tests/support/test_support.h"
@@ -157,6 +158,9 @@ OutboxEntry Entry(const std::string& id, Priority p = Priority::kNormal, const s
   e.expires_at_us = expires_at_us;
   return e;
 }
+
+// What an entry counts against the limits (record, topic and stream).
+uint64_t StoredBytesOf(const OutboxEntry& e) { return EncodeEventRecord(e.event).size() + e.topic.size() + e.stream.size(); }
 
 SqliteOutboxOptions Options(const ws::testing::TempDir& dir, Clock* clock) {
   SqliteOutboxOptions o;
@@ -993,6 +997,663 @@ TEST_F(SqliteOutboxTest, LibraryVersionIsSqlites) {
   EXPECT_FALSE(SqliteOutbox::LibraryVersion().empty());
 }
 
+// ---- class limits and overflow ----
+
+using ListResult = Result<std::vector<DeadLetter>>;
+
+Status NackSync(Outbox& o, std::vector<int64_t> seqs, int64_t not_before_us) {
+  std::promise<Status> p;
+  auto f = p.get_future();
+  o.Nack(std::move(seqs), not_before_us, [&p](Status s) { p.set_value(std::move(s)); });
+  return f.get();
+}
+
+ListResult ListSync(Outbox& o, int64_t after, size_t limit) {
+  std::promise<ListResult> p;
+  auto f = p.get_future();
+  o.ListDeadLetters(after, limit, [&p](ListResult r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+Result<AppendOutcome> RetrySync(Outbox& o, int64_t seq, std::string id) {
+  std::promise<Result<AppendOutcome>> p;
+  auto f = p.get_future();
+  o.RetryDeadLetter(seq, std::move(id), [&p](Result<AppendOutcome> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+Result<uint64_t> PurgeSync(Outbox& o, int64_t seq, std::string id) {
+  std::promise<Result<uint64_t>> p;
+  auto f = p.get_future();
+  o.PurgeDeadLetters(seq, std::move(id), [&p](Result<uint64_t> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+Result<uint64_t> ReplaySync(Outbox& o, const ReplayRange& range) {
+  std::promise<Result<uint64_t>> p;
+  auto f = p.get_future();
+  o.Replay(range, [&p](Result<uint64_t> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+ClassLimits& Limits(SqliteOutboxOptions& o, Priority p) { return o.classes[static_cast<size_t>(p)]; }
+
+const ClassBacklog& Backlog(const OutboxStats& s, Priority p) { return s.backlog[static_cast<size_t>(p)]; }
+
+TEST_F(SqliteOutboxTest, ClassMaxCountWithRejectNewRefusesTheCallAndWritesNothing) {
+  auto options = Options(dir_, &clock_);
+  Limits(options, Priority::kNormal).max_count = 2;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("n1"));
+  AppendOne(*o, Entry("n2"));
+  AppendResult r = AppendSync(*o, {Entry("h1", Priority::kHigh), Entry("n3")});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("class normal is at max_count 2"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("\"n3\""), std::string::npos) << r.status().message();
+  const OutboxStats s = o->Stats();
+  EXPECT_EQ(Backlog(s, Priority::kNormal).count, 2u);
+  EXPECT_EQ(Backlog(s, Priority::kHigh).count, 0u) << "the refused call stored part of itself";
+  EXPECT_EQ(s.rejected_full, 2u);
+  EXPECT_EQ(s.removed_dropped_overflow, 0u);
+  // Other classes still have room.
+  AppendOne(*o, Entry("h2", Priority::kHigh));
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"h2", "n1", "n2"}));
+}
+
+TEST_F(SqliteOutboxTest, DropOldestMakesRoomFromTheSameClassOnly) {
+  auto options = Options(dir_, &clock_);
+  Limits(options, Priority::kBulk).max_count = 3;  // bulk drops oldest by default
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendOne(*o, Entry("n1"));
+    for (int i = 1; i <= 5; ++i) AppendOne(*o, Entry(Numbered("b", i), Priority::kBulk));
+    const OutboxStats s = o->Stats();
+    EXPECT_EQ(Backlog(s, Priority::kBulk).count, 3u);
+    EXPECT_EQ(Backlog(s, Priority::kNormal).count, 1u);
+    EXPECT_EQ(s.removed_dropped_overflow, 2u);
+    EXPECT_EQ(s.rejected_full, 0u);
+    EXPECT_EQ(s.appended_events, 6u);
+    // The oldest of the class is now b3: its accepted time is the class's oldest.
+    EXPECT_EQ(Backlog(s, Priority::kBulk).oldest_accepted_us, clock_.WallMicros());
+    // Several in one call: the call's own earlier events may be the oldest.
+    ASSERT_TRUE(AppendSync(*o, {Entry("b6", Priority::kBulk), Entry("b7", Priority::kBulk)}).ok());
+    EXPECT_EQ(o->Stats().removed_dropped_overflow, 4u);
+  }
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE priority = 3"), 3);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(Backlog(o->Stats(), Priority::kBulk).count, 3u);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"n1", "b5", "b6", "b7"}));
+}
+
+TEST_F(SqliteOutboxTest, DropOldestIsUndoneWithARefusedCall) {
+  auto options = Options(dir_, &clock_);
+  Limits(options, Priority::kBulk).max_count = 2;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("n1"));
+  AppendOne(*o, Entry("b1", Priority::kBulk));
+  AppendOne(*o, Entry("b2", Priority::kBulk));
+  // The first entry would drop b1; the second is refused, so neither happens.
+  AppendResult r = AppendSync(*o, {Entry("b3", Priority::kBulk), Entry("n1", Priority::kNormal, "{\"other\":1}")});
+  EXPECT_EQ(r.status().code(), StatusCode::kAlreadyExists);
+  const OutboxStats s = o->Stats();
+  EXPECT_EQ(s.removed_dropped_overflow, 0u);
+  EXPECT_EQ(Backlog(s, Priority::kBulk).count, 2u);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"n1", "b1", "b2"}));
+}
+
+TEST_F(SqliteOutboxTest, ClassMaxBytesDropsByBytes) {
+  auto options = Options(dir_, &clock_);
+  const std::string payload(300, 'p');
+  const uint64_t one = StoredBytesOf(Entry("b0", Priority::kBulk, payload));
+  Limits(options, Priority::kBulk).max_bytes = 3 * one + one / 2;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  for (int i = 0; i < 6; ++i) AppendOne(*o, Entry(Numbered("b", i), Priority::kBulk, payload));
+  const OutboxStats s = o->Stats();
+  EXPECT_EQ(Backlog(s, Priority::kBulk).count, 3u);
+  EXPECT_LE(Backlog(s, Priority::kBulk).bytes, 3 * one + one / 2);
+  EXPECT_EQ(s.removed_dropped_overflow, 3u);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"b3", "b4", "b5"}));
+}
+
+TEST_F(SqliteOutboxTest, ControlReserveKeepsRoomForControlWhenTheStoreIsFull) {
+  auto options = Options(dir_, &clock_);
+  options.max_bytes = 6000;
+  options.control_reserve_bytes = 2000;
+  const std::string payload(400, 'p');
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  int stored = 0;
+  AppendResult r = AppendSync(*o, {Entry("n0", Priority::kNormal, payload)});
+  while (r.ok()) {
+    ASSERT_LT(++stored, 20) << "max_bytes is not enforced";
+    r = AppendSync(*o, {Entry(Numbered("n", stored), Priority::kNormal, payload)});
+  }
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("reserved for control"), std::string::npos) << r.status().message();
+  EXPECT_LE(Backlog(o->Stats(), Priority::kNormal).bytes, 4000u);
+  // A status reply still fits, and another.
+  AppendOne(*o, Entry("status-1", Priority::kControl, payload));
+  AppendOne(*o, Entry("status-2", Priority::kControl, payload));
+  EXPECT_EQ(Backlog(o->Stats(), Priority::kControl).count, 2u);
+}
+
+TEST_F(SqliteOutboxTest, AFullStoreDropsOldestBulkForBulkButRefusesNormal) {
+  auto options = Options(dir_, &clock_);
+  options.max_bytes = 5000;
+  const std::string payload(400, 'p');
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("b0", Priority::kBulk, payload));
+  AppendOne(*o, Entry("b1", Priority::kBulk, payload));
+  int n = 0;
+  while (AppendSync(*o, {Entry(Numbered("n", n), Priority::kNormal, payload)}).ok()) ASSERT_LT(++n, 20);
+  // Bulk makes room from bulk.
+  AppendOne(*o, Entry("b2", Priority::kBulk, payload));
+  EXPECT_EQ(o->Stats().removed_dropped_overflow, 1u);
+  AppendOne(*o, Entry("b3", Priority::kBulk, payload));
+  EXPECT_EQ(o->Stats().removed_dropped_overflow, 2u);
+  // Normal does not.
+  EXPECT_EQ(AppendSync(*o, {Entry("n-late", Priority::kNormal, payload)}).status().code(),
+            StatusCode::kResourceExhausted);
+  std::vector<std::string> ids = LeaseIds(*o, 100);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(n) + 2);
+  EXPECT_EQ(ids[ids.size() - 2], "b2");
+  EXPECT_EQ(ids.back(), "b3");
+}
+
+TEST_F(SqliteOutboxTest, MaxAgeRemovesOldEventsOfThatClassOnly) {
+  auto options = Options(dir_, &clock_);
+  Limits(options, Priority::kBulk).max_age_s = 60;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("b-old-1", Priority::kBulk));
+  AppendOne(*o, Entry("b-old-2", Priority::kBulk));
+  AppendOne(*o, Entry("n-old", Priority::kNormal));
+  clock_.AdvanceMillis(30'000);
+  AppendOne(*o, Entry("b-young", Priority::kBulk));
+  clock_.AdvanceMillis(30'000);  // the first two are exactly 60 s old now
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"n-old", "b-young"}));
+  OutboxStats s = o->Stats();
+  EXPECT_EQ(s.removed_expired, 2u);
+  EXPECT_EQ(Backlog(s, Priority::kBulk).count, 1u);
+  EXPECT_EQ(Backlog(s, Priority::kBulk).oldest_accepted_us, clock_.WallMicros() - 30'000'000);
+  clock_.AdvanceMillis(31'000);
+  o->ResetLeases();
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"n-old"}));
+  EXPECT_EQ(o->Stats().removed_expired, 3u);
+}
+
+// ---- nack ----
+
+TEST_F(SqliteOutboxTest, NackedEventComesBackOnlyAfterItsTimeWithTheAttemptCounted) {
+  auto o = OpenStore(Options(dir_, &clock_));
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("a"));
+  const int64_t b = AppendOne(*o, Entry("b"));
+  AppendOne(*o, Entry("c"));
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"a", "b", "c"}));
+  ASSERT_TRUE(NackSync(*o, {b, 999999}, clock_.WallMicros() + 10'000'000).ok());  // unknown ones are ignored
+  EXPECT_EQ(o->Stats().nacked, 1u);
+  EXPECT_TRUE(LeaseIds(*o, 10).empty());
+  // A reconnect before the time does not bring it back early.
+  o->ResetLeases();
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"a", "c"}));
+  clock_.AdvanceMillis(10'000);
+  LeaseResult again = LeaseSync(*o, 10);
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_EQ((*again)[0].event.id, "b");
+  EXPECT_EQ((*again)[0].attempts, 1) << "the nack counts one attempt, the reset none more";
+  EXPECT_TRUE(LeaseIds(*o, 10).empty());
+}
+
+TEST_F(SqliteOutboxTest, NackedEventGoesAheadOfNewerEventsOfItsClass) {
+  auto o = OpenStore(Options(dir_, &clock_));
+  ASSERT_NE(o, nullptr);
+  const int64_t a = AppendOne(*o, Entry("a"));
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"a"}));
+  ASSERT_TRUE(NackSync(*o, {a}, clock_.WallMicros()).ok());  // retry at once
+  AppendOne(*o, Entry("b"));
+  AppendOne(*o, Entry("h", Priority::kHigh));
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"h", "a", "b"}));
+  ASSERT_TRUE(AckSync(*o, {a}).ok());
+  o->ResetLeases();
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"h", "b"}));
+}
+
+TEST_F(SqliteOutboxTest, RetryTimesSurviveAReopen) {
+  const auto options = Options(dir_, &clock_);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    const int64_t a = AppendOne(*o, Entry("a"));
+    AppendOne(*o, Entry("b"));
+    ASSERT_EQ(LeaseIds(*o, 10).size(), 2u);
+    ASSERT_TRUE(NackSync(*o, {a}, clock_.WallMicros() + 60'000'000).ok());
+  }
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"b"}));
+  clock_.AdvanceMillis(60'000);
+  LeaseResult r = LeaseSync(*o, 10);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->size(), 1u);
+  EXPECT_EQ((*r)[0].event.id, "a");
+  EXPECT_EQ((*r)[0].attempts, 1);
+}
+
+// ---- dead letters ----
+
+TEST_F(SqliteOutboxTest, DeadLettersAreListedOldestFirstInPages) {
+  auto o = OpenStore(Options(dir_, &clock_));
+  ASSERT_NE(o, nullptr);
+  std::vector<int64_t> seqs;
+  for (int i = 0; i < 3; ++i) seqs.push_back(AppendOne(*o, Entry(Numbered("d", i), Priority::kHigh)));
+  ASSERT_EQ(LeaseIds(*o, 10).size(), 3u);
+  o->ResetLeases();  // one attempt each
+  clock_.AdvanceMillis(5000);
+  for (int i = 2; i >= 0; --i) ASSERT_TRUE(DeadLetterSync(*o, seqs[static_cast<size_t>(i)], Numbered("why ", i)).ok());
+
+  ListResult page = ListSync(*o, 0, 2);
+  ASSERT_TRUE(page.ok()) << page.status().ToString();
+  ASSERT_EQ(page->size(), 2u);
+  const DeadLetter& d = (*page)[0];
+  EXPECT_EQ(d.sequence, seqs[0]);
+  EXPECT_EQ(d.id, "d0");
+  EXPECT_EQ(d.type, "com.acme.order.created");
+  EXPECT_EQ(d.topic, Entry("x").topic);
+  EXPECT_EQ(d.priority, Priority::kHigh);
+  EXPECT_EQ(d.reason, "why 0");
+  EXPECT_EQ(d.accepted_at_us, clock_.WallMicros() - 5'000'000);
+  EXPECT_EQ(d.dead_lettered_at_us, clock_.WallMicros());
+  EXPECT_EQ(d.attempts, 1);
+  EXPECT_EQ((*page)[1].id, "d1");
+  ListResult rest = ListSync(*o, (*page)[1].sequence, 10);
+  ASSERT_TRUE(rest.ok());
+  ASSERT_EQ(rest->size(), 1u);
+  EXPECT_EQ((*rest)[0].id, "d2");
+  EXPECT_TRUE(ListSync(*o, seqs[2], 10)->empty());
+  EXPECT_TRUE(ListSync(*o, 0, 0)->empty());
+}
+
+TEST_F(SqliteOutboxTest, RetryDeadLetterQueuesItAgainUnderANewSequence) {
+  const auto options = Options(dir_, &clock_);
+  int64_t retried_seq = 0;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    std::atomic<int> notified{0};
+    o->SetAppendListener([&] { ++notified; });
+    const int64_t a = AppendOne(*o, Entry("a"));
+    const int64_t b = AppendOne(*o, Entry("b"));
+    ASSERT_EQ(LeaseIds(*o, 10).size(), 2u);
+    ASSERT_TRUE(DeadLetterSync(*o, a, "rejected by broker").ok());
+    ASSERT_TRUE(DeadLetterSync(*o, b, "rejected by broker").ok());
+    AppendOne(*o, Entry("c"));
+    ASSERT_TRUE(ListSync(*o, 0, 1).ok());  // queued behind c's listener call
+    const int before = notified.load();
+
+    Result<AppendOutcome> r = RetrySync(*o, a, "");
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->id, "a");
+    EXPECT_FALSE(r->duplicate);
+    EXPECT_GT(r->sequence, o->Stats().last_sequence - 1);
+    EXPECT_EQ(r->sequence, o->Stats().last_sequence);
+    retried_seq = r->sequence;
+    LeaseResult leased = LeaseSync(*o, 10);
+    ASSERT_TRUE(leased.ok());
+    ASSERT_EQ(leased->size(), 2u);  // c, then a: it is sent after what was queued
+    EXPECT_EQ((*leased)[0].event.id, "c");
+    EXPECT_EQ((*leased)[1].event.id, "a");
+    EXPECT_EQ((*leased)[1].sequence, retried_seq);
+    EXPECT_EQ((*leased)[1].attempts, 0);
+    EXPECT_EQ(notified.load(), before + 1);
+
+    // By id.
+    Result<AppendOutcome> by_id = RetrySync(*o, 0, "b");
+    ASSERT_TRUE(by_id.ok()) << by_id.status().ToString();
+    EXPECT_EQ(by_id->id, "b");
+    const OutboxStats s = o->Stats();
+    EXPECT_EQ(s.dlq_count, 0u);
+    EXPECT_EQ(s.dead_letters_retried, 2u);
+    EXPECT_EQ(BacklogCount(s), 3u);
+
+    EXPECT_EQ(RetrySync(*o, a, "").status().code(), StatusCode::kNotFound);
+    EXPECT_EQ(RetrySync(*o, 0, "nobody").status().code(), StatusCode::kNotFound);
+    EXPECT_EQ(RetrySync(*o, 0, "").status().code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM dlq"), 0);
+  EXPECT_EQ(QueryFile(options.path, Numbered("SELECT count(*) FROM events WHERE id = 'a' AND seq = ", retried_seq)), 1);
+}
+
+TEST_F(SqliteOutboxTest, RetryIntoAFullClassIsRefusedAndTheDeadLetterStays) {
+  auto options = Options(dir_, &clock_);
+  Limits(options, Priority::kNormal).max_count = 1;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const int64_t a = AppendOne(*o, Entry("a"));
+  ASSERT_TRUE(DeadLetterSync(*o, a, "no").ok());
+  AppendOne(*o, Entry("b"));
+  Result<AppendOutcome> r = RetrySync(*o, a, "");
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(o->Stats().dlq_count, 1u);
+  EXPECT_EQ(ListSync(*o, 0, 10)->size(), 1u);
+  EXPECT_EQ(BacklogCount(o->Stats()), 1u);
+}
+
+TEST_F(SqliteOutboxTest, PurgeDeadLettersOneOrAll) {
+  auto o = OpenStore(Options(dir_, &clock_));
+  ASSERT_NE(o, nullptr);
+  std::vector<int64_t> seqs;
+  for (int i = 0; i < 5; ++i) {
+    seqs.push_back(AppendOne(*o, Entry(Numbered("p", i))));
+    ASSERT_TRUE(DeadLetterSync(*o, seqs.back(), "no").ok());
+  }
+  Result<uint64_t> one = PurgeSync(*o, seqs[1], "");
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  EXPECT_EQ(*one, 1u);
+  Result<uint64_t> by_id = PurgeSync(*o, 0, "p3");
+  ASSERT_TRUE(by_id.ok());
+  EXPECT_EQ(*by_id, 1u);
+  EXPECT_EQ(PurgeSync(*o, seqs[1], "").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(PurgeSync(*o, 0, "nobody").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(o->Stats().dlq_count, 3u);
+  Result<uint64_t> all = PurgeSync(*o, 0, "");
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(*all, 3u);
+  const OutboxStats s = o->Stats();
+  EXPECT_EQ(s.dlq_count, 0u);
+  EXPECT_EQ(s.removed_purged, 5u);
+  EXPECT_EQ(*PurgeSync(*o, 0, ""), 0u);  // nothing left: not an error
+  // A purged id is forgotten: the producer may send it again.
+  AppendResult again = AppendSync(*o, {Entry("p1")});
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE((*again)[0].duplicate);
+}
+
+TEST_F(SqliteOutboxTest, DeadLettersCountAgainstMaxBytesUntilPurged) {
+  auto options = Options(dir_, &clock_);
+  options.max_bytes = 3000;
+  const std::string payload(400, 'p');
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  std::vector<int64_t> seqs;
+  AppendResult r = AppendSync(*o, {Entry("d0", Priority::kNormal, payload)});
+  while (r.ok()) {
+    seqs.push_back((*r)[0].sequence);
+    ASSERT_TRUE(DeadLetterSync(*o, seqs.back(), "no").ok());
+    ASSERT_LT(seqs.size(), 20u);
+    r = AppendSync(*o, {Entry(Numbered("d", seqs.size()), Priority::kNormal, payload)});
+  }
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  ASSERT_TRUE(PurgeSync(*o, 0, "").ok());
+  EXPECT_TRUE(AppendSync(*o, {Entry("after-purge", Priority::kNormal, payload)}).ok());
+}
+
+// ---- replay ----
+
+TEST_F(SqliteOutboxTest, ReplayRequeuesRetainedDeliveriesBySequenceOrTime) {
+  auto options = Options(dir_, &clock_);
+  options.retain_delivered_s = 3600;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  std::vector<int64_t> seqs;
+  std::vector<int64_t> times;
+  for (int i = 0; i < 4; ++i) {
+    times.push_back(clock_.WallMicros());
+    seqs.push_back(AppendOne(*o, Entry(Numbered("r", i), i == 3 ? Priority::kHigh : Priority::kNormal)));
+    clock_.AdvanceMillis(1000);
+  }
+  ASSERT_TRUE(AckSync(*o, seqs).ok());
+  EXPECT_EQ(BacklogCount(o->Stats()), 0u);
+
+  Result<uint64_t> n = ReplaySync(*o, ReplayRange{seqs[1], seqs[2], 0, 0});
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(*n, 2u);
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok());
+  ASSERT_EQ(leased->size(), 2u);
+  EXPECT_EQ((*leased)[0].event.id, "r1");
+  EXPECT_EQ((*leased)[0].replay_of, seqs[1]);
+  EXPECT_GT((*leased)[0].sequence, seqs[3]);
+  EXPECT_EQ((*leased)[1].event.id, "r2");
+  EXPECT_EQ((*leased)[1].replay_of, seqs[2]);
+  EXPECT_EQ((*leased)[0].event.data, MakeEvent("r1").data);
+  EXPECT_EQ(o->Stats().replayed, 2u);
+
+  // Still queued: a second replay of the same range adds nothing.
+  n = ReplaySync(*o, ReplayRange{seqs[1], seqs[2], 0, 0});
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 0u);
+
+  // By accepted time: r3 (high) only, and the open-ended form.
+  n = ReplaySync(*o, ReplayRange{0, 0, times[3], 0});
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 1u);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"r3"}));
+  // Everything: only r0 is not queued yet.
+  n = ReplaySync(*o, ReplayRange{});
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 1u);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"r0"}));
+
+  // A producer retrying an original id still gets its first answer.
+  AppendResult retry = AppendSync(*o, {Entry("r1")});
+  ASSERT_TRUE(retry.ok());
+  EXPECT_TRUE((*retry)[0].duplicate);
+  EXPECT_EQ((*retry)[0].sequence, seqs[1]);
+
+  // Delivered again: the replay copy goes to retention too, and may be replayed once more.
+  std::vector<int64_t> replayed;
+  o->ResetLeases();
+  LeaseResult all = LeaseSync(*o, 10);
+  ASSERT_TRUE(all.ok());
+  for (const LeasedEvent& e : *all) replayed.push_back(e.sequence);
+  ASSERT_EQ(replayed.size(), 4u);
+  ASSERT_TRUE(AckSync(*o, replayed).ok());
+  n = ReplaySync(*o, ReplayRange{seqs[0], seqs[0], 0, 0});
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 1u);
+}
+
+TEST_F(SqliteOutboxTest, ReplayRefusesBadRangesAndNeedsRetention) {
+  {
+    auto options = Options(dir_, &clock_);
+    options.retain_delivered_s = 60;
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(ReplaySync(*o, ReplayRange{9, 5, 0, 0}).status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(ReplaySync(*o, ReplayRange{0, 0, -1, 0}).status().code(), StatusCode::kInvalidArgument);
+    Result<uint64_t> none = ReplaySync(*o, ReplayRange{1, 100, 0, 0});
+    ASSERT_TRUE(none.ok());
+    EXPECT_EQ(*none, 0u);
+  }
+  ws::testing::TempDir other;
+  auto o = OpenStore(Options(other, &clock_));
+  ASSERT_NE(o, nullptr);
+  Result<uint64_t> r = ReplaySync(*o, ReplayRange{});
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("retain_delivered_s"), std::string::npos) << r.status().message();
+}
+
+TEST_F(SqliteOutboxTest, ReplayObeysClassLimitsAllOrNothing) {
+  auto options = Options(dir_, &clock_);
+  options.retain_delivered_s = 3600;
+  Limits(options, Priority::kNormal).max_count = 2;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  std::vector<int64_t> seqs;
+  for (int i = 0; i < 2; ++i) seqs.push_back(AppendOne(*o, Entry(Numbered("r", i))));
+  ASSERT_TRUE(AckSync(*o, seqs).ok());
+  AppendOne(*o, Entry("queued"));
+  Result<uint64_t> r = ReplaySync(*o, ReplayRange{});
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(BacklogCount(o->Stats()), 1u);
+  EXPECT_EQ(o->Stats().replayed, 0u);
+}
+
+// ---- stats ----
+
+TEST_F(SqliteOutboxTest, AckLatencyHistogramObservesEveryAcknowledgedEvent) {
+  auto o = OpenStore(Options(dir_, &clock_));
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("one"));
+  ASSERT_TRUE(AppendSync(*o, {Entry("two"), Entry("three")}).ok());
+  ASSERT_FALSE(AppendSync(*o, {Entry("one", Priority::kNormal, "{\"v\":9}")}).ok());  // refused: not observed
+  const OutboxStats s = o->Stats();
+  EXPECT_EQ(s.ack_latency_count, 3u);
+  uint64_t in_buckets = 0;
+  for (uint64_t b : s.ack_latency_buckets) in_buckets += b;
+  EXPECT_EQ(in_buckets, 3u);
+  EXPECT_GT(s.ack_latency_sum_us, 0u);  // every commit is fsync'd: never free
+  EXPECT_EQ(s.appended_events, 3u);
+  EXPECT_GE(s.commits, 1u);
+}
+
+// ---- integrity at open: full, structural, background ----
+
+// What the header check says of a real store's first bytes, intact and
+// damaged in the ways a flash card damages files.
+TEST_F(SqliteOutboxTest, HeaderCheckCatchesTruncationAndGarbage) {
+  const auto options = Options(dir_, &clock_);
+  BuildStore(options, 50);
+  const std::string bytes = ws::testing::Slurp(options.path);
+  ASSERT_GT(bytes.size(), 100u);
+  const std::string_view header(bytes.data(), 100);
+  EXPECT_TRUE(sqlite::CheckDatabaseHeader(header, bytes.size()).ok());
+  EXPECT_EQ(sqlite::CheckDatabaseHeader(header, bytes.size() - 4096).code(), StatusCode::kDataLoss);  // a page short
+  EXPECT_EQ(sqlite::CheckDatabaseHeader(header, bytes.size() - 100).code(), StatusCode::kDataLoss);   // mid-page
+  std::string zeroed(100, '\0');
+  EXPECT_EQ(sqlite::CheckDatabaseHeader(zeroed, bytes.size()).code(), StatusCode::kDataLoss);
+  std::string bad_page = std::string(header);
+  bad_page[16] = 0x03;  // page size 0x03xx: not a power of two
+  EXPECT_EQ(sqlite::CheckDatabaseHeader(bad_page, bytes.size()).code(), StatusCode::kDataLoss);
+  EXPECT_EQ(sqlite::CheckDatabaseHeader(header.substr(0, 50), 50).code(), StatusCode::kDataLoss);
+}
+
+// Waits (bounded, not timed) for the background check to finish.
+OutboxStats AfterBackgroundCheck(const SqliteOutbox& o) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  OutboxStats s = o.Stats();
+  while (s.integrity_check_running && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    s = o.Stats();
+  }
+  EXPECT_FALSE(s.integrity_check_running);
+  return s;
+}
+
+// Zeroes pages in the middle of the events table, away from the pages an
+// open reads (header, schema, totals, the head and tail of each class).
+std::string DamageMiddlePages(const std::string& path) {
+  std::string bytes = ws::testing::Slurp(path);
+  EXPECT_GT(bytes.size(), 64u * 4096);
+  std::fill(bytes.begin() + 24 * 4096, bytes.begin() + 32 * 4096, '\0');
+  WriteBytes(path, bytes);
+  return bytes;
+}
+
+TEST_F(SqliteOutboxTest, CleanShutdownIsMarkedAndTheMarkIsGoneWhileOpen) {
+  const auto options = Options(dir_, &clock_);
+  BuildStore(options, 5);
+  EXPECT_TRUE(std::filesystem::exists(options.path + ".clean"));
+  EXPECT_FALSE(std::filesystem::exists(options.path + "-wal"));
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_FALSE(std::filesystem::exists(options.path + ".clean")) << "a crash now would look clean";
+}
+
+TEST_F(SqliteOutboxTest, LargeFileAfterCleanShutdownIsCheckedInTheBackgroundThenQuarantinedAtNextStart) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;  // every file counts as large
+  BuildStore(options, 200);
+  const std::string damaged = DamageMiddlePages(options.path);
+  {
+    // Structural check only: the store opens and works...
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    EXPECT_FALSE(o->Stats().quarantined_at_start);
+    // ...and the full check behind it raises the alarm and asks for a check.
+    const OutboxStats s = AfterBackgroundCheck(*o);
+    EXPECT_TRUE(s.integrity_failed);
+    EXPECT_TRUE(std::filesystem::exists(options.path + ".needs-check"));
+  }
+  EXPECT_FALSE(std::filesystem::exists(options.path + ".clean")) << "a damaged store must not be marked clean";
+  // The next start checks in full before accepting anything, and quarantines.
+  ExpectQuarantinedAndFresh(dir_, options, damaged);
+  EXPECT_FALSE(std::filesystem::exists(options.path + ".needs-check"));
+}
+
+TEST_F(SqliteOutboxTest, IntactLargeFilePassesTheBackgroundCheck) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  // The committer works while the check reads.
+  AppendOne(*o, Entry("during-check"));
+  const OutboxStats s = AfterBackgroundCheck(*o);
+  EXPECT_FALSE(s.integrity_failed);
+  EXPECT_FALSE(std::filesystem::exists(options.path + ".needs-check"));
+  EXPECT_EQ(BacklogCount(s), 201u);
+}
+
+TEST_F(SqliteOutboxTest, WithoutACleanMarkALargeFileIsCheckedInFullAtOpen) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  ASSERT_EQ(std::remove((options.path + ".clean").c_str()), 0);  // as after a crash
+  const std::string damaged = DamageMiddlePages(options.path);
+  ExpectQuarantinedAndFresh(dir_, options, damaged);
+}
+
+TEST_F(SqliteOutboxTest, AWalLeftBehindOverridesTheCleanMark) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  const std::string damaged = DamageMiddlePages(options.path);
+  WriteBytes(options.path + "-wal", std::string(4096, 'w'));
+  ExpectQuarantinedAndFresh(dir_, options, damaged);
+}
+
+TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  std::string bytes = DamageMiddlePages(options.path);
+  bytes.resize(bytes.size() - 4096);  // one page shorter than at the clean shutdown
+  WriteBytes(options.path, bytes);
+  ExpectQuarantinedAndFresh(dir_, options, bytes);
+}
+
+TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEvents) {
+  const auto options = Options(dir_, &clock_);
+  BuildStore(options, 3);
+  // Back to schema version 1 as an older build left it.
+  ExecFile(options.path,
+           "DROP INDEX events_waiting; DROP INDEX delivered_by_accepted;"
+           " ALTER TABLE events DROP COLUMN replay_of; ALTER TABLE events DROP COLUMN not_before_us;"
+           " PRAGMA user_version = 1;");
+  ASSERT_EQ(QueryFile(options.path, "PRAGMA user_version"), 1);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_FALSE(o->Stats().quarantined_at_start);
+  EXPECT_EQ(BacklogCount(o->Stats()), 3u);
+  LeaseResult r = LeaseSync(*o, 10);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), 3u);
+  ASSERT_TRUE(NackSync(*o, {(*r)[0].sequence}, clock_.WallMicros() + 1'000'000).ok());
+  o.reset();
+  EXPECT_EQ(QueryFile(options.path, "PRAGMA user_version"), 2);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE not_before_us > 0"), 1);
+}
+
 // Not a timed test: it prints how long opening a large backlog takes and how
 // far RSS grew while filling it. WS_SQLITE_BACKLOG_EVENTS sets the size
 // (default 50000; the figure in docs uses 1000000 on a release build).
@@ -1027,19 +1688,40 @@ TEST_F(SqliteOutboxTest, LargeBacklogOpenIsMeasured) {
     rss_after = after->rss_bytes;
     EXPECT_EQ(BacklogCount(o->Stats()), static_cast<uint64_t>(n) + 1);
   }
+  const auto since_us = [](std::chrono::steady_clock::time_point t) {
+    return static_cast<double>(
+               std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t).count()) /
+           1000.0;
+  };
+  const unsigned long long file_kib = std::filesystem::file_size(options.path) / 1024;
+  // After the clean shutdown above: a file over full_check_max_bytes opens
+  // with the structural check and is checked in full in the background.
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto o = OpenStore(options);
+    const double open_ms = since_us(t0);
+    ASSERT_NE(o, nullptr);
+    const bool background = o->Stats().integrity_check_running;
+    EXPECT_EQ(BacklogCount(o->Stats()), static_cast<uint64_t>(n) + 1);
+    LeaseResult first = LeaseSync(*o, 10);
+    ASSERT_TRUE(first.ok());
+    EXPECT_EQ(first->size(), 10u);
+    const double first_lease_ms = since_us(t0);
+    const OutboxStats after_check = AfterBackgroundCheck(*o);
+    EXPECT_FALSE(after_check.integrity_failed);
+    std::printf("[ measure  ] backlog %d events, file %llu KiB: open %.1f ms (%s), first lease at %.1f ms%s; "
+                "RSS %+lld KiB while filling\n",
+                n, file_kib, open_ms, background ? "structural check" : "full check", first_lease_ms,
+                background ? (", background check done at " + std::to_string(since_us(t0)) + " ms").c_str() : "",
+                (static_cast<long long>(rss_after) - static_cast<long long>(rss_before)) / 1024);
+  }
+  // The same file with the full check at open, as after an unclean shutdown.
+  options.full_check_max_bytes = UINT64_MAX;
   const auto t0 = std::chrono::steady_clock::now();
   auto o = OpenStore(options);
-  const auto open_us =
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+  const double open_ms = since_us(t0);
   ASSERT_NE(o, nullptr);
-  EXPECT_EQ(BacklogCount(o->Stats()), static_cast<uint64_t>(n) + 1);
-  LeaseResult first = LeaseSync(*o, 10);
-  ASSERT_TRUE(first.ok());
-  EXPECT_EQ(first->size(), 10u);
-  std::printf("[ measure  ] backlog %d events, file %llu KiB: open %.1f ms; RSS %+lld KiB while filling\n", n,
-              static_cast<unsigned long long>(std::filesystem::file_size(options.path) / 1024),
-              static_cast<double>(open_us) / 1000.0,
-              (static_cast<long long>(rss_after) - static_cast<long long>(rss_before)) / 1024);
+  std::printf("[ measure  ] backlog %d events, file %llu KiB: open %.1f ms with the full check\n", n, file_kib, open_ms);
 }
 
 }  // namespace
