@@ -12,6 +12,7 @@
 
 #include "adapters/mqtt/cloudevents_mqtt.h"
 #include "adapters/mqtt/mosquitto_api.h"
+#include "adapters/mqtt/tcp_probe.h"
 #include "platform/clock.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
@@ -27,6 +28,14 @@ constexpr int64_t kLeaseErrorRetryMs = 1000;  // the store failed a Lease: ask a
 constexpr uint32_t kMaxWindow = 65535;        // Receive Maximum is a two-byte integer
 constexpr uint64_t kMaxPayloadBytes = 268'435'455;  // the largest MQTT remaining length
 constexpr int kQos1 = 1;
+constexpr int kVerifyPeer = 1;                // SSL_VERIFY_PEER, without including OpenSSL
+constexpr int64_t kMinProbeIntervalMs = 50;
+constexpr int64_t kNackPollMs = 1000;         // a short lease while nacked events are due: look again after this
+constexpr int64_t kNackPollWindowUs = 60'000'000;  // ... for this long past the last not-before time
+constexpr size_t kMaxLibraryErrors = 4;       // TLS library messages kept to explain a failed connect
+// Debian's system trust store as a CA directory: libmosquitto 2.0 takes a
+// client certificate only together with a CA file or directory.
+constexpr char kSystemCaDir[] = "/etc/ssl/certs";
 
 std::string EndpointLabel(const EndpointConfig& ep) {
   if (!ep.name.empty()) return ep.name;
@@ -40,6 +49,19 @@ Status ValidateOptions(const EventLoop* loop, const Outbox* outbox, const Backbo
     const EndpointConfig& ep = o.endpoints[i];
     if (ep.host.empty() || ep.port == 0) {
       return InvalidArgument("backbone: endpoint " + std::to_string(i) + " needs a host and a port");
+    }
+    if (!ep.tls.enabled) continue;
+    const std::string key = "backbone: endpoint " + std::to_string(i) + " tls: ";
+    if (ep.tls.cert_file.empty() != ep.tls.key_file.empty()) {
+      return InvalidArgument(key + "cert_file and key_file go together");
+    }
+    if (ep.tls.alpn.size() > 254 || ep.tls.alpn.find('\0') != std::string::npos) {
+      return InvalidArgument(key + "alpn must be one protocol name of at most 254 characters");
+    }
+    if (!ep.tls.server_name.empty() && ep.tls.server_name != ep.host) {
+      return InvalidArgument(key +
+                             "server_name must be empty or equal to host: libmosquitto 2.0 sends host as the "
+                             "TLS server name and checks the certificate against it");
     }
   }
   if (o.client_id.empty()) return InvalidArgument("backbone: client_id is required");
@@ -58,6 +80,9 @@ Status ValidateOptions(const EventLoop* loop, const Outbox* outbox, const Backbo
   }
   if (o.connect_timeout_ms < 1 || o.stop_timeout_ms < 0) {
     return InvalidArgument("backbone: connect_timeout_ms must be positive and stop_timeout_ms not negative");
+  }
+  if (o.return_to_primary_ms < 0 || o.primary_probe_interval_ms < 1) {
+    return InvalidArgument("backbone: return_to_primary_ms must not be negative and primary_probe_interval_ms positive");
   }
   return Status::Ok();
 }
@@ -111,21 +136,38 @@ class BackboneLink::Impl {
   // is destroyed on the loop thread, so a posted task that finds it expired
   // knows the link is gone.
   struct AliveToken {};
+  struct InflightEvent {
+    int64_t sequence = 0;
+    bool bulk = false;
+  };
 
   static void OnConnectCallback(mosquitto* m, void* self, int rc, int flags, const mosquitto_property* props);
   static void OnDisconnectCallback(mosquitto* m, void* self, int rc, const mosquitto_property* props);
   static void OnPublishCallback(mosquitto* m, void* self, int mid, int reason_code, const mosquitto_property* props);
+  static void OnLogCallback(mosquitto* m, void* self, int level, const char* message);
 
   // Connection lifecycle.
   void Connect();
   Status OpenClient(const EndpointConfig& endpoint);
+  Status ConfigureTls(mosquitto* m, const EndpointTlsConfig& tls);
   void OnConnected(int rc, const mosquitto_property* props);
   void OnDisconnected(int rc);
-  void HandleConnectionEnd(uint64_t attempt, bool was_up, int rc);
+  void HandleConnectionEnd(uint64_t attempt, bool was_up, const std::string& why);
   void ConnectAttemptFailed(const Status& why);
+  std::string LibraryErrors() const;
   void ScheduleReconnect();
   void EndSession();
   void ReleaseClient();
+
+  // Return to the primary.
+  void SchedulePrimaryProbe();
+  void ProbePrimary();
+  void OnPrimaryProbed(uint64_t attempt, const Status& result);
+  void BeginReturnToPrimary();
+  void CheckReturnProgress();
+  void DisconnectForReturn();
+  void CompleteReturn();
+  void CancelPrimaryProbe();
 
   // Socket and timers.
   void OnSocketReady(uint32_t events);
@@ -148,11 +190,15 @@ class BackboneLink::Impl {
   void ResetLeases();
   void DeadLetter(int64_t sequence, std::string reason);
   void TransientFailure(int64_t sequence, const std::string& why);
-  void PauseForRetry();
+  void OnNacked(uint64_t attempt, int64_t sequence, int64_t not_before_us, const Status& s);
+  int64_t NextRetryDelayMs();
+  void PauseForRetry(bool reset_leases);
   void MaybeRetry();
+  void ClearInflight();
 
   // Presence and stopping.
   Status PublishState(const std::string& payload, int* mid);
+  void PublishOffline();
   std::string OnlinePayload() const;
   std::string OfflinePayload() const;
   void CheckStopProgress();
@@ -164,6 +210,7 @@ class BackboneLink::Impl {
   int64_t RandomBetween(int64_t lo, int64_t hi);
   bool mqtt5() const { return options_.protocol == MqttProtocol::kMqtt5; }
   size_t used_window() const { return inflight_.size() + control_mids_.size(); }
+  bool on_primary() const { return endpoint_index_ == 0; }
 
   EventLoop* const loop_;
   Outbox* const outbox_;
@@ -189,6 +236,9 @@ class BackboneLink::Impl {
   uint32_t registered_events_ = 0;
   size_t endpoint_index_ = 0;
   int64_t previous_sleep_ms_ = 0;  // decorrelated jitter state; 0 after a successful connect
+  // Error lines the library logged during the current connect attempt (TLS
+  // endpoints only): OpenSSL's reason for a failed handshake lives there.
+  std::vector<std::string> library_errors_;
 
   TimerId misc_timer_ = 0;
   TimerId reconnect_timer_ = 0;
@@ -196,24 +246,38 @@ class BackboneLink::Impl {
   TimerId retry_timer_ = 0;
   TimerId lease_retry_timer_ = 0;
   TimerId stop_timer_ = 0;
+  TimerId probe_timer_ = 0;
+  TimerId return_timer_ = 0;
+
+  // Return to the primary (while on another endpoint).
+  TcpProbe probe_;
+  int64_t primary_reachable_since_ms_ = -1;  // monotonic; -1: the last probe failed or none yet
+  bool returning_ = false;                   // draining this session to move to the primary
 
   // Delivery state of the current session.
   uint32_t window_ = 0;                          // min(our window, the broker's Receive Maximum)
   uint32_t broker_max_packet_ = 0;               // 0: the broker gave none
-  std::unordered_map<int, int64_t> inflight_;    // message id -> outbox sequence
+  std::unordered_map<int, InflightEvent> inflight_;  // message id -> event
+  size_t bulk_inflight_ = 0;                     // of those, bulk class
   std::unordered_set<int> control_mids_;         // presence messages awaiting PUBACK
   bool lease_outstanding_ = false;               // at most one Lease at a time
   bool outbox_may_have_more_ = true;
   bool appended_during_lease_ = false;
+  bool higher_may_be_waiting_ = true;            // something above bulk may be leasable
   bool leases_held_ = false;                     // leased since the last ResetLeases
   std::vector<int64_t> pending_acks_;
   bool turn_posted_ = false;
-  bool retry_pending_ = false;                   // a transient failure: pause, then lease from the oldest
+  bool retry_pending_ = false;                   // a transient failure: pause leasing for a backoff
   bool retry_due_ = false;
+  bool retry_reset_ = false;                     // ... then start again from the oldest undelivered event
   uint32_t retry_attempt_ = 0;
+  int64_t retry_resume_us_ = 0;                  // wall clock at which the current pause ends
+  size_t nacks_outstanding_ = 0;
+  int64_t nack_poll_until_us_ = 0;               // wall clock; nacked events may come due until then
 
   std::vector<std::function<void()>> stop_done_;
   int offline_mid_ = -1;
+  bool offline_published_ = false;               // this session already said "offline"
   bool offline_acked_ = false;
   bool disconnect_sent_ = false;
 
@@ -227,12 +291,14 @@ BackboneLink::Impl::Impl(EventLoop* loop, Outbox* outbox, BackboneOptions option
       state_topic_(options_.topic_prefix + "/state"),
       // Jitter only has to differ between gateways, not be unpredictable.
       rng_(static_cast<uint64_t>(SystemClock().MonotonicNanos()) ^
-           (static_cast<uint64_t>(SystemClock().WallMicros()) << 7) ^ (static_cast<uint64_t>(getpid()) << 40)) {
+           (static_cast<uint64_t>(SystemClock().WallMicros()) << 7) ^ (static_cast<uint64_t>(getpid()) << 40)),
+      probe_(loop) {
   stats_.endpoint = EndpointLabel(options_.endpoints.front());
 }
 
 BackboneLink::Impl::~Impl() {
   alive_.reset();
+  probe_.Cancel();
   CancelAllTimers();
   UnregisterSocket();
   client_.reset();
@@ -276,6 +342,11 @@ void BackboneLink::Impl::Stop(std::function<void()> done) {
   stop_done_.push_back(std::move(done));
   if (state_ == LinkState::kStopping) return;
   state_ = LinkState::kStopping;
+  // A return to the primary under way is overtaken: its drain (offline
+  // state, in-flight acks, DISCONNECT) is what Stop does too.
+  returning_ = false;
+  CancelTimer(&return_timer_);
+  CancelPrimaryProbe();
   CancelTimer(&reconnect_timer_);
   CancelTimer(&retry_timer_);
   CancelTimer(&lease_retry_timer_);
@@ -286,17 +357,15 @@ void BackboneLink::Impl::Stop(std::function<void()> done) {
     PostGuarded([this] { FinishStop(); });
     return;
   }
-  offline_acked_ = false;
-  disconnect_sent_ = false;
-  int mid = -1;
-  Status s = PublishState(OfflinePayload(), &mid);
-  if (s.ok()) {
-    control_mids_.insert(mid);
-    offline_mid_ = mid;
-  } else {
-    WS_LOG_WARN(kLog, "could not publish the offline state", {{"error", s.ToString()}});
-    offline_acked_ = true;
+  if (disconnect_sent_) {
+    // The return to the primary already sent DISCONNECT: wait for its end.
+    stop_timer_ = loop_->AddTimer(kDisconnectGraceMs, [this] {
+      stop_timer_ = 0;
+      FinishStop();
+    });
+    return;
   }
+  PublishOffline();
   SyncSocket();
   stop_timer_ = loop_->AddTimer(options_.stop_timeout_ms, [this] {
     stop_timer_ = 0;
@@ -321,6 +390,7 @@ void BackboneLink::Impl::NotifyAppended() {
 BackboneStats BackboneLink::Impl::Stats() const {
   BackboneStats s = stats_;
   s.state = state_;
+  s.endpoint_index = static_cast<uint32_t>(endpoint_index_);
   s.inflight = static_cast<uint32_t>(inflight_.size());
   s.window = window_;
   s.broker_max_packet = broker_max_packet_;
@@ -338,10 +408,20 @@ void BackboneLink::Impl::Connect() {
   attempt_ended_ = false;
   session_up_ = false;
   client_lost_ = false;
+  returning_ = false;
+  offline_published_ = false;
+  offline_acked_ = false;
+  offline_mid_ = -1;
+  disconnect_sent_ = false;
+  library_errors_.clear();
   const EndpointConfig& ep = options_.endpoints[endpoint_index_];
   stats_.endpoint = EndpointLabel(ep);
   state_ = LinkState::kConnecting;
-  WS_LOG_DEBUG(kLog, "connecting", {{"endpoint", stats_.endpoint}, {"host", ep.host}, {"port", std::to_string(ep.port)}});
+  WS_LOG_DEBUG(kLog, "connecting",
+               {{"endpoint", stats_.endpoint},
+                {"host", ep.host},
+                {"port", std::to_string(ep.port)},
+                {"tls", ep.tls.enabled ? "yes" : "no"}});
   Status s = OpenClient(ep);
   if (!s.ok()) {
     ConnectAttemptFailed(s);
@@ -385,6 +465,12 @@ Status BackboneLink::Impl::OpenClient(const EndpointConfig& endpoint) {
   mosquitto_connect_v5_callback_set(m, &Impl::OnConnectCallback);
   mosquitto_disconnect_v5_callback_set(m, &Impl::OnDisconnectCallback);
   mosquitto_publish_v5_callback_set(m, &Impl::OnPublishCallback);
+  if (endpoint.tls.enabled) {
+    // Only TLS endpoints: the library formats every log line it emits once a
+    // callback is set, and only the TLS reasons are worth that.
+    mosquitto_log_callback_set(m, &Impl::OnLogCallback);
+    WS_TRY(ConfigureTls(m, endpoint.tls));
+  }
 
   const std::string will = OfflinePayload();
   PropertyList will_properties;
@@ -400,6 +486,41 @@ Status BackboneLink::Impl::OpenClient(const EndpointConfig& endpoint) {
   return MosquittoStatus(rc, "connect to " + endpoint.host + ":" + std::to_string(endpoint.port));
 }
 
+namespace {
+
+// A passphrase-protected key fails to load instead of OpenSSL asking for the
+// passphrase on a terminal, which would block the loop.
+int NoPassphrase(char* buf, int size, int, void*) {
+  if (size > 0) buf[0] = '\0';
+  return 0;
+}
+
+}  // namespace
+
+Status BackboneLink::Impl::ConfigureTls(mosquitto* m, const EndpointTlsConfig& tls) {
+  const char* cert = tls.cert_file.empty() ? nullptr : tls.cert_file.c_str();
+  const char* key = tls.key_file.empty() ? nullptr : tls.key_file.c_str();
+  // mosquitto_tls_set opens each file once to check it; INVAL then means
+  // one of them cannot be read (the contents are loaded at connect).
+  const char* file_error = "TLS: ca_file, cert_file or key_file cannot be read";
+  if (!tls.ca_file.empty()) {
+    WS_TRY(MosquittoStatus(mosquitto_tls_set(m, tls.ca_file.c_str(), nullptr, cert, key, &NoPassphrase), file_error));
+  } else {
+    WS_TRY(MosquittoStatus(mosquitto_int_option(m, MOSQ_OPT_TLS_USE_OS_CERTS, 1), "TLS: use the system's CAs"));
+    if (cert != nullptr) {
+      WS_TRY(MosquittoStatus(mosquitto_tls_set(m, nullptr, kSystemCaDir, cert, key, &NoPassphrase), file_error));
+    }
+  }
+  // Always verify the broker's chain; TLS 1.2 or newer (the library's default
+  // for a null version).
+  WS_TRY(MosquittoStatus(mosquitto_tls_opts_set(m, kVerifyPeer, nullptr, nullptr), "TLS: set the verify mode"));
+  WS_TRY(MosquittoStatus(mosquitto_tls_insecure_set(m, !tls.verify_hostname), "TLS: set host name verification"));
+  if (!tls.alpn.empty()) {
+    WS_TRY(MosquittoStatus(mosquitto_string_option(m, MOSQ_OPT_TLS_ALPN, tls.alpn.c_str()), "TLS: set ALPN"));
+  }
+  return Status::Ok();
+}
+
 void BackboneLink::Impl::OnConnectCallback(mosquitto*, void* self, int rc, int, const mosquitto_property* props) {
   static_cast<Impl*>(self)->OnConnected(rc, props);
 }
@@ -411,6 +532,25 @@ void BackboneLink::Impl::OnDisconnectCallback(mosquitto*, void* self, int rc, co
 void BackboneLink::Impl::OnPublishCallback(mosquitto*, void* self, int mid, int reason_code,
                                            const mosquitto_property*) {
   static_cast<Impl*>(self)->OnPublished(mid, reason_code);
+}
+
+void BackboneLink::Impl::OnLogCallback(mosquitto*, void* self, int level, const char* message) {
+  if ((level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING)) == 0 || message == nullptr) return;
+  // The library's own lines ("OpenSSL Error[0]: ...certificate verify
+  // failed", "Unable to load client key file ...") name files and reasons,
+  // never file contents.
+  Impl* impl = static_cast<Impl*>(self);
+  if (impl->library_errors_.size() < kMaxLibraryErrors) impl->library_errors_.emplace_back(message);
+  WS_LOG_DEBUG(kLog, "libmosquitto", {{"message", message}});
+}
+
+std::string BackboneLink::Impl::LibraryErrors() const {
+  std::string out;
+  for (const std::string& line : library_errors_) {
+    if (!out.empty()) out += "; ";
+    out += line;
+  }
+  return out;
 }
 
 void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
@@ -438,11 +578,15 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
       broker_max_packet_ = max_packet;
     }
   }
+  const EndpointConfig& ep = options_.endpoints[endpoint_index_];
   WS_LOG_INFO(kLog, "connected",
               {{"endpoint", stats_.endpoint},
+               {"primary", on_primary() ? "yes" : "no"},
+               {"tls", ep.tls.enabled ? (ep.tls.cert_file.empty() ? "tls" : "mtls") : "no"},
                {"protocol", mqtt5() ? "mqtt5" : "mqtt311"},
                {"window", std::to_string(window_)},
                {"broker_max_packet", std::to_string(broker_max_packet_)}});
+  library_errors_.clear();
   if (state_ == LinkState::kStopping) return;
   // Library calls stay out of library callbacks (they run with the
   // library's locks held): the birth message and the first lease follow on
@@ -450,6 +594,8 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
   const uint64_t attempt = attempt_;
   PostGuarded([this, attempt] {
     if (attempt != attempt_ || !session_up_ || state_ != LinkState::kConnected) return;
+    // The handshake is done: stop paying for the library's log lines.
+    mosquitto_log_callback_set(client_.get(), nullptr);
     int mid = -1;
     Status s = PublishState(OnlinePayload(), &mid);
     if (s.ok()) {
@@ -459,7 +605,9 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
     }
     SyncSocket();
     outbox_may_have_more_ = true;
+    higher_may_be_waiting_ = true;
     MaybeLease();
+    SchedulePrimaryProbe();
   });
 }
 
@@ -471,15 +619,22 @@ void BackboneLink::Impl::OnDisconnected(int rc) {
   session_up_ = false;
   client_lost_ = true;
   if (state_ == LinkState::kConnected || state_ == LinkState::kConnecting) state_ = LinkState::kDisconnected;
+  // `rc` is a MOSQ_ERR_* code, or the reason code of a DISCONNECT the broker
+  // sent. Described here: MOSQ_ERR_ERRNO needs errno as the library left it.
+  std::string why;
+  if (rc == MOSQ_ERR_SUCCESS) {
+    why = "closed on request";
+  } else if (rc >= 0x80 && rc <= 0xff) {
+    why = "the broker sent DISCONNECT " + DescribeReasonCode(rc);
+  } else {
+    why = MosquittoStatus(rc, "connection").message();
+  }
   uint64_t attempt = attempt_;
-  PostGuarded([this, attempt, was_up, rc] { HandleConnectionEnd(attempt, was_up, rc); });
+  PostGuarded([this, attempt, was_up, why = std::move(why)] { HandleConnectionEnd(attempt, was_up, why); });
 }
 
-void BackboneLink::Impl::HandleConnectionEnd(uint64_t attempt, bool was_up, int rc) {
+void BackboneLink::Impl::HandleConnectionEnd(uint64_t attempt, bool was_up, const std::string& why) {
   if (attempt != attempt_ || attempt_ended_) return;
-  // `rc` is a MOSQ_ERR_* code, or the reason code of a DISCONNECT the broker sent.
-  std::string why = rc == MOSQ_ERR_SUCCESS ? std::string("closed on request")
-                                           : "code " + std::to_string(rc) + " (" + mosquitto_strerror(rc) + ")";
   if (!was_up) {
     ConnectAttemptFailed(Unavailable(why));
     return;
@@ -490,6 +645,12 @@ void BackboneLink::Impl::HandleConnectionEnd(uint64_t attempt, bool was_up, int 
   ++stats_.disconnects;
   if (state_ == LinkState::kStopping) {
     FinishStop();
+    return;
+  }
+  if (returning_) {
+    // The planned end of the session on the secondary (or an earlier loss
+    // while draining it): the primary answered its probes, go there now.
+    CompleteReturn();
     return;
   }
   WS_LOG_WARN(kLog, "connection lost", {{"endpoint", stats_.endpoint}, {"reason", why}});
@@ -505,7 +666,20 @@ void BackboneLink::Impl::ConnectAttemptFailed(const Status& why) {
     FinishStop();
     return;
   }
-  WS_LOG_WARN(kLog, "connect failed", {{"endpoint", stats_.endpoint}, {"error", why.ToString()}});
+  // A TLS failure shows only as a closed connection or MOSQ_ERR_TLS; the
+  // reason (unknown CA, name mismatch, unreadable key, alert from the
+  // broker) is in what the library logged meanwhile (TLS endpoints only).
+  const std::string tls_error = LibraryErrors();
+  library_errors_.clear();
+  if (!tls_error.empty()) {
+    WS_LOG_ERROR(kLog, "connect failed: TLS",
+                 {{"endpoint", stats_.endpoint}, {"error", why.ToString()}, {"tls_error", tls_error}});
+  } else {
+    WS_LOG_WARN(kLog, "connect failed",
+                {{"endpoint", stats_.endpoint},
+                 {"tls", options_.endpoints[endpoint_index_].tls.enabled ? "yes" : "no"},
+                 {"error", why.ToString()}});
+  }
   ScheduleReconnect();
 }
 
@@ -532,14 +706,147 @@ void BackboneLink::Impl::EndSession() {
   session_up_ = false;
   CancelTimer(&retry_timer_);
   CancelTimer(&lease_retry_timer_);
+  CancelPrimaryProbe();
   retry_pending_ = false;
   retry_due_ = false;
+  retry_reset_ = false;
+  nacks_outstanding_ = 0;
   // Acks first: the store runs calls in order, so what was acknowledged is
   // gone before the leases are reset and the next lease starts at the oldest.
   FlushAcks();
-  inflight_.clear();
+  ClearInflight();
   control_mids_.clear();
   ResetLeases();
+}
+
+void BackboneLink::Impl::ClearInflight() {
+  inflight_.clear();
+  bulk_inflight_ = 0;
+}
+
+// ---------------------------------------------------------------------------
+// Return to the primary
+
+void BackboneLink::Impl::SchedulePrimaryProbe() {
+  if (options_.return_to_primary_ms <= 0 || on_primary() || probe_timer_ != 0 || probe_.running()) return;
+  if (!session_up_ || state_ != LinkState::kConnected || returning_) return;
+  // Probing more often than the required stable time adds nothing.
+  const int64_t interval =
+      std::max(kMinProbeIntervalMs, std::min(options_.primary_probe_interval_ms, options_.return_to_primary_ms));
+  probe_timer_ = loop_->AddTimer(interval, [this] {
+    probe_timer_ = 0;
+    ProbePrimary();
+  });
+}
+
+void BackboneLink::Impl::ProbePrimary() {
+  if (!session_up_ || state_ != LinkState::kConnected || returning_ || on_primary()) return;
+  const EndpointConfig& primary = options_.endpoints.front();
+  const int64_t timeout =
+      std::max(kMinProbeIntervalMs, std::min(options_.connect_timeout_ms, options_.primary_probe_interval_ms));
+  const uint64_t attempt = attempt_;
+  probe_.Start(primary.host, primary.port, timeout, [this, attempt](Status result) { OnPrimaryProbed(attempt, result); });
+}
+
+void BackboneLink::Impl::OnPrimaryProbed(uint64_t attempt, const Status& result) {
+  if (attempt != attempt_ || !session_up_ || state_ != LinkState::kConnected || returning_) return;
+  const int64_t now = SystemClock().MonotonicMillis();
+  if (result.ok()) {
+    if (primary_reachable_since_ms_ < 0) {
+      primary_reachable_since_ms_ = now;
+      WS_LOG_INFO(kLog, "primary endpoint reachable again; returning once it stays so",
+                  {{"primary", EndpointLabel(options_.endpoints.front())},
+                   {"after_ms", std::to_string(options_.return_to_primary_ms)}});
+    }
+    if (now - primary_reachable_since_ms_ >= options_.return_to_primary_ms) {
+      BeginReturnToPrimary();
+      return;
+    }
+  } else {
+    if (primary_reachable_since_ms_ >= 0) {
+      WS_LOG_INFO(kLog, "primary endpoint unreachable again", {{"error", result.ToString()}});
+    } else {
+      WS_LOG_DEBUG(kLog, "primary endpoint still unreachable", {{"error", result.ToString()}});
+    }
+    primary_reachable_since_ms_ = -1;
+  }
+  SchedulePrimaryProbe();
+}
+
+// Leaves the secondary the way Stop leaves a broker: no new leases, the
+// retained "offline" state (this broker's view of the node would otherwise
+// stay "online"), the in-flight PUBACKs awaited for at most stop_timeout_ms,
+// then DISCONNECT. Only after the session has ended does Connect open the
+// primary, so nothing is ever published to both.
+void BackboneLink::Impl::BeginReturnToPrimary() {
+  WS_LOG_INFO(kLog, "returning to the primary endpoint",
+              {{"from", stats_.endpoint},
+               {"to", EndpointLabel(options_.endpoints.front())},
+               {"inflight", std::to_string(inflight_.size())}});
+  returning_ = true;
+  CancelPrimaryProbe();
+  PublishOffline();
+  SyncSocket();
+  return_timer_ = loop_->AddTimer(options_.stop_timeout_ms, [this] {
+    return_timer_ = 0;
+    if (!inflight_.empty()) {
+      WS_LOG_WARN(kLog, "leaving the secondary before every PUBACK arrived; those events are sent again",
+                  {{"inflight", std::to_string(inflight_.size())}});
+    }
+    DisconnectForReturn();
+  });
+  ScheduleTurn();
+}
+
+void BackboneLink::Impl::CheckReturnProgress() {
+  if (!returning_ || disconnect_sent_) return;
+  if (offline_acked_ && inflight_.empty()) DisconnectForReturn();
+}
+
+void BackboneLink::Impl::DisconnectForReturn() {
+  if (!returning_ || disconnect_sent_) return;
+  disconnect_sent_ = true;
+  CancelTimer(&return_timer_);
+  FlushAcks();
+  if (!session_up_ || !client_) {
+    CompleteReturn();
+    return;
+  }
+  int rc = mosquitto_disconnect_v5(client_.get(), MQTT_RC_NORMAL_DISCONNECTION, nullptr);
+  if (rc != MOSQ_ERR_SUCCESS) {
+    WS_LOG_WARN(kLog, "disconnect", {{"status", MosquittoStatus(rc, "mosquitto_disconnect_v5").ToString()}});
+  }
+  SyncSocket();
+  // on_disconnect normally ends the session first (HandleConnectionEnd).
+  return_timer_ = loop_->AddTimer(kDisconnectGraceMs, [this] {
+    return_timer_ = 0;
+    CompleteReturn();
+  });
+}
+
+void BackboneLink::Impl::CompleteReturn() {
+  if (!returning_) return;
+  returning_ = false;
+  CancelTimer(&return_timer_);
+  if (!attempt_ended_) {
+    attempt_ended_ = true;
+    ReleaseClient();
+    EndSession();
+    ++stats_.disconnects;
+  }
+  endpoint_index_ = 0;
+  ++stats_.failovers;
+  ++stats_.returns_to_primary;
+  previous_sleep_ms_ = 0;
+  state_ = LinkState::kDisconnected;
+  // The primary has just answered every probe: no backoff.
+  Connect();
+}
+
+void BackboneLink::Impl::CancelPrimaryProbe() {
+  CancelTimer(&probe_timer_);
+  probe_.Cancel();
+  primary_reachable_since_ms_ = -1;
 }
 
 void BackboneLink::Impl::ReleaseClient() {
@@ -553,18 +860,35 @@ void BackboneLink::Impl::ReleaseClient() {
 
 void BackboneLink::Impl::OnSocketReady(uint32_t events) {
   if (!client_ || client_lost_) return;
+  Status failure;
   if ((events & (EventLoop::kReadable | EventLoop::kError | EventLoop::kHangup)) != 0) {
     int rc = mosquitto_loop_read(client_.get(), 1);
     if (rc != MOSQ_ERR_SUCCESS) {
-      // A failed read has already been reported through on_disconnect.
-      WS_LOG_DEBUG(kLog, "read ended", {{"status", MosquittoStatus(rc, "mosquitto_loop_read").ToString()}});
+      // A failed read has normally been reported through on_disconnect.
+      failure = MosquittoStatus(rc, "mosquitto_loop_read");
+      WS_LOG_DEBUG(kLog, "read ended", {{"status", failure.ToString()}});
     }
   }
   if ((events & EventLoop::kWritable) != 0 && client_ && !client_lost_) {
     int rc = mosquitto_loop_write(client_.get(), 1);
     if (rc != MOSQ_ERR_SUCCESS) {
+      if (failure.ok()) failure = MosquittoStatus(rc, "mosquitto_loop_write");
       WS_LOG_DEBUG(kLog, "write ended", {{"status", MosquittoStatus(rc, "mosquitto_loop_write").ToString()}});
     }
+  }
+  // libmosquitto 2.0 closes the socket of a failed TLS handshake without
+  // calling on_disconnect: without this the attempt would hang until the
+  // connect timeout.
+  if (client_ && !client_lost_ && mosquitto_socket(client_.get()) < 0) {
+    UnregisterSocket();
+    const bool was_up = session_up_;
+    session_up_ = false;
+    client_lost_ = true;
+    if (state_ == LinkState::kConnected || state_ == LinkState::kConnecting) state_ = LinkState::kDisconnected;
+    const uint64_t attempt = attempt_;
+    std::string why = failure.ok() ? std::string("the client library closed the connection") : failure.message();
+    PostGuarded([this, attempt, was_up, why = std::move(why)] { HandleConnectionEnd(attempt, was_up, why); });
+    return;
   }
   SyncSocket();
 }
@@ -610,7 +934,7 @@ void BackboneLink::Impl::SyncSocket() {
   session_up_ = false;
   client_lost_ = true;
   uint64_t attempt = attempt_;
-  PostGuarded([this, attempt, was_up] { HandleConnectionEnd(attempt, was_up, MOSQ_ERR_ERRNO); });
+  PostGuarded([this, attempt, was_up, why = s.ToString()] { HandleConnectionEnd(attempt, was_up, why); });
 }
 
 void BackboneLink::Impl::UnregisterSocket() {
@@ -633,6 +957,8 @@ void BackboneLink::Impl::CancelAllTimers() {
   CancelTimer(&retry_timer_);
   CancelTimer(&lease_retry_timer_);
   CancelTimer(&stop_timer_);
+  CancelTimer(&probe_timer_);
+  CancelTimer(&return_timer_);
 }
 
 // ---------------------------------------------------------------------------
@@ -640,6 +966,7 @@ void BackboneLink::Impl::CancelAllTimers() {
 
 void BackboneLink::Impl::OnAppended() {
   outbox_may_have_more_ = true;
+  higher_may_be_waiting_ = true;
   if (lease_outstanding_) {
     appended_during_lease_ = true;
   } else {
@@ -662,17 +989,34 @@ void BackboneLink::Impl::Turn() {
     CheckStopProgress();
     return;
   }
+  if (returning_) {
+    CheckReturnProgress();
+    return;
+  }
   MaybeRetry();
   MaybeLease();
 }
 
 void BackboneLink::Impl::MaybeLease() {
-  if (!session_up_ || state_ != LinkState::kConnected || retry_pending_ || lease_outstanding_ ||
+  if (!session_up_ || state_ != LinkState::kConnected || returning_ || retry_pending_ || lease_outstanding_ ||
       !outbox_may_have_more_ || lease_retry_timer_ != 0) {
     return;
   }
   if (used_window() >= window_) return;
-  const size_t room = window_ - used_window();
+  // Bulk may fill at most 7/8 of the window. The store hands out the highest
+  // class first but cannot be asked for "anything but bulk", so once bulk
+  // holds its share the link leases one event at a time, and only after an
+  // append: that one is the new higher-class event if there is one (or, at
+  // worst, one more bulk event, still within the window).
+  const size_t reserve = window_ >= 2 ? std::max<size_t>(1, window_ / 8) : 0;
+  const size_t bulk_share = window_ - reserve;
+  size_t room = window_ - used_window();
+  if (bulk_inflight_ >= bulk_share) {
+    if (!higher_may_be_waiting_) return;
+    room = 1;
+  } else {
+    room = std::min(room, bulk_share - bulk_inflight_);
+  }
   lease_outstanding_ = true;
   appended_during_lease_ = false;
   leases_held_ = true;
@@ -706,7 +1050,25 @@ void BackboneLink::Impl::OnLeased(uint64_t attempt, size_t requested, Result<std
     return;
   }
   std::vector<LeasedEvent> events = std::move(result).value();
-  if (events.size() < requested && !appended_during_lease_) outbox_may_have_more_ = false;
+  if (!appended_during_lease_) {
+    // Leases come highest class first: a short lease, or one that ends in
+    // bulk, leaves nothing above bulk behind.
+    if (events.size() < requested) outbox_may_have_more_ = false;
+    if (events.size() < requested || events.back().priority == Priority::kBulk) higher_may_be_waiting_ = false;
+  }
+  if (!outbox_may_have_more_ && nack_poll_until_us_ != 0 && lease_retry_timer_ == 0) {
+    // Nacked events come due on the wall clock, and no append announces
+    // them: look again shortly while any may still be waiting.
+    if (SystemClock().WallMicros() < nack_poll_until_us_) {
+      lease_retry_timer_ = loop_->AddTimer(kNackPollMs, [this] {
+        lease_retry_timer_ = 0;
+        outbox_may_have_more_ = true;
+        MaybeLease();
+      });
+    } else {
+      nack_poll_until_us_ = 0;
+    }
+  }
   for (const LeasedEvent& leased : events) {
     // A transient failure pauses publishing: what follows is sent again
     // after the backoff, from the oldest undelivered event on.
@@ -759,7 +1121,9 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
   int rc = mosquitto_publish_v5(client_.get(), &mid, topic.c_str(), static_cast<int>(payload.size()), payload.data(),
                                 kQos1, /*retain=*/false, mqtt5() ? properties.get() : nullptr);
   if (rc == MOSQ_ERR_SUCCESS) {
-    inflight_[mid] = seq;
+    const bool bulk = leased.priority == Priority::kBulk;
+    inflight_[mid] = InflightEvent{seq, bulk};
+    if (bulk) ++bulk_inflight_;
     ++stats_.published;
     return;
   }
@@ -780,7 +1144,7 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
     case MOSQ_ERR_ERRNO:
       WS_LOG_DEBUG(kLog, "publish failed on a failing connection",
                    {{"sequence", std::to_string(seq)}, {"error", s.ToString()}});
-      PauseForRetry();
+      PauseForRetry(/*reset_leases=*/true);
       return;
     default:
       TransientFailure(seq, s.ToString());
@@ -799,7 +1163,8 @@ void BackboneLink::Impl::OnPublished(int mid, int reason_code) {
   }
   auto it = inflight_.find(mid);
   if (it == inflight_.end()) return;
-  const int64_t seq = it->second;
+  const int64_t seq = it->second.sequence;
+  if (it->second.bulk) --bulk_inflight_;
   inflight_.erase(it);
   if (reason_code < 0x80) {
     ++stats_.acked;
@@ -853,34 +1218,79 @@ void BackboneLink::Impl::TransientFailure(int64_t sequence, const std::string& w
   ++stats_.transient_failures;
   WS_LOG_WARN(kLog, "event not accepted this time; will retry",
               {{"sequence", std::to_string(sequence)}, {"reason", why}});
-  PauseForRetry();
+  // Leasing pauses for the backoff (the broker is likely refusing more than
+  // this one event); the event itself goes back to the outbox, due when the
+  // pause ends, while the events in flight behind it complete as usual.
+  PauseForRetry(/*reset_leases=*/false);
+  const int64_t not_before_us = retry_resume_us_;
+  ++nacks_outstanding_;
+  const uint64_t attempt = attempt_;
+  std::weak_ptr<AliveToken> alive = alive_;
+  EventLoop* loop = loop_;
+  outbox_->Nack({sequence}, not_before_us, [loop, alive, this, attempt, sequence, not_before_us](Status s) {
+    // Store thread: hand the answer to the loop.
+    loop->Post([alive, this, attempt, sequence, not_before_us, s = std::move(s)] {
+      if (alive.lock()) OnNacked(attempt, sequence, not_before_us, s);
+    });
+  });
 }
 
-void BackboneLink::Impl::PauseForRetry() {
-  if (retry_pending_) return;
-  retry_pending_ = true;
-  retry_due_ = false;
-  // Exponential backoff with full jitter: random_between(0, min(cap, base * 2^n)).
+void BackboneLink::Impl::OnNacked(uint64_t attempt, int64_t sequence, int64_t not_before_us, const Status& s) {
+  // A session that ended since reset every lease; nothing left to do.
+  if (attempt != attempt_) return;
+  if (nacks_outstanding_ > 0) --nacks_outstanding_;
+  if (s.ok()) {
+    ++stats_.nacked;
+    nack_poll_until_us_ = std::max(nack_poll_until_us_, not_before_us + kNackPollWindowUs);
+  } else {
+    // Without a Nack the event stays leased: after the backoff, start again
+    // from the oldest undelivered event so that it goes out again.
+    WS_LOG_DEBUG(kLog, "outbox did not take the event back; retrying from the oldest undelivered event",
+                 {{"sequence", std::to_string(sequence)}, {"error", s.ToString()}});
+    retry_reset_ = true;
+  }
+  MaybeRetry();
+}
+
+// Exponential backoff with full jitter: random_between(0, min(cap, base * 2^n)).
+int64_t BackboneLink::Impl::NextRetryDelayMs() {
   int64_t ceiling = options_.retry_min_ms;
   for (uint32_t i = 0; i < retry_attempt_ && ceiling < options_.retry_max_ms; ++i) ceiling *= 2;
   ceiling = std::min(ceiling, options_.retry_max_ms);
   ++retry_attempt_;
-  retry_timer_ = loop_->AddTimer(RandomBetween(0, ceiling), [this] {
+  return RandomBetween(0, ceiling);
+}
+
+void BackboneLink::Impl::PauseForRetry(bool reset_leases) {
+  if (reset_leases) retry_reset_ = true;
+  if (retry_pending_) return;
+  retry_pending_ = true;
+  retry_due_ = false;
+  const int64_t delay_ms = NextRetryDelayMs();
+  retry_resume_us_ = SystemClock().WallMicros() + delay_ms * 1000;
+  retry_timer_ = loop_->AddTimer(delay_ms, [this] {
     retry_timer_ = 0;
     retry_due_ = true;
     MaybeRetry();
   });
 }
 
-// After a transient failure: once the backoff has passed and nothing is in
-// flight, start again from the oldest undelivered event, so the failed one
-// goes out again before anything newer is leased.
+// After the backoff, once every Nack was answered: lease again. Where an
+// event could not be handed back, wait until nothing is in flight and start
+// again from the oldest undelivered event, so the failed one goes out again
+// before anything newer.
 void BackboneLink::Impl::MaybeRetry() {
-  if (!retry_pending_ || !retry_due_ || !session_up_ || !inflight_.empty() || lease_outstanding_) return;
+  if (!retry_pending_ || !retry_due_ || !session_up_ || lease_outstanding_ || nacks_outstanding_ > 0) return;
+  if (retry_reset_ && !inflight_.empty()) return;
   retry_pending_ = false;
   retry_due_ = false;
-  FlushAcks();
-  ResetLeases();
+  if (retry_reset_) {
+    retry_reset_ = false;
+    FlushAcks();
+    ResetLeases();
+  }
+  outbox_may_have_more_ = true;
+  higher_may_be_waiting_ = true;
   MaybeLease();
 }
 
@@ -921,6 +1331,23 @@ std::string BackboneLink::Impl::OfflinePayload() const {
   return out;
 }
 
+// The retained "offline" state, once per session (Stop after a return to
+// the primary has begun says it only once).
+void BackboneLink::Impl::PublishOffline() {
+  if (offline_published_) return;
+  offline_published_ = true;
+  offline_acked_ = false;
+  int mid = -1;
+  Status s = PublishState(OfflinePayload(), &mid);
+  if (s.ok()) {
+    control_mids_.insert(mid);
+    offline_mid_ = mid;
+  } else {
+    WS_LOG_WARN(kLog, "could not publish the offline state", {{"error", s.ToString()}});
+    offline_acked_ = true;
+  }
+}
+
 void BackboneLink::Impl::CheckStopProgress() {
   if (state_ != LinkState::kStopping || disconnect_sent_) return;
   if (offline_acked_ && inflight_.empty()) SendDisconnect();
@@ -952,11 +1379,13 @@ void BackboneLink::Impl::SendDisconnect() {
 void BackboneLink::Impl::FinishStop() {
   if (state_ == LinkState::kStopped) return;
   attempt_ended_ = true;
+  returning_ = false;
   CancelAllTimers();
+  CancelPrimaryProbe();
   ReleaseClient();
   session_up_ = false;
   FlushAcks();
-  inflight_.clear();
+  ClearInflight();
   control_mids_.clear();
   if (leases_held_) ResetLeases();
   state_ = LinkState::kStopped;

@@ -9,18 +9,44 @@
 // JSON on MQTT 3.1.1. A PUBACK reason code that means "never" (not
 // authorized, topic invalid, packet too large, payload format invalid) and an
 // event larger than the broker's Maximum Packet Size go to the dead-letter
-// queue; other failure codes are retried after a backoff with full jitter,
-// starting again from the oldest undelivered event (events after it in the
-// same window may then arrive before it; the sequence tells the order).
-// Presence: a retained `{prefix}/state` "online" message on every connect,
-// the same topic as Last Will ("offline"), and a retained "offline" on Stop.
+// queue. Other failure codes are transient: the event is handed back to the
+// outbox with Outbox::Nack for no earlier than a backoff with full jitter,
+// and leasing pauses for that backoff. Should the store refuse the Nack, the
+// link waits out the backoff and starts again from the oldest undelivered
+// event instead (events after it in the same window may then arrive before
+// it; the sequence tells the order).
 //
-// Not there yet: TLS to the broker; returning to the primary endpoint after
-// it has been stable (the link stays on the endpoint that works and moves on
-// only when it fails); host names are resolved by libmosquitto with a
-// blocking lookup on the loop thread (use IP addresses where that matters);
-// MQTT 3.1.1 has no PUBACK reason codes, so a broker that drops a refused
-// message there still acknowledges it.
+// Fairness: bulk events may fill at most 7/8 of the in-flight window; the
+// rest is kept for higher classes, so an event appended during a large bulk
+// drain is leased at once (the store hands out the highest class first)
+// instead of waiting for the window to empty.
+//
+// Endpoints: the first is the primary. A failed connect or a lost session
+// moves on to the next endpoint after a decorrelated-jitter delay. While on
+// another endpoint the link probes the primary with a plain TCP connect
+// (non-blocking, on the loop); once the primary has answered every probe for
+// return_to_primary_ms, the link stops leasing, publishes its retained
+// "offline" state on the secondary, waits for the in-flight PUBACKs (at most
+// stop_timeout_ms), disconnects, and only then connects to the primary: it
+// never publishes to two brokers at once, and only events still unacknowledged
+// at the switch are sent again.
+//
+// TLS per endpoint (EndpointConfig::tls): CA file or the system's CAs,
+// optional client certificate and key (mTLS), ALPN, host name verification.
+// A failed handshake is a failed connect (retry and failover as usual) and
+// is logged with the TLS library's reason; file contents are never logged.
+// libmosquitto 2.0 sends `host` as SNI and checks the certificate against
+// it; a different server_name is refused by Create.
+//
+// Presence: a retained `{prefix}/state` "online" message on every connect,
+// the same topic as Last Will ("offline"), and a retained "offline" on Stop
+// and before leaving a secondary for the primary.
+//
+// Limits: host names are resolved by libmosquitto with a blocking lookup on
+// the loop thread when connecting (use IP addresses where that matters; the
+// primary probe resolves on a thread of its own); MQTT 3.1.1 has no PUBACK
+// reason codes, so a broker that drops a refused message there still
+// acknowledges it.
 //
 // Threads: Create, Start, Stop, Stats and the destructor run on the loop
 // thread. NotifyAppended may be called from any thread (it posts to the loop)
@@ -58,23 +84,28 @@ struct BackboneOptions {
   int64_t connect_timeout_ms = 10'000;  // from connect to CONNACK before trying the next endpoint
   int64_t retry_min_ms = 500;         // backoff after a transient PUBACK failure (full jitter)
   int64_t retry_max_ms = 30'000;
-  int64_t stop_timeout_ms = 2'000;    // how long Stop waits for the offline state and in-flight acks
+  int64_t stop_timeout_ms = 2'000;    // how long Stop (and a return to the primary) waits for in-flight acks
+  int64_t return_to_primary_ms = 300'000;     // primary reachable this long -> move back; 0 = stay where it works
+  int64_t primary_probe_interval_ms = 5'000;  // TCP probes of the primary while elsewhere (at most return_to_primary_ms)
 };
 
 enum class LinkState { kDisconnected, kConnecting, kConnected, kStopping, kStopped };
 
 struct BackboneStats {
   LinkState state = LinkState::kDisconnected;
-  std::string endpoint;  // name of the current or last endpoint
+  std::string endpoint;         // name of the current or last endpoint
+  uint32_t endpoint_index = 0;  // its position in BackboneOptions::endpoints; 0 = the primary
   uint64_t connects = 0;
   uint64_t disconnects = 0;
-  uint64_t failovers = 0;
+  uint64_t failovers = 0;           // moves to another endpoint, returns to the primary included
+  uint64_t returns_to_primary = 0;  // planned moves back to the primary after it was reachable long enough
   uint64_t published = 0;
   uint64_t acked = 0;
   uint64_t dead_lettered = 0;
   uint32_t inflight = 0;
   uint64_t connect_failures = 0;    // attempts that never reached CONNACK success
   uint64_t transient_failures = 0;  // PUBACKs with a failure code that is worth retrying
+  uint64_t nacked = 0;              // of those, handed back to the outbox with a not-before time
   uint32_t window = 0;              // in-flight limit of the current session (ours and the broker's)
   uint32_t broker_max_packet = 0;   // the broker's Maximum Packet Size; 0 = none given
 };

@@ -8,12 +8,23 @@
 // No timing assertions: every wait is for a condition, with a generous bound.
 #include "adapters/mqtt/backbone_link.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -225,6 +236,235 @@ std::string RetainedState(uint16_t port) {
   return rc == 0 ? out : "";
 }
 
+// Certificates made with openssl at run time: a CA, a server certificate for
+// `server_names` signed by it, and a client certificate for mTLS. Started
+// as root, mosquitto reads its files after dropping to its own user, so the
+// folder and files are readable to others (test keys only).
+class TestPki {
+ public:
+  explicit TestPki(const std::string& server_names = "IP:127.0.0.1,DNS:localhost") {
+    std::filesystem::permissions(dir_.path(), std::filesystem::perms(0755));
+    ok_ = MakeCa("ca", "Waystation Test CA") &&
+          MakeLeaf("server", "broker", "ca", "subjectAltName=" + server_names + "\nextendedKeyUsage=serverAuth\n") &&
+          MakeLeaf("client", "gw1", "ca", "extendedKeyUsage=clientAuth\n");
+    for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+      std::filesystem::permissions(entry.path(), std::filesystem::perms(0644));
+    }
+  }
+  bool ok() const { return ok_; }
+  const std::string& error() const { return error_; }
+  std::string ca() const { return dir_.File("ca.crt"); }
+  std::string server_cert() const { return dir_.File("server.crt"); }
+  std::string server_key() const { return dir_.File("server.key"); }
+  std::string client_cert() const { return dir_.File("client.crt"); }
+  std::string client_key() const { return dir_.File("client.key"); }
+
+  // Broker config lines: the broker's main listener speaks TLS (mTLS with
+  // `require_client_cert`); a plain listener on `plain_port` serves the
+  // test's subscriber.
+  std::string BrokerConfig(bool require_client_cert, uint16_t plain_port) const {
+    return "cafile " + ca() + "\ncertfile " + server_cert() + "\nkeyfile " + server_key() + "\n" +
+           (require_client_cert ? "require_certificate true\n" : "") + "listener " + std::to_string(plain_port) +
+           " 127.0.0.1\n";
+  }
+
+ private:
+  bool Run(const std::vector<std::string>& argv) {
+    std::string out;
+    if (RunCommand(argv, &out, 60000) == 0) return true;
+    error_ = "openssl failed: " + argv[1] + " " + out;
+    return false;
+  }
+  bool MakeCa(const std::string& name, const std::string& cn) {
+    return Run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", dir_.File(name + ".key"), "-out", dir_.File(name + ".crt"), "-days", "2", "-subj",
+                "/CN=" + cn});
+  }
+  bool MakeLeaf(const std::string& name, const std::string& cn, const std::string& ca, const std::string& ext) {
+    std::ofstream(dir_.File(name + ".ext")) << "basicConstraints=CA:FALSE\n" << ext;
+    return Run({"openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", dir_.File(name + ".key"), "-out", dir_.File(name + ".csr"), "-subj", "/CN=" + cn}) &&
+           Run({"openssl", "x509", "-req", "-in", dir_.File(name + ".csr"), "-CA", dir_.File(ca + ".crt"), "-CAkey",
+                dir_.File(ca + ".key"), "-set_serial", std::to_string(++serial_), "-days", "2", "-extfile",
+                dir_.File(name + ".ext"), "-out", dir_.File(name + ".crt")});
+  }
+
+  TempDir dir_;
+  bool ok_ = false;
+  int serial_ = 1000;
+  std::string error_;
+};
+
+// Sends this process's stderr (where the daemon's log goes) to a file until
+// Restore or destruction.
+class StderrCapture {
+ public:
+  explicit StderrCapture(const std::string& path) {
+    std::fflush(stderr);
+    saved_ = dup(STDERR_FILENO);
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (saved_ < 0 || fd < 0) std::abort();
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+  }
+  ~StderrCapture() { Restore(); }
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+  void Restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    dup2(saved_, STDERR_FILENO);
+    close(saved_);
+    saved_ = -1;
+  }
+
+ private:
+  int saved_ = -1;
+};
+
+// A minimal MQTT 5 server for the one thing mosquitto cannot be made to do:
+// answer a PUBACK with a transient failure code. It CONNACKs, answers
+// PINGREQ, and PUBACKs every QoS 1 PUBLISH with success, except the first
+// `refusals` ones whose payload contains `refuse_marker`, which get 0x97
+// (quota exceeded). It records the payloads it accepted on event topics.
+class TransientFailureBroker {
+ public:
+  TransientFailureBroker(std::string refuse_marker, int refusals)
+      : marker_(std::move(refuse_marker)), refusals_left_(refusals) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        listen(listen_fd_, 4) != 0 || getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      std::abort();
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~TransientFailureBroker() {
+    stop_ = true;
+    thread_.join();
+    close(listen_fd_);
+  }
+  uint16_t port() const { return port_; }
+  std::vector<std::string> Accepted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return accepted_;
+  }
+  int refused() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return refused_;
+  }
+
+ private:
+  static bool WaitReadable(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return poll(&p, 1, 50) > 0;
+  }
+  void Serve() {
+    while (!stop_) {
+      if (!WaitReadable(listen_fd_)) continue;
+      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      ServeConnection(fd);
+      close(fd);
+    }
+  }
+  void ServeConnection(int fd) {
+    std::string in;
+    while (!stop_) {
+      if (WaitReadable(fd)) {
+        char buf[4096];
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0) return;
+        in.append(buf, static_cast<size_t>(n));
+      }
+      // Whole packets: type byte, variable-length remaining length, body.
+      for (;;) {
+        size_t pos = 1;
+        uint32_t length = 0;
+        uint32_t shift = 0;
+        bool complete = false;
+        while (pos < in.size() && pos < 5) {
+          const auto b = static_cast<uint8_t>(in[pos++]);
+          length |= static_cast<uint32_t>(b & 0x7f) << shift;
+          shift += 7;
+          if ((b & 0x80) == 0) {
+            complete = true;
+            break;
+          }
+        }
+        if (!complete || in.size() < pos + length) break;
+        const auto type = static_cast<uint8_t>(in[0]);
+        std::string body = in.substr(pos, length);
+        in.erase(0, pos + length);
+        if (!Handle(fd, type, body)) return;
+      }
+    }
+  }
+  bool Handle(int fd, uint8_t type, const std::string& body) {
+    auto send = [fd](const std::string& packet) {
+      return ::send(fd, packet.data(), packet.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(packet.size());
+    };
+    switch (type >> 4) {
+      case 1:  // CONNECT: success, no properties
+        return send(std::string("\x20\x03\x00\x00\x00", 5));
+      case 12:  // PINGREQ
+        return send(std::string("\xd0\x00", 2));
+      case 14:  // DISCONNECT
+        return false;
+      case 3: {  // PUBLISH
+        const int qos = (type >> 1) & 3;
+        if (body.size() < 2) return false;
+        const size_t topic_len = static_cast<size_t>(static_cast<uint8_t>(body[0])) * 256 + static_cast<uint8_t>(body[1]);
+        size_t pos = 2 + topic_len;
+        const std::string topic = body.substr(2, topic_len);
+        std::string id;
+        if (qos > 0) {
+          id = body.substr(pos, 2);
+          pos += 2;
+        }
+        uint32_t props = 0;
+        uint32_t shift = 0;
+        while (pos < body.size()) {
+          const auto b = static_cast<uint8_t>(body[pos++]);
+          props |= static_cast<uint32_t>(b & 0x7f) << shift;
+          shift += 7;
+          if ((b & 0x80) == 0) break;
+        }
+        const std::string payload = body.substr(std::min(body.size(), pos + props));
+        char reason = 0x00;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (refusals_left_ > 0 && payload.find(marker_) != std::string::npos) {
+            --refusals_left_;
+            ++refused_;
+            reason = static_cast<char>(0x97);
+          } else if (topic.find("/events/") != std::string::npos) {
+            accepted_.push_back(payload);
+          }
+        }
+        if (qos == 0) return true;
+        return send(std::string("\x40\x03", 2) + id + std::string(1, reason));
+      }
+      default:
+        return true;
+    }
+  }
+
+  const std::string marker_;
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  int refusals_left_;  // guarded by mu_
+  int refused_ = 0;    // guarded by mu_
+  std::vector<std::string> accepted_;  // guarded by mu_
+  std::thread thread_;
+};
+
 class BackboneLinkTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -301,6 +541,26 @@ class BackboneLinkTest : public ::testing::Test {
     auto r = result.get();
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     ASSERT_EQ(r->size(), static_cast<size_t>(count));
+  }
+
+  // Appends events first..first+count-1 in one transaction, in `priority`;
+  // false on failure. Safe from any thread (no gtest assertions).
+  bool TryAppend(int first, int count, Priority priority = Priority::kNormal) {
+    std::vector<OutboxEntry> entries;
+    for (int n = first; n < first + count; ++n) {
+      OutboxEntry e;
+      e.event = MakeEvent(n);
+      e.topic = std::string(kPrefix) + "/events/com.acme.test";
+      e.stream = "line";
+      e.priority = priority;
+      entries.push_back(std::move(e));
+    }
+    std::promise<bool> done;
+    auto result = done.get_future();
+    outbox_->Append(std::move(entries), [&](Result<std::vector<AppendOutcome>> r) {
+      done.set_value(r.ok() && r->size() == static_cast<size_t>(count));
+    });
+    return result.get();
   }
 
   void AppendEntry(OutboxEntry entry) {
@@ -669,6 +929,367 @@ TEST_F(BackboneLinkTest, FailsOverToTheNextEndpointWhenTheFirstIsUnreachable) {
   EXPECT_EQ(st.endpoint, "alive");
   EXPECT_GE(st.failovers, 1u);
   EXPECT_GE(st.connect_failures, 1u);
+}
+
+
+// ---------------------------------------------------------------------------
+// TLS to the broker
+
+TEST_F(BackboneLinkTest, DeliversOverTlsWithTheConfiguredCaAndAlpn) {
+  TestPki pki;
+  ASSERT_TRUE(pki.ok()) << pki.error();
+  const uint16_t plain = testing::FreeLoopbackPort();
+  MosquittoBroker broker(pki.BrokerConfig(/*require_client_cert=*/false, plain));
+  ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
+  Subscriber sub(plain, dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw() << Slurp(broker.log_path());
+
+  BackboneOptions o = Options(broker.port());
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.ca_file = pki.ca();
+  o.endpoints[0].tls.alpn = "mqtt";
+  StartLink(o);
+  Append(1, 50);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(sub.Events(), 1, 50); })) << sub.Raw() << Slurp(broker.log_path());
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+  BackboneStats st = LinkStats();
+  EXPECT_EQ(st.connects, 1u);
+  EXPECT_EQ(st.connect_failures, 0u);
+  EXPECT_EQ(st.acked, 50u);
+  // The broker saw a TLS client on the main listener, not a plain one.
+  EXPECT_NE(Slurp(broker.log_path()).find("as waystation-gw1"), std::string::npos);
+}
+
+TEST_F(BackboneLinkTest, MutualTlsNeedsTheClientCertificateAndThenDelivers) {
+  TestPki pki;
+  ASSERT_TRUE(pki.ok()) << pki.error();
+  const uint16_t plain = testing::FreeLoopbackPort();
+  MosquittoBroker broker(pki.BrokerConfig(/*require_client_cert=*/true, plain));
+  ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
+  Subscriber sub(plain, dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw() << Slurp(broker.log_path());
+  Append(1, 30);
+
+  // Without a client certificate the broker ends every handshake.
+  BackboneOptions o = Options(broker.port());
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.ca_file = pki.ca();
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 2; })) << Slurp(broker.log_path());
+  EXPECT_EQ(LinkStats().connects, 0u);
+  EXPECT_EQ(Backlog(), 30u);
+  DestroyLink();
+
+  o.endpoints[0].tls.cert_file = pki.client_cert();
+  o.endpoints[0].tls.key_file = pki.client_key();
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(sub.Events(), 1, 30); })) << sub.Raw() << Slurp(broker.log_path());
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+  EXPECT_EQ(Counts(sub.Events()).size(), 30u);
+  EXPECT_EQ(LinkStats().connects, 1u);
+}
+
+TEST_F(BackboneLinkTest, WrongCaIsRefusedWithAClearErrorAndTheEventsStayInTheOutbox) {
+  TestPki pki;
+  TestPki stranger;  // a CA that never signed the broker's certificate
+  ASSERT_TRUE(pki.ok()) << pki.error();
+  ASSERT_TRUE(stranger.ok()) << stranger.error();
+  const uint16_t plain = testing::FreeLoopbackPort();
+  MosquittoBroker broker(pki.BrokerConfig(/*require_client_cert=*/true, plain));
+  ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
+  Append(1, 20);
+
+  BackboneOptions o = Options(broker.port());
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.ca_file = stranger.ca();
+  o.endpoints[0].tls.cert_file = pki.client_cert();
+  o.endpoints[0].tls.key_file = pki.client_key();
+  const std::string log_path = dir_.File("link.log");
+  {
+    StderrCapture capture(log_path);
+    StartLink(o);
+    ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 2; }));
+    DestroyLink();
+  }
+  const std::string log = Slurp(log_path);
+  EXPECT_NE(log.find("connect failed: TLS"), std::string::npos) << log;
+  EXPECT_NE(log.find("certificate verify failed"), std::string::npos) << log;
+  // Neither key material nor certificates reach the log.
+  EXPECT_EQ(log.find("PRIVATE KEY"), std::string::npos) << log;
+  EXPECT_EQ(log.find("BEGIN CERTIFICATE"), std::string::npos) << log;
+  const std::string key = Slurp(pki.client_key());
+  const std::string key_line = key.substr(key.find('\n') + 1, 40);
+  EXPECT_EQ(log.find(key_line), std::string::npos) << "key material in the log";
+  EXPECT_EQ(Backlog(), 20u);
+
+  // Nothing was lost: with the right CA the same outbox drains completely.
+  Subscriber sub(plain, dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw();
+  o.endpoints[0].tls.ca_file = pki.ca();
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(sub.Events(), 1, 20); })) << sub.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+}
+
+TEST_F(BackboneLinkTest, HostNameVerificationRefusesACertificateForAnotherNameUnlessTurnedOff) {
+  TestPki pki("DNS:broker.example.invalid");
+  ASSERT_TRUE(pki.ok()) << pki.error();
+  const uint16_t plain = testing::FreeLoopbackPort();
+  MosquittoBroker broker(pki.BrokerConfig(/*require_client_cert=*/false, plain));
+  ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
+  Subscriber sub(plain, dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw();
+  Append(1, 10);
+
+  BackboneOptions o = Options(broker.port());
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.ca_file = pki.ca();
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 2; }));
+  EXPECT_EQ(LinkStats().connects, 0u);
+  EXPECT_EQ(Backlog(), 10u);
+  DestroyLink();
+
+  // The chain is still checked; only the name is not.
+  o.endpoints[0].tls.verify_hostname = false;
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(sub.Events(), 1, 10); })) << sub.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+}
+
+TEST_F(BackboneLinkTest, WithoutACaFileTheSystemTrustStoreDecidesAndDoesNotKnowAPrivateCa) {
+  TestPki pki;
+  ASSERT_TRUE(pki.ok()) << pki.error();
+  const uint16_t plain = testing::FreeLoopbackPort();
+  MosquittoBroker broker(pki.BrokerConfig(/*require_client_cert=*/false, plain));
+  ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
+  Append(1, 5);
+  const std::string log_path = dir_.File("link.log");
+  for (bool with_client_cert : {false, true}) {
+    BackboneOptions o = Options(broker.port());
+    o.endpoints[0].tls.enabled = true;
+    if (with_client_cert) {
+      o.endpoints[0].tls.cert_file = pki.client_cert();
+      o.endpoints[0].tls.key_file = pki.client_key();
+    }
+    {
+      StderrCapture capture(log_path);
+      StartLink(o);
+      ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 2; }));
+      DestroyLink();
+    }
+    // Refused by the certificate check, not by a setup error.
+    const std::string log = Slurp(log_path);
+    EXPECT_NE(log.find("certificate verify failed"), std::string::npos) << with_client_cert << log;
+    EXPECT_EQ(Backlog(), 5u);
+  }
+}
+
+TEST(BackboneLinkBasics, CreateRefusesTlsOptionsTheLibraryCannotHonour) {
+  auto loop = EventLoop::Create();
+  ASSERT_TRUE(loop.ok());
+  TempDir dir;
+  SqliteOutboxOptions so;
+  so.path = dir.File("o.db");
+  auto outbox = SqliteOutbox::Open(so);
+  ASSERT_TRUE(outbox.ok());
+  BackboneOptions o;
+  o.client_id = "c";
+  o.topic_prefix = "waystation/a/b";
+  o.endpoints = {EndpointConfig{"x", "127.0.0.1", 8883}};
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.server_name = "broker.example";
+  auto r = BackboneLink::Create(loop->get(), outbox->get(), o);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("server_name"), std::string::npos) << r.status().ToString();
+  o.endpoints[0].tls.server_name = "127.0.0.1";  // the same as host: nothing to override
+  o.endpoints[0].tls.cert_file = "client.crt";   // without key_file
+  EXPECT_EQ(BackboneLink::Create(loop->get(), outbox->get(), o).status().code(), StatusCode::kInvalidArgument);
+  o.endpoints[0].tls.cert_file.clear();
+  EXPECT_TRUE(BackboneLink::Create(loop->get(), outbox->get(), o).ok());
+}
+
+// ---------------------------------------------------------------------------
+// Return to the primary
+
+TEST_F(BackboneLinkTest, ReturnsToThePrimaryOnceItIsStableAgainAndEveryEventArrivesSomewhere) {
+  MosquittoBroker primary;
+  MosquittoBroker secondary;
+  ASSERT_TRUE(primary.running() && secondary.running());
+  Subscriber at_primary(primary.port(), dir_.File("primary.out"));
+  Subscriber at_secondary(secondary.port(), dir_.File("secondary.out"));
+  ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
+  ASSERT_TRUE(at_secondary.WaitSubscribed()) << at_secondary.Raw();
+
+  BackboneOptions o = Options(primary.port());
+  o.endpoints = {EndpointConfig{"primary", "127.0.0.1", primary.port()},
+                 EndpointConfig{"secondary", "127.0.0.1", secondary.port()}};
+  o.return_to_primary_ms = 1000;
+  o.primary_probe_interval_ms = 200;
+  StartLink(o);
+  ASSERT_TRUE(WaitConnected());
+  Append(1, 100);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_primary.Events(), 1, 100); })) << at_primary.Raw();
+
+  // The primary dies: traffic moves to the secondary.
+  primary.Kill();
+  ASSERT_TRUE(WaitUntil([&] {
+    BackboneStats st = LinkStats();
+    return st.state == LinkState::kConnected && st.endpoint == "secondary";
+  }));
+  EXPECT_EQ(LinkStats().endpoint_index, 1u);
+  Append(101, 100);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_secondary.Events(), 101, 200); })) << at_secondary.Raw();
+  EXPECT_EQ(LinkStats().returns_to_primary, 0u);
+
+  // The primary comes back while events keep flowing; the link must not get
+  // there before the primary's subscriber has.
+  {
+    LoopGate gate(loop_.loop());
+    gate.HoldNow();
+    ASSERT_TRUE(primary.Start());
+    ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
+  }
+  std::atomic<bool> producing{true};
+  std::atomic<int> next{201};
+  std::atomic<bool> append_failed{false};
+  std::thread producer([&] {
+    while (producing && next < 201 + 3000) {
+      if (!TryAppend(next, 10)) append_failed = true;
+      next += 10;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  const bool returned = WaitUntil([&] {
+    BackboneStats st = LinkStats();
+    return st.returns_to_primary >= 1 && st.state == LinkState::kConnected && st.endpoint_index == 0;
+  });
+  producing = false;
+  producer.join();
+  ASSERT_TRUE(returned) << Slurp(primary.log_path());
+  ASSERT_FALSE(append_failed);
+  // After the return, traffic goes to the primary.
+  const int first_after = next;
+  Append(first_after, 50);
+  const int last = first_after + 49;
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_primary.Events(), first_after, last); })) << at_primary.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+
+  // Every acknowledged event arrived at one of them; at both only around
+  // the switches (in flight when the primary died, or at the return).
+  std::map<int, int> p = Counts(at_primary.Events());
+  std::map<int, int> s = Counts(at_secondary.Events());
+  int only_primary = 0, only_secondary = 0, both = 0, missing = 0, duplicates = 0;
+  for (int n = 1; n <= last; ++n) {
+    const int cp = p.count(n) != 0 ? p[n] : 0;
+    const int cs = s.count(n) != 0 ? s[n] : 0;
+    if (cp == 0 && cs == 0) ++missing;
+    if (cp > 0 && cs > 0) ++both;
+    if (cp > 0 && cs == 0) ++only_primary;
+    if (cs > 0 && cp == 0) ++only_secondary;
+    duplicates += std::max(0, cp + cs - 1);
+  }
+  BackboneStats st = LinkStats();
+  std::printf(
+      "[ counts ] events %d: only at primary %d, only at secondary %d, at both %d, missing %d, duplicates %d; "
+      "failovers %llu, returns to primary %llu, connects %llu\n",
+      last, only_primary, only_secondary, both, missing, duplicates, static_cast<unsigned long long>(st.failovers),
+      static_cast<unsigned long long>(st.returns_to_primary), static_cast<unsigned long long>(st.connects));
+  EXPECT_EQ(missing, 0);
+  EXPECT_LE(duplicates, 2 * static_cast<int>(o.inflight_window)) << "duplicates beyond the in-flight windows";
+  EXPECT_GT(only_secondary, 0);
+  EXPECT_EQ(st.returns_to_primary, 1u);
+  EXPECT_GE(st.failovers, 2u);
+  EXPECT_EQ(st.endpoint, "primary");
+  EXPECT_EQ(st.dead_lettered, 0u);
+  // The secondary was told the node left; the primary has it online.
+  EXPECT_NE(RetainedState(secondary.port()).find("offline"), std::string::npos);
+  EXPECT_NE(RetainedState(primary.port()).find("online"), std::string::npos);
+}
+
+TEST_F(BackboneLinkTest, StaysOnTheSecondaryWhenReturningIsTurnedOff) {
+  MosquittoBroker primary;
+  MosquittoBroker secondary;
+  const uint16_t primary_port = primary.port();
+  primary.Kill();
+  BackboneOptions o = Options(primary_port);
+  o.endpoints = {EndpointConfig{"primary", "127.0.0.1", primary_port},
+                 EndpointConfig{"secondary", "127.0.0.1", secondary.port()}};
+  o.return_to_primary_ms = 0;
+  o.primary_probe_interval_ms = 50;
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }));
+  EXPECT_EQ(LinkStats().endpoint, "secondary");
+  ASSERT_TRUE(primary.Start());
+  // Enough appends and deliveries for several probe intervals to pass.
+  for (int i = 0; i < 10; ++i) {
+    Append(1 + i * 10, 10);
+    ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  BackboneStats st = LinkStats();
+  EXPECT_EQ(st.endpoint, "secondary");
+  EXPECT_EQ(st.returns_to_primary, 0u);
+}
+
+// ---------------------------------------------------------------------------
+// Fairness and transient failures
+
+TEST_F(BackboneLinkTest, AHighPriorityEventOvertakesALargeBulkBacklog) {
+  MosquittoBroker broker;
+  broker.Kill();
+  BackboneOptions o = Options(broker.port());
+  o.inflight_window = 64;
+  StartLink(o);
+  constexpr int kBulk = 5000;
+  ASSERT_TRUE(TryAppend(1, kBulk, Priority::kBulk));
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 1; }));
+  // The link must not reach the broker before the subscriber does.
+  auto gate = std::make_unique<LoopGate>(loop_.loop());
+  gate->HoldNow();
+  ASSERT_TRUE(broker.Start());
+  Subscriber sub(broker.port(), dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw();
+  gate.reset();
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().acked >= 500; }));
+
+  constexpr int kUrgent = 100000;
+  ASSERT_TRUE(TryAppend(kUrgent, 1, Priority::kHigh));
+  const uint64_t published_after_append = LinkStats().published;
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(sub.Events(), kUrgent, kUrgent); }));
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+  auto events = sub.Events();
+  size_t position = events.size();
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (EventNumber(events[i].payload) == kUrgent) position = i;
+  }
+  ASSERT_LT(position, events.size());
+  const size_t bulk_after = events.size() - position - 1;
+  std::printf("[ counts ] high-priority event arrived as number %zu of %zu; %zu bulk events after it\n",
+              position + 1, events.size(), bulk_after);
+  // It went out within one window of what was already sent when it was
+  // appended, long before the bulk backlog drained.
+  EXPECT_LE(position, published_after_append + o.inflight_window);
+  EXPECT_GE(bulk_after, 1000u);
+}
+
+TEST_F(BackboneLinkTest, ATransientRefusalIsRetriedAfterABackoffWithoutStallingTheOthers) {
+  TransientFailureBroker broker("{\"n\":3}", /*refusals=*/2);
+  BackboneOptions o = Options(broker.port());
+  o.retry_min_ms = 20;
+  o.retry_max_ms = 200;
+  StartLink(o);
+  Append(1, 10);
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; })) << "backlog " << Backlog();
+  std::map<int, int> counts;
+  for (const std::string& payload : broker.Accepted()) ++counts[EventNumber(payload)];
+  for (int n = 1; n <= 10; ++n) EXPECT_EQ(counts[n], 1) << "event " << n;
+  EXPECT_EQ(broker.refused(), 2);
+  BackboneStats st = LinkStats();
+  EXPECT_EQ(st.transient_failures, 2u);
+  EXPECT_EQ(st.dead_lettered, 0u);
+  EXPECT_EQ(st.acked, 10u);
+  EXPECT_EQ(outbox_->Stats().dlq_count, 0u);
 }
 
 }  // namespace
