@@ -1,8 +1,13 @@
 #include "core/config.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <string_view>
 
@@ -101,6 +106,24 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
   if (c.storage.commit_window_us < 0 || c.storage.commit_window_us > 1'000'000) {
     err("storage.commit_window_us", "must be between 0 and 1000000");
   }
+  // Half at most: a reserve that large already leaves the other classes
+  // little, and more is most likely a unit mistake.
+  // (Only judged against a valid max_bytes: one root cause, one error.)
+  if (c.storage.max_bytes >= 1024 * 1024 && c.storage.control_reserve_bytes > c.storage.max_bytes / 2) {
+    err("storage.control_reserve_bytes", "must be at most half of storage.max_bytes (" +
+                                             std::to_string(c.storage.max_bytes / 2) + "); the default is 1048576");
+  }
+  for (Priority p : kAllPriorities) {
+    const ClassLimits& cl = c.storage.classes[static_cast<size_t>(p)];
+    const std::string key = "storage.classes." + std::string(PriorityName(p));
+    if (cl.max_bytes > c.storage.max_bytes) err(key + ".max_bytes", "must not exceed storage.max_bytes");
+    // Ten years: beyond that the limit means nothing, and seconds times a
+    // million must stay far from overflowing.
+    if (cl.max_age_s < 0 || cl.max_age_s > 315'360'000) err(key + ".max_age_s", "must be between 0 and 315360000");
+    if (cl.overflow != OverflowPolicy::kRejectNew && cl.overflow != OverflowPolicy::kDropOldest) {
+      err(key + ".overflow", "must be \"reject_new\" or \"drop_oldest\"");
+    }
+  }
 
   if (c.api.listen.empty()) err("api.listen", "needs at least one address");
   for (size_t i = 0; i < c.api.listen.size(); ++i) {
@@ -122,12 +145,27 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
     if (t.name.empty()) err(key + ".name", "must not be empty");
     if (t.sha256.size() != 64 || !IsHexLower(t.sha256)) err(key + ".sha256", "must be 64 lowercase hex digits");
     if (t.rate_per_s < 0) err(key + ".rate_per_s", "must be >= 0");
-    if (t.burst < 0) err(key + ".burst", "must be >= 0");
+    // A bucket smaller than one token would refuse every request.
+    if (t.burst < 0 || (t.burst > 0 && t.burst < 1)) err(key + ".burst", "must be 0 (one second's worth) or >= 1");
+    // Rate buckets and Idempotency-Key scopes are per token name.
+    for (size_t j = 0; j < i; ++j) {
+      if (!t.name.empty() && c.api.tokens[j].name == t.name) err(key + ".name", "\"" + t.name + "\" is used twice");
+    }
   }
   if (c.api.max_event_bytes < 1024 || c.api.max_event_bytes > 16 * 1024 * 1024) {
     err("api.max_event_bytes", "must be between 1024 and 16777216");
   }
   if (c.api.max_connections == 0) err("api.max_connections", "must be > 0");
+  if (c.api.anonymous_rate_per_s < 0) err("api.anonymous_rate_per_s", "must be >= 0");
+  if (c.api.anonymous_burst < 0 || (c.api.anonymous_burst > 0 && c.api.anonymous_burst < 1)) {
+    err("api.anonymous_burst", "must be 0 (one second's worth) or >= 1");
+  }
+  if (c.api.idempotency_ttl_s < 1 || c.api.idempotency_ttl_s > 30 * 86400) {
+    err("api.idempotency_ttl_s", "must be between 1 and 2592000 (30 days)");
+  }
+  if (c.api.idempotency_max_keys == 0 || c.api.idempotency_max_keys > 10'000'000) {
+    err("api.idempotency_max_keys", "must be between 1 and 10000000");
+  }
 
   if (c.backbone.endpoints.empty()) err("backbone.endpoints", "needs at least one endpoint");
   for (size_t i = 0; i < c.backbone.endpoints.size(); ++i) {
@@ -136,6 +174,39 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
     if (e.name.empty()) err(key + ".name", "must not be empty");
     if (e.host.empty()) err(key + ".host", "must not be empty");
     if (e.port == 0) err(key + ".port", "must be 1-65535");
+    if (!e.tls.enabled) continue;
+    // A missing or unreadable TLS file fails check-config here rather than
+    // every connect later. Only open(2) is tried: the contents are for the
+    // TLS library at connect time and appear in no message. O_NONBLOCK
+    // keeps a FIFO at that path from hanging the check.
+    auto check_file = [&](const std::string& file_key, const std::string& path) {
+      if (path.empty()) return;
+      int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+      if (fd < 0) {
+        err(file_key, ErrnoStatus(errno, "cannot read \"" + path + "\"").message());
+        return;
+      }
+      struct stat st {};
+      bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+      close(fd);
+      if (!regular) err(file_key, "\"" + path + "\" is not a regular file");
+    };
+    check_file(key + ".tls.ca_file", e.tls.ca_file);
+    check_file(key + ".tls.cert_file", e.tls.cert_file);
+    check_file(key + ".tls.key_file", e.tls.key_file);
+    if (e.tls.cert_file.empty() != e.tls.key_file.empty()) {
+      err(key + ".tls", "cert_file and key_file go together (both for mTLS, or neither)");
+    }
+    if (e.tls.alpn.size() > 254 || (e.tls.alpn.find_first_of(std::string_view(",\0", 2)) != std::string::npos)) {
+      err(key + ".tls.alpn", "must be one protocol name of at most 254 characters");
+    }
+    // libmosquitto 2.0 sends `host` as the TLS server name and checks the
+    // certificate against it; an override could not be honoured.
+    if (!e.tls.server_name.empty() && e.tls.server_name != e.host) {
+      err(key + ".tls.server_name",
+          "must be empty or equal to host: the broker client sends host as the TLS server name (SNI) and checks "
+          "the certificate against it; set host to the name in the broker's certificate");
+    }
   }
   std::string prefix = ExpandTopicPrefix(c);
   if (!IsValidPublishTopic(prefix)) {
@@ -146,6 +217,15 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
   }
   if (c.backbone.inflight_window == 0 || c.backbone.inflight_window > 65535) {
     err("backbone.inflight_window", "must be between 1 and 65535");
+  }
+  if (c.backbone.reconnect_min_ms < 1 || c.backbone.reconnect_min_ms > 3'600'000) {
+    err("backbone.reconnect_min_ms", "must be between 1 and 3600000");
+  }
+  if (c.backbone.reconnect_max_ms < c.backbone.reconnect_min_ms || c.backbone.reconnect_max_ms > 3'600'000) {
+    err("backbone.reconnect_max_ms", "must be between reconnect_min_ms and 3600000");
+  }
+  if (c.backbone.return_to_primary_s < 0 || c.backbone.return_to_primary_s > 86400) {
+    err("backbone.return_to_primary_s", "must be between 0 (never) and 86400");
   }
 
   for (size_t i = 0; i < c.routes.size(); ++i) {

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/outbox_policy.h"
 #include "core/priority.h"
 #include "platform/status.h"
 
@@ -25,6 +26,9 @@ struct StorageConfig {
   uint64_t max_bytes = 268435456;   // 256 MiB
   int64_t retain_delivered_s = 0;   // keep delivered events for replay; 0 = delete on ack
   int64_t commit_window_us = 2000;  // longest a group commit waits to gather more events
+  uint64_t control_reserve_bytes = 1048576;  // top of max_bytes only control events may use
+  // Per priority class (indexed by Priority); see core/outbox_policy.h.
+  ClassLimitsArray classes = DefaultClassLimitsArray();
 
   bool operator==(const StorageConfig&) const = default;
 };
@@ -33,8 +37,9 @@ struct TokenConfig {
   std::string name;
   std::string sha256;  // lowercase hex of the token's SHA-256
   std::vector<std::string> allow_types;  // globs; empty = all
-  double rate_per_s = 0;                 // 0 = unlimited
-  double burst = 0;
+  double rate_per_s = 0;                 // events per second; 0 = unlimited
+  double burst = 0;                      // bucket size; 0 = one second's worth
+  bool admin = false;                    // may use the operator endpoints (/v1/dlq)
 
   bool operator==(const TokenConfig&) const = default;
 };
@@ -44,14 +49,33 @@ struct ApiConfig {
   std::vector<TokenConfig> tokens;
   uint64_t max_event_bytes = 262144;  // 256 KiB
   uint32_t max_connections = 256;
+  double anonymous_rate_per_s = 0;     // one shared bucket for producers without a token; 0 = unlimited
+  double anonymous_burst = 0;
+  int64_t idempotency_ttl_s = 86400;   // how long an Idempotency-Key's first answer is remembered
+  uint32_t idempotency_max_keys = 100000;
 
   bool operator==(const ApiConfig&) const = default;
+};
+
+// TLS to one broker endpoint (libmosquitto's OpenSSL). Files are PEM and
+// read at every connect, so renewed certificates take effect on reconnect.
+struct EndpointTlsConfig {
+  bool enabled = false;       // the endpoint has a "tls" object
+  std::string ca_file;        // CAs that may sign the broker's certificate; empty = the system's trusted CAs
+  std::string cert_file;      // client certificate for mTLS; needs key_file
+  std::string key_file;       // its private key (not passphrase-protected)
+  std::string alpn;           // one ALPN protocol name, e.g. "mqtt"; empty = none
+  bool verify_hostname = true;  // the certificate must name `host`
+  std::string server_name;    // SNI; empty or equal to host (the client library sends host)
+
+  bool operator==(const EndpointTlsConfig&) const = default;
 };
 
 struct EndpointConfig {
   std::string name;
   std::string host;
   uint16_t port = 1883;
+  EndpointTlsConfig tls = {};  // enabled = false: plain TCP
 
   bool operator==(const EndpointConfig&) const = default;
 };
@@ -65,6 +89,9 @@ struct BackboneConfig {
   std::string client_id;  // default: "waystation-{node}"
   uint32_t keepalive_s = 30;
   uint32_t inflight_window = 1000;
+  int64_t reconnect_min_ms = 200;     // decorrelated jitter between reconnects: floor
+  int64_t reconnect_max_ms = 30000;   // and cap
+  int64_t return_to_primary_s = 300;  // primary reachable this long -> move back to it; 0 = stay
 
   bool operator==(const BackboneConfig&) const = default;
 };

@@ -1,93 +1,68 @@
 #include "firmware/local_api.h"
 
+#include <algorithm>
+#include <cstdio>
+#include <utility>
+
 #include "adapters/json/json_codec.h"
+#include "core/priority.h"
+#include "firmware/cloudevents_http.h"
+#include "firmware/metrics_text.h"
 #include "platform/log.h"
 
 namespace ws {
 namespace {
 
 constexpr size_t kMaxBatchEvents = 1000;
+constexpr size_t kMaxIdempotencyKeyBytes = 255;
+constexpr size_t kDefaultDlqPage = 100;
+constexpr size_t kMaxDlqPage = 1000;
+// Answers above this are not remembered for Idempotency-Key replays; a
+// batch answer of 1000 ids stays well below it.
+constexpr size_t kIdempotencyMaxBytes = size_t{32} * 1024 * 1024;
 
-std::string_view MediaType(const std::string* content_type) {
-  if (content_type == nullptr) return {};
-  std::string_view v(*content_type);
-  size_t semi = v.find(';');
-  if (semi != std::string_view::npos) v = v.substr(0, semi);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  return v;
-}
+constexpr std::string_view kDlqPrefix = "/v1/dlq/";
+constexpr std::string_view kRetrySuffix = ":retry";
 
-bool IsJsonMediaType(std::string_view m) {
-  return m == "application/json" || m == "text/json" || (m.size() > 5 && m.substr(m.size() - 5) == "+json");
-}
+enum class Route { kUnknown, kEvents, kBatch, kStatus, kMetrics, kDlq, kDlqItem, kDlqRetry };
 
-int HexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// CloudEvents HTTP binary mode percent-encodes header values.
-Result<std::string> PercentDecode(std::string_view in, std::string_view header) {
-  std::string out;
-  out.reserve(in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out += in[i];
-      continue;
+// The route of `path`; for the dead-letter item routes, *item gets the raw
+// (still percent-encoded) id segment.
+Route RouteOf(const std::string& path, std::string_view* item) {
+  if (path == "/v1/events") return Route::kEvents;
+  if (path == "/v1/events:batch") return Route::kBatch;
+  if (path == "/v1/status") return Route::kStatus;
+  if (path == "/metrics") return Route::kMetrics;
+  if (path == "/v1/dlq") return Route::kDlq;
+  std::string_view p(path);
+  if (p.size() > kDlqPrefix.size() && p.substr(0, kDlqPrefix.size()) == kDlqPrefix) {
+    std::string_view rest = p.substr(kDlqPrefix.size());
+    if (rest.find('/') != std::string_view::npos) return Route::kUnknown;
+    if (rest.size() > kRetrySuffix.size() && rest.substr(rest.size() - kRetrySuffix.size()) == kRetrySuffix) {
+      *item = rest.substr(0, rest.size() - kRetrySuffix.size());
+      return Route::kDlqRetry;
     }
-    if (i + 2 >= in.size() || HexDigit(in[i + 1]) < 0 || HexDigit(in[i + 2]) < 0) {
-      return InvalidArgument(std::string(header) + ": bad percent-encoding");
-    }
-    out += static_cast<char>(HexDigit(in[i + 1]) * 16 + HexDigit(in[i + 2]));
-    i += 2;
+    *item = rest;
+    return Route::kDlqItem;
   }
-  return out;
+  return Route::kUnknown;
 }
 
-// The attribute a validation message starts with ("time: must be ...").
-std::string_view FieldOf(const std::string& message) {
-  size_t colon = message.find(':');
-  return colon == std::string::npos ? std::string_view() : std::string_view(message).substr(0, colon);
-}
-
-Result<Event> ParseBinaryMode(const HttpRequest& req, std::string_view media_type) {
-  Event e;
-  bool have_specversion = false;
-  for (const auto& [name, raw] : req.headers) {
-    if (name.size() <= 3 || name.compare(0, 3, "ce-") != 0) continue;
-    std::string attr = name.substr(3);
-    WS_ASSIGN_OR_RETURN(std::string value, PercentDecode(raw, name));
-    if (attr == "specversion") {
-      e.specversion = std::move(value);
-      have_specversion = true;
-    } else if (attr == "id") {
-      e.id = std::move(value);
-    } else if (attr == "source") {
-      e.source = std::move(value);
-    } else if (attr == "type") {
-      e.type = std::move(value);
-    } else if (attr == "datacontenttype" || attr == "data" || attr == "data_base64") {
-      return InvalidArgument(name + ": not allowed as a header in binary mode");
-    } else {
-      if (!IsValidAttributeName(attr)) return InvalidArgument(name + ": attribute names are 1-20 characters of a-z and 0-9");
-      if (e.FindAttribute(attr) != nullptr) return InvalidArgument(name + ": appears more than once");
-      e.attributes.emplace_back(std::move(attr), std::move(value));
+// The attribute a validation message starts with: "time: must be ..." ->
+// "time"; a batch element's "[3]: time: ..." -> "[3].time".
+std::string FieldOf(const std::string& message) {
+  std::string_view m(message);
+  std::string prefix;
+  if (!m.empty() && m.front() == '[') {
+    size_t close = m.find("]: ");
+    if (close != std::string_view::npos) {
+      prefix = std::string(m.substr(0, close + 1));
+      m.remove_prefix(close + 3);
     }
   }
-  if (!have_specversion) return InvalidArgument("ce-specversion: required");
-  if (!media_type.empty()) e.SetAttribute("datacontenttype", std::string(media_type));
-  if (!req.body.empty()) {
-    if (IsJsonMediaType(media_type) || media_type.empty()) {
-      if (!IsValidJson(req.body)) return InvalidArgument("data: body is not valid JSON for a JSON content type");
-      e.data_kind = DataKind::kJson;
-    } else {
-      e.data_kind = DataKind::kBinary;
-    }
-    e.data = req.body;
-  }
-  return e;
+  size_t colon = m.find(':');
+  if (colon == std::string_view::npos) return prefix;
+  return prefix.empty() ? std::string(m.substr(0, colon)) : prefix + "." + std::string(m.substr(0, colon));
 }
 
 bool TypeAllowed(const TokenConfig& token, std::string_view type) {
@@ -104,6 +79,101 @@ HttpResponse JsonResponse(int status, std::string body) {
   r.content_type = "application/json";
   r.body = std::move(body);
   return r;
+}
+
+HttpResponse MethodNotAllowed(std::string_view allow) {
+  HttpResponse r = Problem(405, "method-not-allowed", "Method not allowed", "use " + std::string(allow));
+  r.headers.emplace_back("Allow", std::string(allow));
+  return r;
+}
+
+bool IsGet(const HttpRequest& req) { return req.method == "GET" || req.method == "HEAD"; }
+
+// What makes two POSTs "the same request" for Idempotency-Key: the method,
+// the path and the body, and for binary mode also the headers that carry the
+// event (Content-Type and every ce-*), in a canonical order.
+std::string RequestFingerprint(const HttpRequest& req) {
+  std::vector<const std::pair<std::string, std::string>*> ce;
+  for (const auto& h : req.headers) {
+    if (h.first.compare(0, 3, "ce-") == 0) ce.push_back(&h);
+  }
+  std::sort(ce.begin(), ce.end(), [](const auto* a, const auto* b) { return *a < *b; });
+  std::string text;
+  text.reserve(req.body.size() + 256);
+  text += req.method;
+  text += '\n';
+  text += req.path;
+  text += '\n';
+  if (const std::string* ct = req.Header("content-type")) text += *ct;
+  text += '\n';
+  for (const auto* h : ce) {
+    // Lengths first, so that no header can be forged from another's text.
+    text += std::to_string(h->first.size()) + ':' + h->first + std::to_string(h->second.size()) + ':' + h->second;
+  }
+  text += '\n';
+  text += req.body;
+  return Sha256Hex(text);
+}
+
+// RFC 8941 allows the key as a quoted string ("abc"); bare tokens are
+// accepted too. Printable ASCII only.
+bool ValidIdempotencyKey(std::string_view* key) {
+  if (key->size() >= 2 && key->front() == '"' && key->back() == '"') *key = key->substr(1, key->size() - 2);
+  if (key->empty() || key->size() > kMaxIdempotencyKeyBytes) return false;
+  for (char c : *key) {
+    if (c < 0x21 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+// Digits only, no sign; false on overflow past 18 digits.
+bool ParseDecimal(std::string_view s, int64_t* out) {
+  if (s.empty() || s.size() > 18) return false;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  *out = v;
+  return true;
+}
+
+std::string Rfc3339(int64_t wall_us) {
+  if (wall_us <= 0) return {};
+  char buf[48];
+  FormatRfc3339(wall_us, buf);
+  return buf;
+}
+
+// How a failed dead-letter operation reads to an API client. `what` starts
+// the detail.
+HttpResponse OutboxProblem(const Status& s, std::string_view what) {
+  switch (s.code()) {
+    case StatusCode::kNotFound:
+      return Problem(404, "dead-letter-not-found", "Dead letter not found", s.message());
+    case StatusCode::kUnimplemented:
+      return Problem(501, "not-implemented", "Not implemented",
+                     std::string(what) + " is not supported by this node's store: " + s.message());
+    case StatusCode::kResourceExhausted:
+      return Problem(507, "store-full", "Store full", s.message());
+    case StatusCode::kAlreadyExists:
+      return Problem(409, "id-conflict", "Event id conflict", s.message(), "id");
+    case StatusCode::kInvalidArgument:
+      return Problem(400, "invalid-request", "Invalid request", s.message());
+    default: {
+      WS_LOG_ERROR("api", std::string(what) + " failed", {{"error", s.ToString()}});
+      HttpResponse r = Problem(503, "unavailable", "Service unavailable", std::string(what) + " failed; retry later");
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
+  }
+}
+
+// Outbox completions run on the store's thread; answers are written on the
+// loop thread.
+void AnswerOnLoop(EventLoop* loop, LocalApiStats* stats, HttpResponder respond, HttpResponse r) {
+  if (r.status >= 400) stats->requests_rejected.fetch_add(1, std::memory_order_relaxed);
+  loop->Post([respond = std::move(respond), r = std::move(r)]() mutable { respond(std::move(r)); });
 }
 
 }  // namespace
@@ -123,87 +193,225 @@ HttpResponse Problem(int status, std::string_view slug, std::string_view title, 
   return r;
 }
 
-LocalApi::LocalApi(LocalApiContext context) : ctx_(std::move(context)) {}
+LocalApi::LocalApi(LocalApiContext context) : ctx_(std::move(context)) {
+  const ApiConfig& api = *ctx_.api;
+  token_buckets_.reserve(api.tokens.size());
+  for (const TokenConfig& t : api.tokens) token_buckets_.emplace_back(*ctx_.clock, t.rate_per_s, t.burst);
+  if (api.anonymous_rate_per_s > 0)
+    anonymous_bucket_.emplace(*ctx_.clock, api.anonymous_rate_per_s, api.anonymous_burst);
+  IdempotencyOptions io;
+  io.ttl_s = api.idempotency_ttl_s;
+  io.max_keys = api.idempotency_max_keys;
+  io.max_bytes = kIdempotencyMaxBytes;
+  idempotency_ = std::make_shared<IdempotencyCache>(*ctx_.clock, io);
+}
+
+LocalApi::~LocalApi() = default;
 
 void LocalApi::Reject(HttpResponder& respond, HttpResponse response) {
   stats_.requests_rejected.fetch_add(1, std::memory_order_relaxed);
   respond(std::move(response));
 }
 
-const TokenConfig* LocalApi::Authenticate(const HttpRequest& req, HttpResponse* problem, bool* denied) {
-  *denied = false;
-  if (ctx_.api->tokens.empty()) return nullptr;  // anonymous: only local listeners exist (checked at start)
+std::optional<LocalApi::Caller> LocalApi::Authenticate(const HttpRequest& req, HttpResponder& respond) {
+  // Anonymous: only local listeners exist (checked at start).
+  if (ctx_.api->tokens.empty()) return Caller{nullptr, anonymous_bucket_ ? &*anonymous_bucket_ : nullptr};
   const std::string* auth = req.Header("authorization");
   static constexpr std::string_view kBearer = "Bearer ";
   if (auth == nullptr || auth->size() <= kBearer.size() || auth->compare(0, kBearer.size(), kBearer) != 0) {
-    *problem = Problem(401, "unauthorized", "Missing bearer token", "send Authorization: Bearer <token>",
-                       "authorization");
-    problem->headers.emplace_back("WWW-Authenticate", "Bearer");
-    *denied = true;
-    return nullptr;
+    HttpResponse r =
+        Problem(401, "unauthorized", "Missing bearer token", "send Authorization: Bearer <token>", "authorization");
+    r.headers.emplace_back("WWW-Authenticate", "Bearer");
+    Reject(respond, std::move(r));
+    return std::nullopt;
   }
   std::string hash = Sha256Hex(std::string_view(*auth).substr(kBearer.size()));
-  const TokenConfig* found = nullptr;
-  for (const TokenConfig& t : ctx_.api->tokens) {
+  std::optional<size_t> found;
+  for (size_t i = 0; i < ctx_.api->tokens.size(); ++i) {
     // Compare with every token so the time taken does not reveal which matched.
-    if (ConstantTimeEquals(hash, t.sha256)) found = &t;
+    if (ConstantTimeEquals(hash, ctx_.api->tokens[i].sha256)) found = i;
   }
-  if (found == nullptr) {
-    *problem = Problem(401, "unauthorized", "Invalid bearer token", "the token is not known to this node",
-                       "authorization");
-    problem->headers.emplace_back("WWW-Authenticate", "Bearer error=\"invalid_token\"");
-    *denied = true;
+  if (!found) {
+    HttpResponse r =
+        Problem(401, "unauthorized", "Invalid bearer token", "the token is not known to this node", "authorization");
+    r.headers.emplace_back("WWW-Authenticate", "Bearer error=\"invalid_token\"");
+    Reject(respond, std::move(r));
+    return std::nullopt;
   }
-  return found;
+  TokenBucket* bucket = &token_buckets_[*found];
+  return Caller{&ctx_.api->tokens[*found], bucket->unlimited() ? nullptr : bucket};
 }
 
 void LocalApi::Handle(HttpRequest&& req, HttpResponder respond) {
   stats_.requests.fetch_add(1, std::memory_order_relaxed);
   const std::string& path = req.path;
+  // Probes stay open with tokens configured.
   if (path == "/v1/health") {
-    if (req.method != "GET") return Reject(respond, Problem(405, "method-not-allowed", "Method not allowed", "use GET"));
+    if (!IsGet(req)) return Reject(respond, MethodNotAllowed("GET, HEAD"));
     return respond(JsonResponse(200, "{\"status\":\"ok\"}"));
   }
   if (path == "/v1/ready") {
-    if (req.method != "GET") return Reject(respond, Problem(405, "method-not-allowed", "Method not allowed", "use GET"));
+    if (!IsGet(req)) return Reject(respond, MethodNotAllowed("GET, HEAD"));
     if (ctx_.ready && !ctx_.ready()) {
-      return Reject(respond, Problem(503, "not-ready", "Not ready", "the store is not writable yet"));
+      HttpResponse r =
+          Problem(503, "not-ready", "Not ready", "the node is starting or stopping; the store is not accepting events");
+      r.headers.emplace_back("Retry-After", "1");
+      return Reject(respond, std::move(r));
     }
     return respond(JsonResponse(200, "{\"status\":\"ready\"}"));
   }
 
-  bool is_events = path == "/v1/events";
-  bool is_batch = path == "/v1/events:batch";
-  bool is_status = path == "/v1/status";
-  bool is_metrics = path == "/metrics";
-  if (!is_events && !is_batch && !is_status && !is_metrics) {
+  std::string_view item;
+  const Route route = RouteOf(path, &item);
+  if (route == Route::kUnknown) {
     return Reject(respond, Problem(404, "not-found", "Not found", "no such resource: " + path));
   }
-  HttpResponse problem;
-  bool denied = false;
-  const TokenConfig* token = Authenticate(req, &problem, &denied);
-  if (denied) return Reject(respond, std::move(problem));
+  std::optional<Caller> caller = Authenticate(req, respond);
+  if (!caller) return;
 
-  if (is_status || is_metrics) {
-    if (req.method != "GET") return Reject(respond, Problem(405, "method-not-allowed", "Method not allowed", "use GET"));
-    if (is_status) return respond(JsonResponse(200, ctx_.status_json()));
-    HttpResponse r;
-    r.status = 200;
-    r.content_type = "text/plain; version=0.0.4";
-    r.body = ctx_.metrics_text();
-    return respond(std::move(r));
+  switch (route) {
+    case Route::kStatus:
+    case Route::kMetrics: {
+      if (!IsGet(req)) return Reject(respond, MethodNotAllowed("GET, HEAD"));
+      if (route == Route::kStatus) return respond(JsonResponse(200, ctx_.status_json()));
+      HttpResponse r;
+      r.status = 200;
+      r.content_type = "text/plain; version=0.0.4";
+      r.body = ctx_.metrics_text();
+      // The API's own policy counters follow the node's families.
+      MetricsText m;
+      m.Family("waystation_api_rate_limited_total", "counter", "Requests refused with 429 by a rate limit.")
+          .Sample("", stats_.rate_limited.load(std::memory_order_relaxed));
+      m.Family("waystation_api_idempotent_replays_total", "counter",
+               "Requests answered with the remembered answer of their Idempotency-Key.")
+          .Sample("", stats_.idempotent_replays.load(std::memory_order_relaxed));
+      m.Family("waystation_api_idempotency_keys", "gauge", "Idempotency-Keys remembered now.")
+          .Sample("", static_cast<uint64_t>(idempotency_->size()));
+      r.body += m.text();
+      return respond(std::move(r));
+    }
+    case Route::kDlq:
+    case Route::kDlqItem:
+    case Route::kDlqRetry: {
+      std::string_view allow = route == Route::kDlq       ? "GET, HEAD, DELETE"
+                               : route == Route::kDlqItem ? "DELETE"
+                                                          : "POST";
+      bool method_ok = route == Route::kDlq       ? (IsGet(req) || req.method == "DELETE")
+                       : route == Route::kDlqItem ? req.method == "DELETE"
+                                                  : req.method == "POST";
+      if (!method_ok) return Reject(respond, MethodNotAllowed(allow));
+      // Dead letters are the operator's business, not a producer's.
+      if (caller->token != nullptr && !caller->token->admin) {
+        return Reject(respond, Problem(403, "admin-required", "Operator token required",
+                                       "token \"" + caller->token->name +
+                                           "\" may not manage dead letters (set \"admin\": true on an operator token)",
+                                       "authorization"));
+      }
+      if (route == Route::kDlq && IsGet(req)) return ListDeadLetters(req, std::move(respond));
+      if (ctx_.ready && !ctx_.ready()) {
+        HttpResponse r = Problem(503, "not-ready", "Not ready", "the node is stopping");
+        r.headers.emplace_back("Retry-After", "1");
+        return Reject(respond, std::move(r));
+      }
+      if (route == Route::kDlq) return PurgeDeadLetters(std::string(), std::move(respond));
+      Result<std::string> id = PercentDecode(item, "id");
+      if (!id.ok() || id->empty()) {
+        return Reject(respond, Problem(404, "not-found", "Not found", "no such resource: " + path));
+      }
+      if (route == Route::kDlqRetry) return RetryDeadLetter(std::move(id).value(), std::move(respond));
+      return PurgeDeadLetters(std::move(id).value(), std::move(respond));
+    }
+    case Route::kEvents:
+    case Route::kBatch:
+      break;
+    case Route::kUnknown:
+      return;
   }
-  if (req.method != "POST") {
-    HttpResponse r = Problem(405, "method-not-allowed", "Method not allowed", "use POST");
-    r.headers.emplace_back("Allow", "POST");
+
+  if (req.method != "POST") return Reject(respond, MethodNotAllowed("POST"));
+  if (ctx_.ready && !ctx_.ready()) {
+    HttpResponse r = Problem(503, "not-ready", "Not ready", "the node is stopping; send the event again later");
+    r.headers.emplace_back("Retry-After", "1");
     return Reject(respond, std::move(r));
   }
-  if (is_batch) return PostBatch(std::move(req), std::move(respond), token);
-  PostEvent(std::move(req), std::move(respond), token);
+  // The limit is checked before any body is parsed, so a flood costs little.
+  if (caller->bucket != nullptr) {
+    TokenBucket::Decision d = caller->bucket->TryAcquire();
+    if (!d.allowed) {
+      stats_.rate_limited.fetch_add(1, std::memory_order_relaxed);
+      std::string who = caller->token != nullptr ? "token \"" + caller->token->name + "\"" : "anonymous producers";
+      char rate[64];
+      std::snprintf(rate, sizeof rate, "%g events/s (burst %g)", caller->bucket->rate_per_s(), caller->bucket->burst());
+      HttpResponse r = Problem(429, "rate-limited", "Too many requests",
+                               who + " may send " + rate + "; retry in " + std::to_string(d.retry_after_s) + " s");
+      r.headers.emplace_back("Retry-After", std::to_string(d.retry_after_s));
+      return Reject(respond, std::move(r));
+    }
+  }
+  if (!ClaimIdempotencyKey(req, *caller, &respond)) return;
+  if (route == Route::kBatch) return PostBatch(std::move(req), std::move(respond), *caller);
+  PostEvent(std::move(req), std::move(respond), *caller);
 }
 
-void LocalApi::PostEvent(HttpRequest&& req, HttpResponder respond, const TokenConfig* token) {
-  std::string_view media = MediaType(req.Header("content-type"));
+bool LocalApi::ClaimIdempotencyKey(const HttpRequest& req, const Caller& caller, HttpResponder* respond) {
+  const std::string* header = req.Header("idempotency-key");
+  if (header == nullptr) return true;
+  std::string_view key(*header);
+  if (!ValidIdempotencyKey(&key)) {
+    Reject(*respond,
+           Problem(400, "invalid-idempotency-key", "Invalid Idempotency-Key",
+                   "the key must be 1-" + std::to_string(kMaxIdempotencyKeyBytes) + " printable ASCII characters",
+                   "idempotency-key"));
+    return false;
+  }
+  std::string scope = caller.token != nullptr ? caller.token->name : "anonymous";
+  IdempotencyCache::Claim claim = idempotency_->Begin(scope, key, RequestFingerprint(req));
+  switch (claim.outcome) {
+    case IdempotencyCache::Outcome::kReplay: {
+      stats_.idempotent_replays.fetch_add(1, std::memory_order_relaxed);
+      HttpResponse r;
+      r.status = claim.answer.status;
+      r.content_type = std::move(claim.answer.content_type);
+      r.body = std::move(claim.answer.body);
+      r.headers.emplace_back("Idempotent-Replayed", "true");
+      (*respond)(std::move(r));
+      return false;
+    }
+    case IdempotencyCache::Outcome::kInFlight: {
+      HttpResponse r = Problem(409, "idempotency-key-in-flight", "Request with this key in progress",
+                               "the first request with this Idempotency-Key has not been answered yet; retry later",
+                               "idempotency-key");
+      r.headers.emplace_back("Retry-After", "1");
+      Reject(*respond, std::move(r));
+      return false;
+    }
+    case IdempotencyCache::Outcome::kReused:
+      Reject(*respond, Problem(422, "idempotency-key-reused", "Idempotency-Key reused",
+                               "this Idempotency-Key was used for a different request; use a new key for a new request",
+                               "idempotency-key"));
+      return false;
+    case IdempotencyCache::Outcome::kStarted:
+      break;
+  }
+  // Runs on the loop thread (answers are always written there), like the
+  // cache itself; the weak pointer lets a late answer outlive the API.
+  *respond = [cache = std::weak_ptr<IdempotencyCache>(idempotency_), scope = std::move(scope), key = std::string(key),
+              ticket = claim.ticket, inner = std::move(*respond)](HttpResponse r) {
+    if (std::shared_ptr<IdempotencyCache> c = cache.lock()) {
+      // Only successes are remembered: an error may be retried with the same key.
+      if (r.status >= 200 && r.status < 300) {
+        c->Finish(scope, key, ticket, RememberedAnswer{r.status, r.content_type, r.body});
+      } else {
+        c->Abandon(scope, key, ticket);
+      }
+    }
+    inner(std::move(r));
+  };
+  return true;
+}
+
+void LocalApi::PostEvent(HttpRequest&& req, HttpResponder respond, const Caller& caller) {
+  std::string_view media = MediaTypeOf(req.Header("content-type"));
   bool structured = media == "application/cloudevents+json";
   bool binary = !structured && req.Header("ce-specversion") != nullptr;
   if (!structured && !binary) {
@@ -216,26 +424,26 @@ void LocalApi::PostEvent(HttpRequest&& req, HttpResponder respond, const TokenCo
                                    "events are limited to " + std::to_string(ctx_.api->max_event_bytes) + " bytes"));
   }
   Result<Event> parsed = structured ? ParseStructuredEvent(req.body, /*allow_missing_id=*/true)
-                                    : ParseBinaryMode(req, media);
+                                    : ParseBinaryModeEvent(req, /*allow_missing_id=*/true);
   if (!parsed.ok()) {
     Status st = parsed.status();
     const std::string& m = st.message();
     return Reject(respond, Problem(400, "invalid-event", "Invalid event", m, FieldOf(m)));
   }
-  if (token != nullptr) {
-    if (!TypeAllowed(*token, parsed->type)) {
+  if (caller.token != nullptr) {
+    if (!TypeAllowed(*caller.token, parsed->type)) {
       return Reject(respond, Problem(403, "type-not-allowed", "Event type not allowed",
-                                     "token \"" + token->name + "\" may not publish " + parsed->type, "type"));
+                                     "token \"" + caller.token->name + "\" may not publish " + parsed->type, "type"));
     }
-    parsed->SetAttribute("producer", token->name);
+    parsed->SetAttribute("producer", caller.token->name);
   }
   std::vector<Event> events;
   events.push_back(std::move(parsed).value());
   Append(std::move(events), /*batch=*/false, std::move(respond));
 }
 
-void LocalApi::PostBatch(HttpRequest&& req, HttpResponder respond, const TokenConfig* token) {
-  std::string_view media = MediaType(req.Header("content-type"));
+void LocalApi::PostBatch(HttpRequest&& req, HttpResponder respond, const Caller& caller) {
+  std::string_view media = MediaTypeOf(req.Header("content-type"));
   if (media != "application/cloudevents-batch+json") {
     return Reject(respond, Problem(415, "unsupported-media-type", "Unsupported media type",
                                    "send application/cloudevents-batch+json", "content-type"));
@@ -244,24 +452,28 @@ void LocalApi::PostBatch(HttpRequest&& req, HttpResponder respond, const TokenCo
   if (!parsed.ok()) {
     Status st = parsed.status();
     const std::string& m = st.message();
-    int status = st.code() == StatusCode::kResourceExhausted ? 413 : 400;
-    return Reject(respond, Problem(status, status == 413 ? "batch-too-large" : "invalid-event",
-                                   status == 413 ? "Batch too large" : "Invalid event", m, FieldOf(m)));
+    if (st.code() == StatusCode::kResourceExhausted) {
+      return Reject(respond, Problem(413, "batch-too-large", "Batch too large", m));
+    }
+    return Reject(respond, Problem(400, "invalid-event", "Invalid event", m, FieldOf(m)));
   }
+  // The request was admitted on one token; the rest of the batch is owed.
+  if (caller.bucket != nullptr) caller.bucket->Charge(static_cast<double>(parsed->size() - 1));
   for (size_t i = 0; i < parsed->size(); ++i) {
     if ((*parsed)[i].ApproximateBytes() > ctx_.api->max_event_bytes) {
       return Reject(respond, Problem(413, "event-too-large", "Event too large",
                                      "[" + std::to_string(i) + "] exceeds " +
-                                         std::to_string(ctx_.api->max_event_bytes) + " bytes"));
+                                         std::to_string(ctx_.api->max_event_bytes) + " bytes",
+                                     "[" + std::to_string(i) + "]"));
     }
-    if (token != nullptr) {
-      if (!TypeAllowed(*token, (*parsed)[i].type)) {
+    if (caller.token != nullptr) {
+      if (!TypeAllowed(*caller.token, (*parsed)[i].type)) {
         return Reject(respond, Problem(403, "type-not-allowed", "Event type not allowed",
-                                       "[" + std::to_string(i) + "]: token \"" + token->name + "\" may not publish " +
-                                           (*parsed)[i].type,
+                                       "[" + std::to_string(i) + "]: token \"" + caller.token->name +
+                                           "\" may not publish " + (*parsed)[i].type,
                                        "[" + std::to_string(i) + "].type"));
       }
-      (*parsed)[i].SetAttribute("producer", token->name);
+      (*parsed)[i].SetAttribute("producer", caller.token->name);
     }
   }
   Append(std::move(parsed).value(), /*batch=*/true, std::move(respond));
@@ -321,13 +533,10 @@ void LocalApi::Append(std::vector<Event> events, bool batch, HttpResponder respo
         w.String("id", o.id).Int("sequence", o.sequence);
         if (o.duplicate) w.Bool("duplicate", true);
       }
-      r.status = 202;
-      r.content_type = "application/json";
-      r.body = w.Finish();
+      r = JsonResponse(202, w.Finish());
       stats->events_accepted.fetch_add(n, std::memory_order_relaxed);
     } else {
       const Status& s = result.status();
-      stats->requests_rejected.fetch_add(1, std::memory_order_relaxed);
       switch (s.code()) {
         case StatusCode::kResourceExhausted:
           r = Problem(507, "store-full", "Store full", s.message());
@@ -342,8 +551,108 @@ void LocalApi::Append(std::vector<Event> events, bool batch, HttpResponder respo
           break;
       }
     }
-    loop->Post([respond = std::move(respond), r = std::move(r)]() mutable { respond(std::move(r)); });
+    AnswerOnLoop(loop, stats, std::move(respond), std::move(r));
   });
+}
+
+void LocalApi::ListDeadLetters(const HttpRequest& req, HttpResponder respond) {
+  int64_t after = 0;
+  size_t limit = kDefaultDlqPage;
+  bool seen_after = false, seen_limit = false;
+  std::string_view q(req.query);
+  while (!q.empty()) {
+    size_t amp = q.find('&');
+    std::string_view pair = q.substr(0, amp);
+    q = amp == std::string_view::npos ? std::string_view() : q.substr(amp + 1);
+    if (pair.empty()) continue;
+    size_t eq = pair.find('=');
+    std::string_view name = pair.substr(0, eq);
+    std::string_view value = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+    int64_t v = 0;
+    if (name == "after" && !seen_after) {
+      seen_after = true;
+      if (!ParseDecimal(value, &v)) {
+        return Reject(respond, Problem(400, "invalid-query", "Invalid query parameter",
+                                       "after: must be a sequence number (0 or more)", "after"));
+      }
+      after = v;
+    } else if (name == "limit" && !seen_limit) {
+      seen_limit = true;
+      if (!ParseDecimal(value, &v) || v < 1 || v > static_cast<int64_t>(kMaxDlqPage)) {
+        return Reject(respond, Problem(400, "invalid-query", "Invalid query parameter",
+                                       "limit: must be between 1 and " + std::to_string(kMaxDlqPage), "limit"));
+      }
+      limit = static_cast<size_t>(v);
+    } else {
+      std::string n(name);
+      return Reject(respond, Problem(400, "invalid-query", "Invalid query parameter",
+                                     n + ": unknown or repeated; use after and limit", n));
+    }
+  }
+  EventLoop* loop = ctx_.loop;
+  LocalApiStats* stats = &stats_;
+  ctx_.outbox->ListDeadLetters(
+      after, limit, [loop, stats, limit, respond = std::move(respond)](Result<std::vector<DeadLetter>> result) mutable {
+        if (!result.ok())
+          return AnswerOnLoop(loop, stats, std::move(respond), OutboxProblem(result.status(), "listing dead letters"));
+        JsonWriter w;
+        w.BeginArray("dead_letters");
+        for (const DeadLetter& d : *result) {
+          w.BeginObject("")
+              .Int("sequence", d.sequence)
+              .String("id", d.id)
+              .String("type", d.type)
+              .String("topic", d.topic)
+              .String("priority", PriorityName(d.priority))
+              .String("reason", d.reason)
+              .String("accepted_at", Rfc3339(d.accepted_at_us))
+              .String("dead_lettered_at", Rfc3339(d.dead_lettered_at_us))
+              .Int("attempts", d.attempts)
+              .End();
+        }
+        w.End();
+        // A full page may have more behind it: `next_after` continues there.
+        if (result->size() >= limit && !result->empty()) {
+          w.Int("next_after", result->back().sequence);
+        } else {
+          w.Null("next_after");
+        }
+        AnswerOnLoop(loop, stats, std::move(respond), JsonResponse(200, w.Finish()));
+      });
+}
+
+void LocalApi::RetryDeadLetter(std::string id, HttpResponder respond) {
+  EventLoop* loop = ctx_.loop;
+  LocalApiStats* stats = &stats_;
+  ctx_.outbox->RetryDeadLetter(0, std::move(id),
+                               [loop, stats, respond = std::move(respond)](Result<AppendOutcome> result) mutable {
+                                 HttpResponse r;
+                                 if (result.ok()) {
+                                   JsonWriter w;
+                                   w.String("id", result->id).Int("sequence", result->sequence);
+                                   r = JsonResponse(200, w.Finish());
+                                 } else {
+                                   r = OutboxProblem(result.status(), "retrying a dead letter");
+                                 }
+                                 AnswerOnLoop(loop, stats, std::move(respond), std::move(r));
+                               });
+}
+
+void LocalApi::PurgeDeadLetters(std::string id, HttpResponder respond) {
+  EventLoop* loop = ctx_.loop;
+  LocalApiStats* stats = &stats_;
+  ctx_.outbox->PurgeDeadLetters(0, std::move(id),
+                                [loop, stats, respond = std::move(respond)](Result<uint64_t> result) mutable {
+                                  HttpResponse r;
+                                  if (result.ok()) {
+                                    JsonWriter w;
+                                    w.Int("deleted", static_cast<int64_t>(*result));
+                                    r = JsonResponse(200, w.Finish());
+                                  } else {
+                                    r = OutboxProblem(result.status(), "deleting dead letters");
+                                  }
+                                  AnswerOnLoop(loop, stats, std::move(respond), std::move(r));
+                                });
 }
 
 }  // namespace ws

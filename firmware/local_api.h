@@ -1,18 +1,25 @@
-// The local API's routes (DESIGN.md §4): turns HTTP requests into outbox
-// appends and status documents. Lives on the loop thread: Handle() and every
+// The local API's routes (DESIGN.md §4, docs/http-api.md): turns HTTP
+// requests into outbox appends, dead-letter operations and status documents,
+// and applies the per-producer policy (bearer tokens, allowed types, rate
+// limits, Idempotency-Key). Lives on the loop thread: Handle() and every
 // responder call run there; outbox completions are posted back to it.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "adapters/http/http_server.h"
 #include "adapters/tls_crypto/crypto.h"
 #include "core/config.h"
+#include "core/idempotency_cache.h"
 #include "core/outbox.h"
+#include "core/rate_limiter.h"
 #include "core/routing.h"
 #include "platform/clock.h"
 #include "platform/event_loop.h"
@@ -25,8 +32,8 @@ struct LocalApiContext {
   Outbox* outbox = nullptr;
   const Router* router = nullptr;
   RandomSource* random = nullptr;
-  const ApiConfig* api = nullptr;
-  std::function<bool()> ready;                // store writable, config loaded
+  const ApiConfig* api = nullptr;             // read once, at construction, for buckets and the cache
+  std::function<bool()> ready;                // store writable, config loaded, not stopping
   std::function<std::string()> status_json;   // GET /v1/status
   std::function<std::string()> metrics_text;  // GET /metrics
 };
@@ -34,27 +41,51 @@ struct LocalApiContext {
 struct LocalApiStats {
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> events_accepted{0};
-  std::atomic<uint64_t> requests_rejected{0};
+  std::atomic<uint64_t> requests_rejected{0};   // answered with an error status (includes the two below)
+  std::atomic<uint64_t> rate_limited{0};        // 429
+  std::atomic<uint64_t> idempotent_replays{0};  // answered from the Idempotency-Key cache
 };
 
 class LocalApi {
  public:
   explicit LocalApi(LocalApiContext context);
+  ~LocalApi();
+  LocalApi(const LocalApi&) = delete;
+  LocalApi& operator=(const LocalApi&) = delete;
 
   void Handle(HttpRequest&& request, HttpResponder respond);
 
   const LocalApiStats& stats() const { return stats_; }
 
  private:
-  void PostEvent(HttpRequest&& request, HttpResponder respond, const TokenConfig* token);
-  void PostBatch(HttpRequest&& request, HttpResponder respond, const TokenConfig* token);
+  // The authenticated caller: a configured token, or anonymous (no tokens
+  // configured; only local listeners exist then).
+  struct Caller {
+    const TokenConfig* token = nullptr;
+    TokenBucket* bucket = nullptr;  // nullptr: not limited
+  };
+
+  void PostEvent(HttpRequest&& request, HttpResponder respond, const Caller& caller);
+  void PostBatch(HttpRequest&& request, HttpResponder respond, const Caller& caller);
   void Append(std::vector<Event> events, bool batch, HttpResponder respond);
-  // nullptr with *problem set when the request may not proceed.
-  const TokenConfig* Authenticate(const HttpRequest& request, HttpResponse* problem, bool* denied);
+  void ListDeadLetters(const HttpRequest& request, HttpResponder respond);
+  void RetryDeadLetter(std::string id, HttpResponder respond);
+  void PurgeDeadLetters(std::string id, HttpResponder respond);
+  // Resolves the caller, or answers 401 and returns nullopt.
+  std::optional<Caller> Authenticate(const HttpRequest& request, HttpResponder& respond);
+  // Wraps `respond` so that the answer is remembered (2xx) or the key freed
+  // (anything else); answers the request itself and returns false when the
+  // key was seen before (replay, 409, 422) or is malformed (400).
+  bool ClaimIdempotencyKey(const HttpRequest& request, const Caller& caller, HttpResponder* respond);
   void Reject(HttpResponder& respond, HttpResponse response);
 
   LocalApiContext ctx_;
   LocalApiStats stats_;
+  std::vector<TokenBucket> token_buckets_;  // parallel to ctx_.api->tokens
+  std::optional<TokenBucket> anonymous_bucket_;
+  // Shared with the responders that finish a claimed key, which may run
+  // after an outbox commit; they hold it weakly.
+  std::shared_ptr<IdempotencyCache> idempotency_;
 };
 
 // An RFC 9457 problem document. `slug` names the problem type

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+
 #include "adapters/http/http_server.h"
 #include "adapters/json/json_codec.h"
 #include "adapters/mqtt/backbone_link.h"
@@ -24,6 +26,33 @@ namespace {
 constexpr int64_t kStopGraceMs = 5000;
 
 std::string LabelFor(Priority p) { return "class=\"" + std::string(PriorityName(p)) + "\""; }
+
+// The store's append-to-commit latency as a Prometheus histogram (seconds,
+// cumulative buckets). Written here because its sample names carry the
+// _bucket/_sum/_count suffixes a MetricsText family does not.
+std::string AckLatencyHistogram(const OutboxStats& st) {
+  constexpr const char* kName = "waystation_store_ack_latency_seconds";
+  std::string out = std::string("# HELP ") + kName + " Time from an append call to its durable commit.\n# TYPE " +
+                    kName + " histogram\n";
+  char line[128];
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < kAckLatencyBucketCount; ++i) {
+    cumulative += st.ack_latency_buckets[i];
+    if (i + 1 < kAckLatencyBucketCount) {
+      std::snprintf(line, sizeof line, "%s_bucket{le=\"%g\"} %llu\n", kName,
+                    static_cast<double>(kAckLatencyBoundsUs[i]) / 1e6, static_cast<unsigned long long>(cumulative));
+    } else {
+      std::snprintf(line, sizeof line, "%s_bucket{le=\"+Inf\"} %llu\n", kName,
+                    static_cast<unsigned long long>(cumulative));
+    }
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "%s_sum %.6f\n%s_count %llu\n", kName,
+                static_cast<double>(st.ack_latency_sum_us) / 1e6, kName,
+                static_cast<unsigned long long>(st.ack_latency_count));
+  out += line;
+  return out;
+}
 
 }  // namespace
 
@@ -66,6 +95,8 @@ class Node::Impl {
     SqliteOutboxOptions so;
     so.path = config_.storage.path;
     so.max_bytes = config_.storage.max_bytes;
+    so.control_reserve_bytes = config_.storage.control_reserve_bytes;
+    so.classes = config_.storage.classes;
     so.retain_delivered_s = config_.storage.retain_delivered_s;
     so.commit_window_us = config_.storage.commit_window_us;
     int64_t t0 = SystemClock().MonotonicMillis();
@@ -93,6 +124,10 @@ class Node::Impl {
     bo.topic_prefix = prefix;
     bo.keepalive_s = config_.backbone.keepalive_s;
     bo.inflight_window = config_.backbone.inflight_window;
+    bo.node_id = config_.node.id;
+    bo.reconnect_min_ms = config_.backbone.reconnect_min_ms;
+    bo.reconnect_max_ms = config_.backbone.reconnect_max_ms;
+    bo.return_to_primary_ms = config_.backbone.return_to_primary_s * 1000;
     bo.version = WS_VERSION;
     bo.boot_id = boot_id_;
     WS_ASSIGN_OR_RETURN(link_, BackboneLink::Create(loop_.get(), outbox_.get(), std::move(bo)));
@@ -209,6 +244,7 @@ class Node::Impl {
     w.Int("last_sequence", st.last_sequence);
     w.BeginArray("alarms");
     if (st.quarantined_at_start) w.String("", "store_quarantined");
+    if (st.integrity_failed) w.String("", "store_integrity_failed");
     w.End();
     return w.Finish();
   }
@@ -241,8 +277,17 @@ class Node::Impl {
         .Sample("reason=\"purged\"", st.removed_purged);
     m.Family("waystation_store_rejected_full_total", "counter", "Appends refused because the store was full.")
         .Sample("", st.rejected_full);
+    m.Family("waystation_store_nacked_total", "counter", "Events put back for a later retry after a transient failure.")
+        .Sample("", st.nacked);
+    m.Family("waystation_store_replayed_total", "counter", "Delivered events queued again by replay.")
+        .Sample("", st.replayed);
+    m.Family("waystation_dlq_retried_total", "counter", "Dead letters queued again by an operator.")
+        .Sample("", st.dead_letters_retried);
     m.Family("waystation_store_quarantined", "gauge", "1 if a damaged store was moved aside at start.")
         .Sample("", uint64_t{st.quarantined_at_start ? 1u : 0u});
+    m.Family("waystation_store_integrity_failed", "gauge",
+             "1 if the background integrity check found damage (the store is quarantined at the next start).")
+        .Sample("", uint64_t{st.integrity_failed ? 1u : 0u});
     m.Family("waystation_backbone_connected", "gauge", "1 while connected to a backbone broker.")
         .Sample("", uint64_t{ls.state == LinkState::kConnected ? 1u : 0u});
     m.Family("waystation_backbone_connects_total", "counter", "Successful connects.").Sample("", ls.connects);
@@ -266,7 +311,7 @@ class Node::Impl {
       m.Family("waystation_store_write_bytes_per_event", "gauge", "Storage bytes written per committed event.")
           .Sample("", appended > 0 ? static_cast<double>(ps->write_bytes) / static_cast<double>(appended) : 0.0);
     }
-    return m.text();
+    return m.text() + AckLatencyHistogram(st);
   }
 
   Config config_;

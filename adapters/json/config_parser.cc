@@ -116,6 +116,36 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
         else if (n == "max_bytes") r.Integer(f, p, &c->storage.max_bytes);
         else if (n == "retain_delivered_s") r.Integer(f, p, &c->storage.retain_delivered_s);
         else if (n == "commit_window_us") r.Integer(f, p, &c->storage.commit_window_us);
+        else if (n == "control_reserve_bytes") r.Integer(f, p, &c->storage.control_reserve_bytes);
+        else if (n == "classes") {
+          r.Object(f, p, [&](const std::string& cn, const cJSON* cf, const std::string& cp) {
+            Priority prio = Priority::kNormal;
+            if (!ParsePriority(cn, &prio)) {
+              r.Error(cp, "unknown class (expected control, high, normal or bulk)");
+              return true;  // reported here, with the reason
+            }
+            ClassLimits* out = &c->storage.classes[static_cast<size_t>(prio)];
+            r.Object(cf, cp, [&](const std::string& kn, const cJSON* kf, const std::string& kp) {
+              if (kn == "max_bytes") {
+                r.Integer(kf, kp, &out->max_bytes);
+              } else if (kn == "max_count") {
+                r.Integer(kf, kp, &out->max_count);
+              } else if (kn == "max_age_s") {
+                r.Integer(kf, kp, &out->max_age_s);
+              } else if (kn == "overflow") {
+                std::string policy;
+                r.String(kf, kp, &policy);
+                if (cJSON_IsString(kf) && !ParseOverflowPolicy(policy, &out->overflow)) {
+                  r.Error(kp, "must be \"reject_new\" or \"drop_oldest\"");
+                }
+              } else {
+                return false;
+              }
+              return true;
+            });
+            return true;
+          });
+        }
         else return false;
         return true;
       });
@@ -127,6 +157,14 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
           r.Integer(f, p, &c->api.max_event_bytes);
         } else if (n == "max_connections") {
           r.Integer(f, p, &c->api.max_connections);
+        } else if (n == "anonymous_rate_per_s") {
+          r.Double(f, p, &c->api.anonymous_rate_per_s);
+        } else if (n == "anonymous_burst") {
+          r.Double(f, p, &c->api.anonymous_burst);
+        } else if (n == "idempotency_ttl_s") {
+          r.Integer(f, p, &c->api.idempotency_ttl_s);
+        } else if (n == "idempotency_max_keys") {
+          r.Integer(f, p, &c->api.idempotency_max_keys);
         } else if (n == "tokens") {
           r.List<TokenConfig>(f, p, &c->api.tokens, [&](const cJSON* t, const std::string& tp, TokenConfig* out) {
             r.Object(t, tp, [&](const std::string& tn, const cJSON* tf, const std::string& tpp) {
@@ -135,6 +173,7 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
               else if (tn == "allow_types") r.StringList(tf, tpp, &out->allow_types);
               else if (tn == "rate_per_s") r.Double(tf, tpp, &out->rate_per_s);
               else if (tn == "burst") r.Double(tf, tpp, &out->burst);
+              else if (tn == "admin") r.Bool(tf, tpp, &out->admin);
               else return false;
               return true;
             });
@@ -150,10 +189,28 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
           r.List<EndpointConfig>(f, p, &c->backbone.endpoints,
                                  [&](const cJSON* e, const std::string& ep, EndpointConfig* out) {
                                    r.Object(e, ep, [&](const std::string& en, const cJSON* ef, const std::string& epp) {
-                                     if (en == "name") r.String(ef, epp, &out->name);
-                                     else if (en == "host") r.String(ef, epp, &out->host);
-                                     else if (en == "port") r.Integer(ef, epp, &out->port);
-                                     else return false;
+                                     if (en == "name") {
+                                       r.String(ef, epp, &out->name);
+                                     } else if (en == "host") {
+                                       r.String(ef, epp, &out->host);
+                                     } else if (en == "port") {
+                                       r.Integer(ef, epp, &out->port);
+                                     } else if (en == "tls") {
+                                       EndpointTlsConfig* tls = &out->tls;
+                                       tls->enabled = true;
+                                       r.Object(ef, epp, [&](const std::string& tn, const cJSON* tf, const std::string& tp) {
+                                         if (tn == "ca_file") r.String(tf, tp, &tls->ca_file);
+                                         else if (tn == "cert_file") r.String(tf, tp, &tls->cert_file);
+                                         else if (tn == "key_file") r.String(tf, tp, &tls->key_file);
+                                         else if (tn == "alpn") r.String(tf, tp, &tls->alpn);
+                                         else if (tn == "verify_hostname") r.Bool(tf, tp, &tls->verify_hostname);
+                                         else if (tn == "server_name") r.String(tf, tp, &tls->server_name);
+                                         else return false;
+                                         return true;
+                                       });
+                                     } else {
+                                       return false;
+                                     }
                                      return true;
                                    });
                                  });
@@ -171,6 +228,12 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
           r.Integer(f, p, &c->backbone.keepalive_s);
         } else if (n == "inflight_window") {
           r.Integer(f, p, &c->backbone.inflight_window);
+        } else if (n == "reconnect_min_ms") {
+          r.Integer(f, p, &c->backbone.reconnect_min_ms);
+        } else if (n == "reconnect_max_ms") {
+          r.Integer(f, p, &c->backbone.reconnect_max_ms);
+        } else if (n == "return_to_primary_s") {
+          r.Integer(f, p, &c->backbone.return_to_primary_s);
         } else {
           return false;
         }

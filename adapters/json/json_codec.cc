@@ -42,6 +42,16 @@ Result<std::string> AttributeValue(const cJSON* item, const char* name) {
   return InvalidArgument(std::string(name) + ": must be a string, number or boolean");
 }
 
+// True if a number in `item` overflowed to infinity when parsed (1e400).
+// Recursion depth is bounded by cJSON's nesting limit.
+bool HasNonFiniteNumber(const cJSON* item) {
+  if (cJSON_IsNumber(item)) return !std::isfinite(item->valuedouble);
+  for (const cJSON* it = item->child; it != nullptr; it = it->next) {
+    if (HasNonFiniteNumber(it)) return true;
+  }
+  return false;
+}
+
 Result<Event> EventFromObject(const cJSON* obj, bool allow_missing_id) {
   if (!cJSON_IsObject(obj)) return InvalidArgument("event: must be a JSON object");
   {
@@ -97,6 +107,9 @@ Result<Event> EventFromObject(const cJSON* obj, bool allow_missing_id) {
     e.data_kind = DataKind::kBinary;
   } else if (have_data && !cJSON_IsNull(data_item)) {
     if (IsJsonContentType(e.FindAttribute("datacontenttype"))) {
+      // cJSON would print such a number as null: refuse rather than change
+      // the producer's data.
+      if (HasNonFiniteNumber(data_item)) return InvalidArgument("data: a number is too large for a double");
       e.data_kind = DataKind::kJson;
       e.data = PrintCompact(data_item);
       if (e.data.empty()) return Status(StatusCode::kResourceExhausted, "data: out of memory");
