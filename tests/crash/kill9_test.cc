@@ -60,16 +60,6 @@ int64_t MsSince(SteadyClock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(SteadyClock::now() - start).count();
 }
 
-template <typename F>
-bool WaitUntil(F probe, int timeout_ms, int poll_ms = 50) {
-  const auto deadline = SteadyClock::now() + milliseconds(timeout_ms);
-  while (SteadyClock::now() < deadline) {
-    if (probe()) return true;
-    SleepMs(poll_ms);
-  }
-  return probe();
-}
-
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
   return s;
@@ -311,11 +301,7 @@ class Kill9Test : public ::testing::Test {
   // Starts the daemon and waits until it answers /v1/health; false if it
   // died or never answered.
   bool StartDaemon() {
-    std::vector<std::string> argv = EmulatorPrefix();
-    argv.push_back(DaemonPath());
-    argv.push_back("--config");
-    argv.push_back(config_);
-    daemon_ = std::make_unique<Subprocess>(argv, dir_.File("daemon.log"));
+    daemon_ = std::make_unique<Subprocess>(DaemonArgv({"--config", config_}), dir_.File("daemon.log"));
     HttpClient probe(api_port_);
     std::string body;
     return WaitUntil(

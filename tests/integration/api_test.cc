@@ -32,16 +32,6 @@ constexpr char kOpsHash[] = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529
 
 constexpr char kProblemPrefix[] = "https://waystation.dev/problems/";
 
-template <typename F>
-bool WaitUntil(F probe, int timeout_ms) {
-  auto deadline = steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (steady_clock::now() < deadline) {
-    if (probe()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return probe();
-}
-
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -104,11 +94,7 @@ class ApiTest : public ::testing::Test {
   "log": { "level": "debug", "format": "text" }
 })";
     f.close();
-    std::vector<std::string> argv = EmulatorPrefix();
-    argv.push_back(DaemonPath());
-    argv.push_back("--config");
-    argv.push_back(config);
-    daemon_ = std::make_unique<Subprocess>(argv, dir_.File("daemon.log"));
+    daemon_ = std::make_unique<Subprocess>(DaemonArgv({"--config", config}), dir_.File("daemon.log"));
     ASSERT_TRUE(WaitUntil([&] { return Get("/v1/health").status == 200 || !daemon_->running(); }, 60000));
     ASSERT_TRUE(daemon_->running()) << Slurp(dir_.File("daemon.log"));
   }

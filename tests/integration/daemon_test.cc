@@ -19,24 +19,6 @@ namespace {
 
 using std::chrono::steady_clock;
 
-std::vector<std::string> DaemonArgv(std::vector<std::string> args) {
-  std::vector<std::string> argv = EmulatorPrefix();
-  argv.push_back(DaemonPath());
-  argv.insert(argv.end(), args.begin(), args.end());
-  return argv;
-}
-
-// Polls `probe` every 50 ms until it returns true or `timeout_ms` passes.
-template <typename F>
-bool WaitUntil(F probe, int timeout_ms) {
-  auto deadline = steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (steady_clock::now() < deadline) {
-    if (probe()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return probe();
-}
-
 class DaemonTest : public ::testing::Test {
  protected:
   void WriteConfig(const std::string& protocol = "mqtt5") {

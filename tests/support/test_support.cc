@@ -230,6 +230,22 @@ void MosquittoBroker::Kill() {
   }
 }
 
+bool WaitUntil(const std::function<bool()>& probe, int timeout_ms, int poll_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (probe()) return true;
+    SleepMs(poll_ms);
+  }
+  return probe();
+}
+
+std::vector<std::string> DaemonArgv(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = EmulatorPrefix();
+  argv.push_back(DaemonPath());
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
 std::string DaemonPath() { return std::string(WS_TEST_BINARY_DIR) + "/firmware/waystation"; }
 
 std::vector<std::string> EmulatorPrefix() { return Split(WS_EMULATOR); }

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -84,10 +85,17 @@ class MosquittoBroker {
   std::unique_ptr<Subprocess> proc_;
 };
 
+// Polls `probe` every `poll_ms` until it returns true or `timeout_ms`
+// passes; then asks once more. Bounded: never waits longer than timeout_ms.
+bool WaitUntil(const std::function<bool()>& probe, int timeout_ms, int poll_ms = 50);
+
 // build/<preset>/firmware/waystation of the build running this test.
 std::string DaemonPath();
 // The emulator prefix for target binaries ("" natively, e.g. {"qemu-aarch64","-L","/"}).
 std::vector<std::string> EmulatorPrefix();
+// The command line that runs the daemon with `args`, under the emulator in
+// cross builds.
+std::vector<std::string> DaemonArgv(const std::vector<std::string>& args);
 std::string SourceDir();
 
 // Reads a file; "" if it cannot be read.
