@@ -1,0 +1,218 @@
+// In-process benchmark of the SQLite outbox (no HTTP, no MQTT): how many
+// durable appends per second many producers get through group commit, the
+// append->acknowledge latency, bytes written to storage per event, RSS while
+// holding a large backlog, reopen time with that backlog, and lease+ack drain
+// rate. Prints one `name value unit` line per figure. Bounded by count and
+// by time. Usage:
+//   ws_outbox_bench DIR [producers=64] [events=200000] [backlog=1000000]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "adapters/sqlite/sqlite_outbox.h"
+#include "platform/process_stats.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kTimeLimit = std::chrono::seconds(240);
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+ws::OutboxEntry MakeEntry(uint64_t n) {
+  ws::OutboxEntry e;
+  e.event.id = "bench-" + std::to_string(n);
+  e.event.source = "/bench/line-1";
+  e.event.type = "com.example.bench.reading";
+  e.event.data_kind = ws::DataKind::kJson;
+  // ~200 bytes of JSON data, like the events the comparisons use.
+  e.event.data = "{\"seq\":" + std::to_string(n) + ",\"line\":\"line-1\",\"temp\":21.5,\"pad\":\"";
+  e.event.data.append(200 - std::min<size_t>(e.event.data.size() + 2, 200), 'x');
+  e.event.data += "\"}";
+  e.topic = "waystation/bench/gw/events/com.example.bench.reading";
+  e.stream = e.topic;
+  return e;
+}
+
+// Blocks until `fn(done)` calls done.
+template <typename T, typename F>
+T Await(F fn) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool ready = false;
+  T out{ws::Status(ws::StatusCode::kInternal, "no answer")};
+  fn([&](T r) {
+    std::lock_guard<std::mutex> lock(mu);
+    out = std::move(r);
+    ready = true;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return ready; });
+  return out;
+}
+
+ws::Status AwaitStatus(const std::function<void(ws::Outbox::StatusDone)>& fn) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool ready = false;
+  ws::Status out;
+  fn([&](ws::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    out = std::move(s);
+    ready = true;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return ready; });
+  return out;
+}
+
+uint64_t WriteBytes() {
+  ws::Result<ws::ProcessStats> st = ws::ReadProcessStats();
+  return st.ok() ? st->write_bytes : 0;
+}
+uint64_t RssBytes() {
+  ws::Result<ws::ProcessStats> st = ws::ReadProcessStats();
+  return st.ok() ? st->rss_bytes : 0;
+}
+
+std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* open_ms) {
+  ws::SqliteOutboxOptions o;
+  o.path = path;
+  o.max_bytes = uint64_t{4} << 30;
+  auto t0 = Clock::now();
+  ws::Result<std::unique_ptr<ws::SqliteOutbox>> s = ws::SqliteOutbox::Open(o);
+  if (open_ms) *open_ms = Seconds(Clock::now() - t0) * 1000;
+  if (!s.ok()) {
+    std::fprintf(stderr, "open %s: %s\n", path.c_str(), s.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(s).value();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s DIR [producers] [events] [backlog]\n", argv[0]);
+    return 2;
+  }
+  std::string dir = argv[1];
+  int producers = argc > 2 ? std::atoi(argv[2]) : 64;
+  uint64_t events = argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 200000;
+  uint64_t backlog = argc > 4 ? std::strtoull(argv[4], nullptr, 10) : 1000000;
+  std::filesystem::create_directories(dir);
+  auto deadline = Clock::now() + kTimeLimit;
+
+  // 1. Durable append rate: every producer appends one event at a time and
+  //    waits for its acknowledgement, as an HTTP producer waits for its 202.
+  {
+    std::string path = dir + "/append.db";
+    std::filesystem::remove(path);
+    std::unique_ptr<ws::SqliteOutbox> store = OpenStore(path, nullptr);
+    std::atomic<uint64_t> next{0}, acked{0}, failed{0};
+    std::vector<std::vector<double>> lat(static_cast<size_t>(producers));
+    uint64_t wb0 = WriteBytes();
+    auto t0 = Clock::now();
+    std::vector<std::thread> threads;
+    for (int p = 0; p < producers; ++p) {
+      threads.emplace_back([&, p] {
+        for (;;) {
+          uint64_t n = next.fetch_add(1);
+          if (n >= events || Clock::now() > deadline) return;
+          std::vector<ws::OutboxEntry> one;
+          one.push_back(MakeEntry(n));
+          auto s0 = Clock::now();
+          auto r = Await<ws::Result<std::vector<ws::AppendOutcome>>>(
+              [&](auto done) { store->Append(std::move(one), std::move(done)); });
+          lat[static_cast<size_t>(p)].push_back(Seconds(Clock::now() - s0) * 1e6);
+          (r.ok() ? acked : failed).fetch_add(1);
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    double secs = Seconds(Clock::now() - t0);
+    uint64_t wb = WriteBytes() - wb0;
+    ws::OutboxStats st = store->Stats();
+    std::vector<double> all;
+    for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+    std::sort(all.begin(), all.end());
+    auto pct = [&](double q) { return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(q * static_cast<double>(all.size())))]; };
+    size_t payload = MakeEntry(0).event.data.size();
+    std::printf("append_producers %d\n", producers);
+    std::printf("append_acked %llu events\n", static_cast<unsigned long long>(acked.load()));
+    std::printf("append_failed %llu events\n", static_cast<unsigned long long>(failed.load()));
+    std::printf("append_rate %.0f events/s\n", static_cast<double>(acked.load()) / secs);
+    std::printf("append_commits %llu\n", static_cast<unsigned long long>(st.commits));
+    std::printf("append_events_per_commit %.1f\n",
+                st.commits ? static_cast<double>(st.appended_events) / static_cast<double>(st.commits) : 0.0);
+    std::printf("append_ack_latency_p50 %.0f us\n", pct(0.50));
+    std::printf("append_ack_latency_p99 %.0f us\n", pct(0.99));
+    std::printf("append_write_bytes_per_event %.0f bytes\n", acked ? static_cast<double>(wb) / static_cast<double>(acked.load()) : 0.0);
+    std::printf("append_write_bytes_per_payload_byte %.2f\n",
+                acked ? static_cast<double>(wb) / static_cast<double>(acked.load() * payload) : 0.0);
+  }
+
+  // 2. A large backlog: RSS while holding it, reopen time, drain rate.
+  {
+    std::string path = dir + "/backlog.db";
+    std::filesystem::remove(path);
+    uint64_t rss_before = RssBytes();
+    std::unique_ptr<ws::SqliteOutbox> store = OpenStore(path, nullptr);
+    auto t0 = Clock::now();
+    uint64_t filled = 0;
+    constexpr uint64_t kBatch = 1000;
+    while (filled < backlog && Clock::now() < deadline) {
+      std::vector<ws::OutboxEntry> batch;
+      for (uint64_t i = 0; i < kBatch && filled + i < backlog; ++i) batch.push_back(MakeEntry(filled + i));
+      size_t n = batch.size();
+      auto r = Await<ws::Result<std::vector<ws::AppendOutcome>>>(
+          [&](auto done) { store->Append(std::move(batch), std::move(done)); });
+      if (!r.ok()) {
+        std::fprintf(stderr, "fill: %s\n", r.status().ToString().c_str());
+        return 1;
+      }
+      filled += n;
+    }
+    std::printf("backlog_events %llu\n", static_cast<unsigned long long>(filled));
+    std::printf("backlog_fill_rate %.0f events/s (batches of 1000)\n", static_cast<double>(filled) / Seconds(Clock::now() - t0));
+    std::printf("backlog_rss_holding %.1f MiB (growth %.1f MiB)\n", static_cast<double>(RssBytes()) / 1048576.0,
+                static_cast<double>(RssBytes() - rss_before) / 1048576.0);
+    store.reset();
+    double open_ms = 0;
+    store = OpenStore(path, &open_ms);
+    std::printf("backlog_reopen %.1f ms\n", open_ms);
+    std::printf("backlog_rss_after_reopen %.1f MiB\n", static_cast<double>(RssBytes()) / 1048576.0);
+
+    auto d0 = Clock::now();
+    uint64_t drained = 0;
+    while (drained < filled && Clock::now() < deadline) {
+      auto leased = Await<ws::Result<std::vector<ws::LeasedEvent>>>(
+          [&](auto done) { store->Lease(1000, std::move(done)); });
+      if (!leased.ok() || leased->empty()) break;
+      std::vector<int64_t> seqs;
+      for (const auto& e : *leased) seqs.push_back(e.sequence);
+      ws::Status s = AwaitStatus([&](ws::Outbox::StatusDone done) { store->Ack(std::move(seqs), std::move(done)); });
+      if (!s.ok()) {
+        std::fprintf(stderr, "ack: %s\n", s.ToString().c_str());
+        return 1;
+      }
+      drained += leased->size();
+    }
+    std::printf("backlog_drain_rate %.0f events/s (lease+ack 1000 at a time)\n",
+                static_cast<double>(drained) / Seconds(Clock::now() - d0));
+    std::printf("backlog_rss_after_drain %.1f MiB\n", static_cast<double>(RssBytes()) / 1048576.0);
+  }
+  return 0;
+}
