@@ -76,6 +76,26 @@ class DaemonTest : public ::testing::Test {
     return sub;
   }
 
+  // What a subscriber arriving now gets on the retained state topic ("" if
+  // nothing within `wait_s`).
+  std::string RetainedState(int wait_s) {
+    std::string out;
+    int rc = RunCommand({"mosquitto_sub", "-h", "127.0.0.1", "-p", std::to_string(broker_.port()), "-t",
+                         "waystation/lab/gw-test/state", "-C", "1", "-W", std::to_string(wait_s)},
+                        &out);
+    return rc == 0 ? out : "";
+  }
+
+  // Polls the retained state until it contains `word`; *last holds the last answer.
+  bool WaitForState(const std::string& word, std::string* last) {
+    return WaitUntil(
+        [&] {
+          *last = RetainedState(3);
+          return last->find(word) != std::string::npos;
+        },
+        30000);
+  }
+
   TempDir dir_;
   MosquittoBroker broker_;
   uint16_t api_port_ = 0;
@@ -150,51 +170,23 @@ TEST_F(DaemonTest, UnixSocketAndStructuredModeOnMqtt311) {
 TEST_F(DaemonTest, PresenceOnlineAtStartOfflineAfterSigterm) {
   WriteConfig();
   StartDaemon();
-  std::string state_topic = "waystation/lab/gw-test/state";
   std::string out;
   // Retained: a subscriber that arrives later still gets it.
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        return RunCommand({"mosquitto_sub", "-h", "127.0.0.1", "-p", std::to_string(broker_.port()), "-t",
-                           state_topic, "-C", "1", "-W", "3"},
-                          &out) == 0 &&
-               out.find("online") != std::string::npos;
-      },
-      30000))
-      << out << Slurp(dir_.File("daemon.log"));
+  ASSERT_TRUE(WaitForState("online", &out)) << out << Slurp(dir_.File("daemon.log"));
 
   ASSERT_TRUE(daemon_->Signal(SIGTERM));
   EXPECT_EQ(daemon_->Wait(30000), 0) << Slurp(dir_.File("daemon.log"));
-  ASSERT_EQ(RunCommand({"mosquitto_sub", "-h", "127.0.0.1", "-p", std::to_string(broker_.port()), "-t", state_topic,
-                        "-C", "1", "-W", "5"},
-                       &out),
-            0);
+  out = RetainedState(5);
   EXPECT_NE(out.find("offline"), std::string::npos) << out;
 }
 
 TEST_F(DaemonTest, LastWillSaysOfflineWhenTheNodeIsKilled) {
   WriteConfig();
   StartDaemon();
-  std::string state_topic = "waystation/lab/gw-test/state";
   std::string out;
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        return RunCommand({"mosquitto_sub", "-h", "127.0.0.1", "-p", std::to_string(broker_.port()), "-t",
-                           state_topic, "-C", "1", "-W", "3"},
-                          &out) == 0 &&
-               out.find("online") != std::string::npos;
-      },
-      30000));
+  ASSERT_TRUE(WaitForState("online", &out)) << out;
   daemon_->Kill();
-  EXPECT_TRUE(WaitUntil(
-      [&] {
-        return RunCommand({"mosquitto_sub", "-h", "127.0.0.1", "-p", std::to_string(broker_.port()), "-t",
-                           state_topic, "-C", "1", "-W", "3"},
-                          &out) == 0 &&
-               out.find("offline") != std::string::npos;
-      },
-      30000))
-      << out;
+  EXPECT_TRUE(WaitForState("offline", &out)) << out;
 }
 
 TEST(DaemonCli, VersionNamesTheLinkedLibraries) {
