@@ -88,11 +88,16 @@ void EventLoop::CancelTimer(TimerId id) {
 }
 
 void EventLoop::Post(std::function<void()> fn) {
+  bool was_empty = false;
   {
     std::lock_guard<std::mutex> lock(post_mu_);
+    was_empty = posted_.empty();
     posted_.push_back(std::move(fn));
   }
-  Wake();
+  // Only the first of a run of posts needs to wake the loop: DrainPosted
+  // reads the counter before it takes the list, so anything added to a list
+  // that was not empty is taken with the post that woke it.
+  if (was_empty) Wake();
 }
 
 void EventLoop::Stop() {

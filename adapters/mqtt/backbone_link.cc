@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <deque>
 #include <random>
 #include <unordered_map>
 #include <unordered_set>
@@ -183,6 +185,8 @@ class BackboneLink::Impl {
   void Turn();
   void MaybeLease();
   void OnLeased(uint64_t attempt, size_t requested, Result<std::vector<LeasedEvent>> result);
+  void Pump();
+  void DropReady();
   void PublishEvent(const LeasedEvent& leased);
   void OnPublished(int mid, int reason_code);
   void QueueAck(int64_t sequence);
@@ -210,6 +214,13 @@ class BackboneLink::Impl {
   int64_t RandomBetween(int64_t lo, int64_t hi);
   bool mqtt5() const { return options_.protocol == MqttProtocol::kMqtt5; }
   size_t used_window() const { return inflight_.size() + control_mids_.size(); }
+  // What the link holds leased: in flight plus waiting in ready_.
+  // Leasing ahead of the window lets a PUBACK be followed by the next
+  // PUBLISH in the same loop turn. The library walks its whole list of
+  // unacknowledged messages on every PUBACK, so a small window refilled at
+  // once forwards faster than a large one.
+  size_t lease_budget() const { return std::max<size_t>(window_, options_.lease_ahead); }
+  size_t leased_held() const { return used_window() + ready_count_; }
   bool on_primary() const { return endpoint_index_ == 0; }
 
   EventLoop* const loop_;
@@ -259,6 +270,10 @@ class BackboneLink::Impl {
   uint32_t broker_max_packet_ = 0;               // 0: the broker gave none
   std::unordered_map<int, InflightEvent> inflight_;  // message id -> event
   size_t bulk_inflight_ = 0;                     // of those, bulk class
+  // Leased, not yet published, per class: published highest class first as
+  // the window frees up.
+  std::array<std::deque<LeasedEvent>, kPriorityCount> ready_;
+  size_t ready_count_ = 0;
   std::unordered_set<int> control_mids_;         // presence messages awaiting PUBACK
   bool lease_outstanding_ = false;               // at most one Lease at a time
   bool outbox_may_have_more_ = true;
@@ -722,6 +737,7 @@ void BackboneLink::Impl::EndSession() {
 void BackboneLink::Impl::ClearInflight() {
   inflight_.clear();
   bulk_inflight_ = 0;
+  DropReady();
 }
 
 // ---------------------------------------------------------------------------
@@ -784,6 +800,7 @@ void BackboneLink::Impl::BeginReturnToPrimary() {
                {"to", EndpointLabel(options_.endpoints.front())},
                {"inflight", std::to_string(inflight_.size())}});
   returning_ = true;
+  DropReady();  // the session's end resets the leases
   CancelPrimaryProbe();
   PublishOffline();
   SyncSocket();
@@ -890,6 +907,7 @@ void BackboneLink::Impl::OnSocketReady(uint32_t events) {
     PostGuarded([this, attempt, was_up, why = std::move(why)] { HandleConnectionEnd(attempt, was_up, why); });
     return;
   }
+  Pump();
   SyncSocket();
 }
 
@@ -994,6 +1012,8 @@ void BackboneLink::Impl::Turn() {
     return;
   }
   MaybeRetry();
+  Pump();
+  SyncSocket();
   MaybeLease();
 }
 
@@ -1002,20 +1022,23 @@ void BackboneLink::Impl::MaybeLease() {
       !outbox_may_have_more_ || lease_retry_timer_ != 0) {
     return;
   }
-  if (used_window() >= window_) return;
-  // Bulk may fill at most 7/8 of the window. The store hands out the highest
-  // class first but cannot be asked for "anything but bulk", so once bulk
-  // holds its share the link leases one event at a time, and only after an
-  // append: that one is the new higher-class event if there is one (or, at
-  // worst, one more bulk event, still within the window).
-  const size_t reserve = window_ >= 2 ? std::max<size_t>(1, window_ / 8) : 0;
-  const size_t bulk_share = window_ - reserve;
-  size_t room = window_ - used_window();
-  if (bulk_inflight_ >= bulk_share) {
+  const size_t budget = lease_budget();
+  if (leased_held() >= budget) return;
+  // Bulk may hold at most 7/8 of what the link leases. The store hands out
+  // the highest class first but cannot be asked for "anything but bulk", so
+  // once bulk holds its share the link leases one event at a time, and only
+  // after an append: that one is the new higher-class event if there is one
+  // (or, at worst, one more bulk event, still within the budget). Higher
+  // classes are published ahead of the bulk events waiting in ready_.
+  const size_t reserve = std::max<size_t>(1, budget / 8);
+  const size_t bulk_share = budget - reserve;
+  const size_t bulk_held = bulk_inflight_ + ready_[static_cast<size_t>(Priority::kBulk)].size();
+  size_t room = budget - leased_held();
+  if (bulk_held >= bulk_share) {
     if (!higher_may_be_waiting_) return;
     room = 1;
   } else {
-    room = std::min(room, bulk_share - bulk_inflight_);
+    room = std::min(room, bulk_share - bulk_held);
   }
   lease_outstanding_ = true;
   appended_during_lease_ = false;
@@ -1069,15 +1092,52 @@ void BackboneLink::Impl::OnLeased(uint64_t attempt, size_t requested, Result<std
       nack_poll_until_us_ = 0;
     }
   }
-  for (const LeasedEvent& leased : events) {
-    // A transient failure pauses publishing: what follows is sent again
-    // after the backoff, from the oldest undelivered event on.
-    if (!session_up_ || retry_pending_) break;
-    PublishEvent(leased);
+  if (retry_pending_) {
+    // A transient failure paused publishing while this lease was out: these
+    // go out again after the backoff, from the oldest undelivered event on.
+    retry_reset_ = retry_reset_ || !events.empty();
+  } else {
+    for (LeasedEvent& leased : events) {
+      ready_[static_cast<size_t>(leased.priority)].push_back(std::move(leased));
+      ++ready_count_;
+    }
   }
+  Pump();
   SyncSocket();
   MaybeRetry();
   MaybeLease();
+}
+
+// Publishes waiting events, highest class first, while the window has room
+// and the socket takes them: once the library holds unwritten packets, every
+// further publish would only try the full socket again, so the rest waits
+// for writability (OnSocketReady pumps again).
+void BackboneLink::Impl::Pump() {
+  while (ready_count_ > 0 && used_window() < window_) {
+    // A transient failure pauses publishing: what follows is sent again
+    // after the backoff, from the oldest undelivered event on.
+    if (!session_up_ || state_ != LinkState::kConnected || returning_ || retry_pending_) return;
+    if (!client_ || client_lost_ || mosquitto_want_write(client_.get())) return;
+    std::deque<LeasedEvent>* queue = nullptr;
+    for (std::deque<LeasedEvent>& q : ready_) {
+      if (!q.empty()) {
+        queue = &q;
+        break;
+      }
+    }
+    if (queue == nullptr) return;
+    LeasedEvent leased = std::move(queue->front());
+    queue->pop_front();
+    --ready_count_;
+    PublishEvent(leased);
+  }
+}
+
+// Forgets the leased events not yet published; the caller makes sure the
+// leases are reset before anything newer goes out.
+void BackboneLink::Impl::DropReady() {
+  for (std::deque<LeasedEvent>& q : ready_) q.clear();
+  ready_count_ = 0;
 }
 
 void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
@@ -1263,6 +1323,12 @@ int64_t BackboneLink::Impl::NextRetryDelayMs() {
 
 void BackboneLink::Impl::PauseForRetry(bool reset_leases) {
   if (reset_leases) retry_reset_ = true;
+  // Leased events not yet published would otherwise go out before the one
+  // that failed: they are handed out again after the backoff, in order.
+  if (ready_count_ > 0) {
+    DropReady();
+    retry_reset_ = true;
+  }
   if (retry_pending_) return;
   retry_pending_ = true;
   retry_due_ = false;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "adapters/sqlite/sqlite_status.h"
 #include "core/outbox_policy.h"
 #include "platform/file_system.h"
 #include "platform/log.h"
@@ -471,6 +472,24 @@ void OutboxDb::Rollback() {
     // when the connection next starts one or closes.
     WS_LOG_ERROR("outbox", "rollback failed", {{"error", s.ToString()}});
   }
+}
+
+// Not a prepared statement: SQLite applies PRAGMA synchronous while it
+// compiles the statement, so a prepared one would act once, at Prepare.
+Status OutboxDb::SetDurableCommits(bool durable) {
+  return durable ? db_.Exec("PRAGMA synchronous=FULL", "set synchronous=FULL")
+                 : db_.Exec("PRAGMA synchronous=NORMAL", "set synchronous=NORMAL");
+}
+
+Status OutboxDb::SyncWal() {
+  sqlite3_file* wal = nullptr;
+  int rc = sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
+  if (rc != SQLITE_OK) return SqliteStatus(rc, db_.get(), "find the WAL file");
+  // No WAL open (nothing written since it was last checkpointed away).
+  if (wal == nullptr || wal->pMethods == nullptr) return Status::Ok();
+  rc = wal->pMethods->xSync(wal, SQLITE_SYNC_FULL);
+  if (rc != SQLITE_OK) return SqliteStatus(rc, db_.get(), "sync the WAL");
+  return Status::Ok();
 }
 
 Status OutboxDb::Savepoint() {

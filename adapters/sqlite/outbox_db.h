@@ -151,6 +151,13 @@ class OutboxDb {
   Status RollbackToSavepoint();
   bool InTransaction() const;
 
+  // Whether the next commits fsync the WAL (synchronous=FULL, the default)
+  // or only write it (NORMAL: consistent after a power cut, but the last
+  // such commits may be undone until a later FULL commit or SyncWal).
+  Status SetDurableCommits(bool durable);
+  // fsyncs the WAL file, making every commit so far durable.
+  Status SyncWal();
+
   // The highest sequence ever assigned: the meta counter, or a higher
   // sequence found in a table.
   Result<int64_t> LastSequence();

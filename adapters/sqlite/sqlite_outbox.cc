@@ -393,7 +393,7 @@ class SqliteOutbox::Impl {
   // Moves the appends at the head of the queue into `batch`, up to
   // max_batch_events (a single larger call goes alone). Appends never jump
   // ahead of another queued operation, so call order holds.
-  void TakeAppends(std::vector<AppendOp>* batch, size_t* events) {
+  void TakeAppends(std::vector<AppendOp>* batch, size_t* events) {  // events: so far in the batch
     while (!queue_.empty()) {
       auto* op = std::get_if<AppendOp>(&queue_.front());
       if (op == nullptr) return;
@@ -405,17 +405,29 @@ class SqliteOutbox::Impl {
   }
 
   // Takes the appends at the head of the queue; if that empties the queue
-  // and the batch has room, waits up to commit_window_us for more producers.
-  // The window is measured on the real steady clock: it trades latency for
-  // fewer fsyncs and is no policy a test needs to move by hand.
-  void GatherAppends(std::unique_lock<std::mutex>& lock, std::vector<AppendOp>* batch, size_t* events) {
-    TakeAppends(batch, events);
-    if (options_.commit_window_us <= 0) return;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.commit_window_us);
-    while (queue_.empty() && !stopping_ && *events < options_.max_batch_events) {
-      if (!cv_.wait_until(lock, deadline, [this] { return stopping_ || !queue_.empty(); })) return;
-      TakeAppends(batch, events);
+  // and the batch has fewer calls than recent batches had, waits up to
+  // commit_window_us for more producers. Producers that wait for their
+  // acknowledgement come back together after each commit, so a batch as
+  // large as the recent ones most likely holds all of them, and a lone
+  // producer has no one to wait for: waiting longer would only add latency.
+  // Producers that come and go at random (a trickle) make the recent
+  // maximum larger than most batches, so they still share fsyncs. The window is measured on the real steady
+  // clock: it trades latency for fewer fsyncs and is no policy a test needs
+  // to move by hand.
+  void GatherAppends(std::unique_lock<std::mutex>& lock, std::vector<AppendOp>* batch, size_t* requests) {
+    size_t events = 0;
+    TakeAppends(batch, &events);
+    if (options_.commit_window_us > 0) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.commit_window_us);
+      while (queue_.empty() && !stopping_ && events < options_.max_batch_events && batch->size() < last_batch_requests_) {
+        if (!cv_.wait_until(lock, deadline, [this] { return stopping_ || !queue_.empty(); })) break;
+        TakeAppends(batch, &events);
+      }
     }
+    *requests = batch->size();
+    // A maximum that decays by 1/8 per batch: follows a growing crowd at
+    // once and a shrinking one within a few commits.
+    last_batch_requests_ = std::max<size_t>({batch->size(), last_batch_requests_ - last_batch_requests_ / 8 - 1, 1});
   }
 
   BatchTally StartTally() const {
@@ -453,7 +465,8 @@ class SqliteOutbox::Impl {
     // A storage failure (disk full, I/O error) dooms the whole transaction;
     // a request's own rejection (duplicate id with other content, store
     // full) is undone by its savepoint and the others still commit.
-    Status storage = db_->Begin();
+    Status storage = durable_commits_broken_ ? RestoreDurableCommits() : Status::Ok();
+    if (storage.ok()) storage = db_->Begin();
     size_t failed_at = batch.size();  // the request during which storage failed, if any
     if (storage.ok()) {
       for (AppendOp& op : batch) {
@@ -481,6 +494,7 @@ class SqliteOutbox::Impl {
       }
       results = std::move(failed);
     } else {
+      unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
       CommitTally(tally, now);
       const auto committed = std::chrono::steady_clock::now();
       std::lock_guard<std::mutex> lock(stats_mu_);
@@ -627,6 +641,11 @@ class SqliteOutbox::Impl {
     for (auto& w : waiting_) w.erase(sequence);
   }
 
+  // Acks commit without an fsync of their own: losing one to a power cut
+  // only sends its events again (at-least-once), while an fsync per ack
+  // batch would double the syncs of a busy link. The next append commit
+  // syncs them along with itself; without one, the next maintenance pass
+  // (at most kMaintenanceInterval later) syncs the WAL.
   void RunAcks(std::vector<AckOp>& acks) {
     size_t wanted = 0;
     for (const AckOp& a : acks) wanted += a.sequences.size();
@@ -635,7 +654,8 @@ class SqliteOutbox::Impl {
     if (wanted > 0) {
       const bool retain = options_.retain_delivered_s > 0;
       const int64_t now = clock_->WallMicros();
-      s = Transact([&]() -> Status {
+      s = db_->SetDurableCommits(false);
+      if (s.ok()) s = Transact([&]() -> Status {
         for (const AckOp& a : acks) {
           for (int64_t seq : a.sequences) {
             WS_ASSIGN_OR_RETURN(bool was_there, db_->RemoveDelivered(seq, retain, now));
@@ -644,7 +664,14 @@ class SqliteOutbox::Impl {
         }
         return Status::Ok();
       });
+      if (Status restore = db_->SetDurableCommits(true); !restore.ok()) {
+        // Every later commit must fsync again; a store that cannot promise
+        // that must not acknowledge appends.
+        WS_LOG_ERROR(kComponent, "could not restore synchronous=FULL", {{"error", restore.ToString()}});
+        durable_commits_broken_ = true;
+      }
       if (s.ok()) {
+        unsynced_acks_ = true;
         {
           std::lock_guard<std::mutex> lock(stats_mu_);
           stats_.removed_delivered += static_cast<uint64_t>(removed);
@@ -966,7 +993,22 @@ class SqliteOutbox::Impl {
     if (replayed > 0) NotifyListener();
   }
 
+  Status RestoreDurableCommits() {
+    WS_TRY(db_->SetDurableCommits(true).WithContext("restore synchronous=FULL"));
+    durable_commits_broken_ = false;
+    return Status::Ok();
+  }
+
   void RunMaintenance() {
+    if (unsynced_acks_) {
+      Status s = db_->SyncWal();
+      if (s.ok()) {
+        unsynced_acks_ = false;
+      } else {
+        WS_LOG_WARN(kComponent, "could not sync acknowledged deliveries; they may be sent again after a power cut",
+                    {{"error", s.ToString()}});
+      }
+    }
     const int64_t now = clock_->WallMicros();
     SweepExpired(now);
     PurgeDelivered(now);
@@ -1064,6 +1106,11 @@ class SqliteOutbox::Impl {
   // and CloseDatabase, after it ended).
   std::unique_ptr<sqlite::OutboxDb> db_;
   int64_t last_sequence_ = 0;
+  // Append calls per batch lately (a decaying maximum, at least 1).
+  size_t last_batch_requests_ = 1;
+  // Acks committed without an fsync since the last synced commit.
+  bool unsynced_acks_ = false;
+  bool durable_commits_broken_ = false;  // synchronous=FULL could not be set back after an ack
   // Backlog per class and dead letters, as counted against the limits.
   StoreUsage usage_;
   std::array<int64_t, kPriorityCount> cursor_{};  // last leased sequence per class

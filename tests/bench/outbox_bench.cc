@@ -2,9 +2,13 @@
 // durable appends per second many producers get through group commit, the
 // append->acknowledge latency, bytes written to storage per event, RSS while
 // holding a large backlog, reopen time with that backlog, and lease+ack drain
-// rate. Prints one `name value unit` line per figure. Bounded by count and
-// by time. Usage:
-//   ws_outbox_bench DIR [producers=64] [events=200000] [backlog=1000000]
+// rate. Producers come in two forms: threads that each block on their
+// append (loop_ figures aside), and producers multiplexed on one event loop
+// the way the node's HTTP connections are (`loop_` figures): each has one
+// append outstanding and sends the next when the store's answer was posted
+// back to the loop. Prints one `name value unit` line per figure. Bounded by
+// count and by time. Usage:
+//   ws_outbox_bench DIR [producers=64] [events=200000] [backlog=1000000] [commit_window_us=2000]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -20,6 +24,7 @@
 #include <vector>
 
 #include "adapters/sqlite/sqlite_outbox.h"
+#include "platform/event_loop.h"
 #include "platform/process_stats.h"
 
 namespace {
@@ -87,9 +92,12 @@ uint64_t RssBytes() {
   return st.ok() ? st->rss_bytes : 0;
 }
 
+int64_t g_commit_window_us = 2000;
+
 std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* open_ms) {
   ws::SqliteOutboxOptions o;
   o.path = path;
+  o.commit_window_us = g_commit_window_us;
   o.max_bytes = uint64_t{4} << 30;
   auto t0 = Clock::now();
   ws::Result<std::unique_ptr<ws::SqliteOutbox>> s = ws::SqliteOutbox::Open(o);
@@ -105,13 +113,15 @@ std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* ope
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s DIR [producers] [events] [backlog]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s DIR [producers] [events] [backlog] [commit_window_us]\n", argv[0]);
     return 2;
   }
   std::string dir = argv[1];
   int producers = argc > 2 ? std::atoi(argv[2]) : 64;
   uint64_t events = argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 200000;
   uint64_t backlog = argc > 4 ? std::strtoull(argv[4], nullptr, 10) : 1000000;
+  if (argc > 5) g_commit_window_us = std::atoll(argv[5]);
+  std::printf("commit_window_us %lld\n", static_cast<long long>(g_commit_window_us));
   std::filesystem::create_directories(dir);
   auto deadline = Clock::now() + kTimeLimit;
 
@@ -164,8 +174,69 @@ int main(int argc, char** argv) {
                 acked ? static_cast<double>(wb) / static_cast<double>(acked.load() * payload) : 0.0);
   }
 
-  // 2. A large backlog: RSS while holding it, reopen time, drain rate.
+  // 1b. The same with the producers on one event loop thread.
   {
+    std::string path = dir + "/append-loop.db";
+    std::filesystem::remove(path);
+    std::unique_ptr<ws::SqliteOutbox> store = OpenStore(path, nullptr);
+    ws::Result<std::unique_ptr<ws::EventLoop>> made = ws::EventLoop::Create();
+    if (!made.ok()) {
+      std::fprintf(stderr, "event loop: %s\n", made.status().ToString().c_str());
+      return 1;
+    }
+    ws::EventLoop* loop = made->get();
+    uint64_t next = 0, acked = 0, failed = 0;
+    int running = producers;
+    std::vector<double> lat;
+    lat.reserve(static_cast<size_t>(events));
+    const uint64_t commits0 = store->Stats().commits;
+    const uint64_t appended0 = store->Stats().appended_events;
+    uint64_t wb0 = WriteBytes();
+    auto t0 = Clock::now();
+    // Runs on the loop thread only.
+    std::function<void()> send_next;
+    std::function<void()> start_one = [&] {
+      if (next >= events || Clock::now() > deadline) {
+        if (--running == 0) loop->Stop();
+        return;
+      }
+      std::vector<ws::OutboxEntry> one;
+      one.push_back(MakeEntry(next++));
+      auto s0 = Clock::now();
+      store->Append(std::move(one), [&, s0](ws::Result<std::vector<ws::AppendOutcome>> r) {
+        const bool ok = r.ok();
+        loop->Post([&, s0, ok] {
+          lat.push_back(Seconds(Clock::now() - s0) * 1e6);
+          (ok ? acked : failed) += 1;
+          start_one();
+        });
+      });
+    };
+    for (int p = 0; p < producers; ++p) loop->Post(start_one);
+    if (ws::Status s = loop->Run(); !s.ok()) {
+      std::fprintf(stderr, "event loop: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    double secs = Seconds(Clock::now() - t0);
+    uint64_t wb = WriteBytes() - wb0;
+    ws::OutboxStats st = store->Stats();
+    std::sort(lat.begin(), lat.end());
+    auto pct = [&](double q) { return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, static_cast<size_t>(q * static_cast<double>(lat.size())))]; };
+    const uint64_t commits = st.commits - commits0;
+    std::printf("loop_append_producers %d\n", producers);
+    std::printf("loop_append_acked %llu events\n", static_cast<unsigned long long>(acked));
+    std::printf("loop_append_failed %llu events\n", static_cast<unsigned long long>(failed));
+    std::printf("loop_append_rate %.0f events/s\n", static_cast<double>(acked) / secs);
+    std::printf("loop_append_commits %llu\n", static_cast<unsigned long long>(commits));
+    std::printf("loop_append_events_per_commit %.1f\n",
+                commits ? static_cast<double>(st.appended_events - appended0) / static_cast<double>(commits) : 0.0);
+    std::printf("loop_append_ack_latency_p50 %.0f us\n", pct(0.50));
+    std::printf("loop_append_ack_latency_p99 %.0f us\n", pct(0.99));
+    std::printf("loop_append_write_bytes_per_event %.0f bytes\n", acked ? static_cast<double>(wb) / static_cast<double>(acked) : 0.0);
+  }
+
+  // 2. A large backlog: RSS while holding it, reopen time, drain rate.
+  if (backlog > 0) {
     std::string path = dir + "/backlog.db";
     std::filesystem::remove(path);
     uint64_t rss_before = RssBytes();
