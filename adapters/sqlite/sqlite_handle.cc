@@ -1,6 +1,7 @@
 #include "adapters/sqlite/sqlite_handle.h"
 
 #include <climits>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -40,7 +41,27 @@ Result<Connection> Connection::OpenReadOnly(const std::string& path, const std::
   return OpenFlags(path, vfs, SQLITE_OPEN_READONLY);
 }
 
+namespace {
+
+// SQLite counts every allocation under a global mutex unless told not to
+// before it initializes; nothing here reads those counts. Once SQLite is
+// initialized (a test registered a VFS first) the call is refused and the
+// counting stays: slower, not wrong.
+void ConfigureLibraryOnce() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const int rc = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    if (rc != SQLITE_OK && rc != SQLITE_MISUSE) {
+      WS_LOG_WARN("sqlite", "could not turn off allocation statistics",
+                  {{"error", SqliteStatus(rc, nullptr, "sqlite3_config").ToString()}});
+    }
+  });
+}
+
+}  // namespace
+
 Result<Connection> Connection::OpenFlags(const std::string& path, const std::string& vfs, int flags) {
+  ConfigureLibraryOnce();
   flags |= SQLITE_OPEN_NOMUTEX;
 #ifdef SQLITE_OPEN_EXRESCODE
   flags |= SQLITE_OPEN_EXRESCODE;

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -249,12 +250,16 @@ class SqliteOutbox::Impl {
   // Queues `op`; false (and `op` untouched) once shutdown has begun.
   template <typename T>
   bool Enqueue(T& op) {
+    bool wake = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return false;
       queue_.emplace_back(std::move(op));
+      // While the committer gathers a batch it is woken only when the batch
+      // is complete or something else must run; not by every producer.
+      wake = committer_waiting_ && (!std::is_same_v<T, AppendOp> || queue_.size() >= wake_at_queued_);
     }
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
     return true;
   }
 
@@ -340,7 +345,10 @@ class SqliteOutbox::Impl {
       }
       if (queue_.empty()) {
         if (stopping_) return;
+        committer_waiting_ = true;
+        wake_at_queued_ = 1;
         cv_.wait_until(lock, next_maintenance, [this] { return stopping_ || !queue_.empty(); });
+        committer_waiting_ = false;
         continue;
       }
       if (std::holds_alternative<AppendOp>(queue_.front())) {
@@ -420,8 +428,18 @@ class SqliteOutbox::Impl {
     if (options_.commit_window_us > 0) {
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.commit_window_us);
       while (queue_.empty() && !stopping_ && events < options_.max_batch_events && batch->size() < last_batch_requests_) {
-        if (!cv_.wait_until(lock, deadline, [this] { return stopping_ || !queue_.empty(); })) break;
+        const size_t missing = last_batch_requests_ - batch->size();
+        committer_waiting_ = true;
+        wake_at_queued_ = missing;
+        // Woken early only by the missing appends or by another operation
+        // (which ends the batch: appends never overtake it).
+        const bool woken = cv_.wait_until(lock, deadline, [this, missing] {
+          return stopping_ || queue_.size() >= missing ||
+                 (!queue_.empty() && !std::holds_alternative<AppendOp>(queue_.back()));
+        });
+        committer_waiting_ = false;
         TakeAppends(batch, &events);
+        if (!woken) break;
       }
     }
     *requests = batch->size();
@@ -1123,6 +1141,8 @@ class SqliteOutbox::Impl {
   std::condition_variable cv_;
   std::deque<Op> queue_;
   bool stopping_ = false;
+  bool committer_waiting_ = false;  // the committer sleeps on cv_ ...
+  size_t wake_at_queued_ = 1;       // ... until this many operations are queued
   std::shared_ptr<const std::function<void()>> listener_;
 
   mutable std::mutex stats_mu_;
