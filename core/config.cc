@@ -131,6 +131,19 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
       err("api.listen[" + std::to_string(i) + "]", "expected \"HOST:PORT\", \"[IPV6]:PORT\" or \"unix:PATH\"");
     }
   }
+  if (c.api.listen_tls.size() > c.api.listen.size()) err("api.listen", "more TLS settings than listen addresses");
+  for (size_t i = 0; i < c.api.listen.size(); ++i) {
+    const ListenTlsConfig* tls = ListenTls(c.api, i);
+    if (tls == nullptr) continue;
+    // The files themselves are checked by the TLS adapter (check-config, start
+    // and SIGHUP): parsing them takes the TLS library, which core/ does not see.
+    std::string key = "api.listen[" + std::to_string(i) + "].tls";
+    if (c.api.listen[i].rfind("unix:", 0) == 0) {
+      err(key, "Unix-socket listeners are plain; TLS needs a TCP address (\"HOST:PORT\" or \"[IPV6]:PORT\")");
+    }
+    if (tls->cert_file.empty()) err(key + ".cert_file", "required: the server's certificate (PEM)");
+    if (tls->key_file.empty()) err(key + ".key_file", "required: the certificate's private key (PEM)");
+  }
   if (c.api.tokens.empty()) {
     for (size_t i = 0; i < c.api.listen.size(); ++i) {
       if (ValidListen(c.api.listen[i]) && !IsLocalListenAddress(c.api.listen[i])) {

@@ -44,8 +44,23 @@ struct TokenConfig {
   bool operator==(const TokenConfig&) const = default;
 };
 
+// HTTPS on one TCP listener of the local API: the "tls" object of an
+// api.listen entry written as {"address": ..., "tls": {...}}. Files are PEM,
+// read at start and again on SIGHUP.
+struct ListenTlsConfig {
+  bool enabled = false;        // the entry has a "tls" object
+  std::string cert_file;       // the server certificate, then any intermediate CAs
+  std::string key_file;        // its private key (not passphrase-protected)
+  std::string client_ca_file;  // mTLS: CAs that sign client certificates; empty = no client certificate asked for
+
+  bool operator==(const ListenTlsConfig&) const = default;
+};
+
 struct ApiConfig {
   std::vector<std::string> listen = {"127.0.0.1:8080"};  // "HOST:PORT", "[V6]:PORT" or "unix:PATH"
+  // Parallel to `listen`; empty when no listener has TLS, and entries past
+  // its end are plain. See ListenTls().
+  std::vector<ListenTlsConfig> listen_tls;
   std::vector<TokenConfig> tokens;
   uint64_t max_event_bytes = 262144;  // 256 KiB
   uint32_t max_connections = 256;
@@ -135,6 +150,11 @@ struct Config {
 // human-readable reason per problem to `errors`, each naming the key
 // ("backbone.endpoints[1].port: ..."). True if there were none.
 bool ValidateConfig(const Config& config, std::vector<std::string>* errors);
+
+// The TLS settings of api.listen[i]; nullptr for a plain listener.
+inline const ListenTlsConfig* ListenTls(const ApiConfig& api, size_t i) {
+  return i < api.listen_tls.size() && api.listen_tls[i].enabled ? &api.listen_tls[i] : nullptr;
+}
 
 // True for a loopback TCP listen address (127.0.0.0/8, [::1], localhost) or
 // a "unix:" path. Listeners elsewhere require tokens (default-deny).

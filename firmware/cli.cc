@@ -10,6 +10,7 @@
 #include "adapters/sqlite/sqlite_outbox.h"
 #include "adapters/tls_crypto/crypto.h"
 #include "firmware/build_info.h"
+#include "firmware/local_api.h"
 #include "firmware/node.h"
 #include "platform/log.h"
 
@@ -31,7 +32,11 @@ void PrintVersion() {
 int CheckConfig(const std::string& path) {
   Config config;
   std::vector<std::string> errors;
-  if (!LoadConfigFile(path, &config, &errors)) {
+  bool valid = LoadConfigFile(path, &config, &errors);
+  // The certificate files a TLS listener names are checked too: one that
+  // does not parse or does not match its key fails here, not at start.
+  valid = CheckLocalApiTls(config.api, &errors) && valid;
+  if (!valid) {
     std::fprintf(stderr, "%s: invalid configuration (%zu problem%s)\n", path.c_str(), errors.size(),
                  errors.size() == 1 ? "" : "s");
     for (const std::string& e : errors) std::fprintf(stderr, "  %s\n", e.c_str());

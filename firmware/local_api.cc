@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include "adapters/json/json_codec.h"
@@ -145,6 +147,17 @@ std::string Rfc3339(int64_t wall_us) {
   return buf;
 }
 
+// A structured, binary-mode or batch event the codec refused: 400 for
+// malformed JSON and bad attributes, 422 for attributes that are each
+// well-formed but contradict each other (data and data_base64).
+HttpResponse InvalidEventProblem(const Status& st) {
+  const std::string& m = st.message();
+  if (st.code() == StatusCode::kFailedPrecondition) {
+    return Problem(422, "conflicting-attributes", "Conflicting attributes", m, FieldOf(m));
+  }
+  return Problem(400, "invalid-event", "Invalid event", m, FieldOf(m));
+}
+
 // How a failed dead-letter operation reads to an API client. `what` starts
 // the detail.
 HttpResponse OutboxProblem(const Status& s, std::string_view what) {
@@ -167,6 +180,45 @@ HttpResponse OutboxProblem(const Status& s, std::string_view what) {
       return r;
     }
   }
+}
+
+// "api.listen[1].tls" + "key_file: ..." -> "api.listen[1].tls.key_file: ...":
+// the TLS adapter names the file's key, the configuration its place.
+Status WithTlsKey(const Status& s, size_t listen_index) {
+  return Status(s.code(), "api.listen[" + std::to_string(listen_index) + "].tls." + s.message());
+}
+
+TlsServerFiles TlsFilesOf(const ListenTlsConfig& tls) { return {tls.cert_file, tls.key_file, tls.client_ca_file}; }
+
+// One line per certificate put into service, and a warning for one that
+// clients will refuse on dates alone.
+void LogCertificate(std::string_view message, const std::string& address, const TlsServer& server, int64_t now_us) {
+  const TlsCertificateInfo& cert = server.certificate();
+  WS_LOG_INFO("api", message,
+              {{"listen", address},
+               {"subject", cert.subject},
+               {"serial", cert.serial},
+               {"not_after", cert.not_after},
+               {"client_certificates", server.requires_client_certificate() ? "required" : "not asked for"}});
+  const int64_t now_s = now_us / 1'000'000;
+  if (now_s >= cert.not_after_unix_s) {
+    WS_LOG_WARN("api", "the TLS certificate has expired; clients will refuse it",
+                {{"listen", address}, {"not_after", cert.not_after}});
+  } else if (now_s < cert.not_before_unix_s) {
+    WS_LOG_WARN("api", "the TLS certificate is not valid yet; clients will refuse it",
+                {{"listen", address}, {"not_before", cert.not_before}});
+  }
+}
+
+// A Prometheus label value: backslash and double quote escaped.
+std::string ListenerLabel(const std::string& address) {
+  std::string out = "listener=\"";
+  for (char c : address) {
+    if (c == '\\' || c == '"') out += '\\';
+    out += c;
+  }
+  out += '"';
+  return out;
 }
 
 // Outbox completions run on the store's thread; answers are written on the
@@ -207,6 +259,87 @@ LocalApi::LocalApi(LocalApiContext context) : ctx_(std::move(context)) {
 }
 
 LocalApi::~LocalApi() = default;
+
+bool CheckLocalApiTls(const ApiConfig& api, std::vector<std::string>* errors) {
+  const size_t before = errors->size();
+  for (size_t i = 0; i < api.listen.size(); ++i) {
+    const ListenTlsConfig* tls = ListenTls(api, i);
+    if (tls == nullptr || tls->cert_file.empty() || tls->key_file.empty()) continue;
+    Status s = CheckTlsServerFiles(TlsFilesOf(*tls));
+    if (!s.ok()) errors->push_back(WithTlsKey(s, i).message());
+  }
+  return errors->size() == before;
+}
+
+Status LocalApi::ConfigureTls(HttpServerOptions* options) {
+  const ApiConfig& api = *ctx_.api;
+  if (options->listen != api.listen) {
+    return InvalidArgument("LocalApi: the server's listen addresses are not api.listen");
+  }
+  tls_listeners_.clear();
+  options->transports.clear();
+  for (size_t i = 0; i < api.listen.size(); ++i) {
+    const ListenTlsConfig* tls = ListenTls(api, i);
+    if (tls == nullptr) continue;
+    Result<std::shared_ptr<TlsServer>> server = TlsServer::Create(TlsFilesOf(*tls));
+    if (!server.ok()) return WithTlsKey(server.status(), i);
+    options->transports.resize(i + 1);
+    options->transports[i] = *server;
+    LogCertificate("HTTPS listener", api.listen[i], **server, ctx_.clock->WallMicros());
+    tls_listeners_.push_back(TlsListener{i, api.listen[i], std::move(server).value()});
+  }
+  return Status::Ok();
+}
+
+void LocalApi::ReloadTls() {
+  for (const TlsListener& l : tls_listeners_) {
+    Status s = l.server->Reload();
+    if (s.ok()) {
+      LogCertificate("TLS certificate reloaded", l.address, *l.server, ctx_.clock->WallMicros());
+      continue;
+    }
+    const TlsCertificateInfo& kept = l.server->certificate();
+    WS_LOG_ERROR("api", "ALARM: TLS certificate reload failed; new connections still get the previous certificate",
+                 {{"listen", l.address}, {"error", WithTlsKey(s, l.index).message()}, {"serial_in_use", kept.serial}});
+  }
+}
+
+bool LocalApi::tls_reload_failed() const {
+  for (const TlsListener& l : tls_listeners_) {
+    if (l.server->Stats().last_reload_failed) return true;
+  }
+  return false;
+}
+
+void LocalApi::AppendTlsMetrics(std::string* out) const {
+  if (tls_listeners_.empty()) return;
+  std::vector<TlsServerStats> stats;
+  stats.reserve(tls_listeners_.size());
+  for (const TlsListener& l : tls_listeners_) stats.push_back(l.server->Stats());
+  MetricsText m;
+  auto family = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
+    m.Family(name, type, help);
+    for (size_t i = 0; i < tls_listeners_.size(); ++i) m.Sample(ListenerLabel(tls_listeners_[i].address), value(i));
+  };
+  family("waystation_api_tls_handshakes_total", "counter", "TLS handshakes completed, by listener.",
+         [&](size_t i) { return stats[i].handshakes; });
+  family("waystation_api_tls_handshake_failures_total", "counter",
+         "TLS handshakes that failed (refused client certificates included; timeouts not), by listener.",
+         [&](size_t i) { return stats[i].handshake_failures; });
+  family("waystation_api_tls_client_certificates_refused_total", "counter",
+         "mTLS handshakes refused for a missing or untrusted client certificate, by listener.",
+         [&](size_t i) { return stats[i].client_certificates_refused; });
+  family("waystation_api_tls_reload_failures_total", "counter",
+         "SIGHUP reloads of a listener's certificate files that failed and kept the previous ones.",
+         [&](size_t i) { return stats[i].reload_failures; });
+  family("waystation_api_tls_reload_failed", "gauge",
+         "1 while the last reload of a listener's certificate files failed (the previous ones are in use).",
+         [&](size_t i) { return uint64_t{stats[i].last_reload_failed ? 1u : 0u}; });
+  family("waystation_api_tls_certificate_not_after_seconds", "gauge",
+         "Expiry of the certificate a listener presents, as a Unix time.",
+         [&](size_t i) { return tls_listeners_[i].server->certificate().not_after_unix_s; });
+  *out += m.text();
+}
 
 void LocalApi::Reject(HttpResponder& respond, HttpResponse response) {
   stats_.requests_rejected.fetch_add(1, std::memory_order_relaxed);
@@ -288,6 +421,7 @@ void LocalApi::Handle(HttpRequest&& req, HttpResponder respond) {
       m.Family("waystation_api_idempotency_keys", "gauge", "Idempotency-Keys remembered now.")
           .Sample("", static_cast<uint64_t>(idempotency_->size()));
       r.body += m.text();
+      AppendTlsMetrics(&r.body);
       return respond(std::move(r));
     }
     case Route::kDlq:
@@ -425,11 +559,7 @@ void LocalApi::PostEvent(HttpRequest&& req, HttpResponder respond, const Caller&
   }
   Result<Event> parsed = structured ? ParseStructuredEvent(req.body, /*allow_missing_id=*/true)
                                     : ParseBinaryModeEvent(req, /*allow_missing_id=*/true);
-  if (!parsed.ok()) {
-    Status st = parsed.status();
-    const std::string& m = st.message();
-    return Reject(respond, Problem(400, "invalid-event", "Invalid event", m, FieldOf(m)));
-  }
+  if (!parsed.ok()) return Reject(respond, InvalidEventProblem(parsed.status()));
   if (caller.token != nullptr) {
     if (!TypeAllowed(*caller.token, parsed->type)) {
       return Reject(respond, Problem(403, "type-not-allowed", "Event type not allowed",
@@ -451,11 +581,28 @@ void LocalApi::PostBatch(HttpRequest&& req, HttpResponder respond, const Caller&
   Result<std::vector<Event>> parsed = ParseEventBatch(req.body, /*allow_missing_id=*/true, kMaxBatchEvents);
   if (!parsed.ok()) {
     Status st = parsed.status();
-    const std::string& m = st.message();
     if (st.code() == StatusCode::kResourceExhausted) {
-      return Reject(respond, Problem(413, "batch-too-large", "Batch too large", m));
+      return Reject(respond, Problem(413, "batch-too-large", "Batch too large", st.message()));
     }
-    return Reject(respond, Problem(400, "invalid-event", "Invalid event", m, FieldOf(m)));
+    return Reject(respond, InvalidEventProblem(st));
+  }
+  {
+    // Two events of one batch with the same id: the store would keep only
+    // the first (or refuse the batch as a conflict). Each event in a batch
+    // is meant to be its own, so this is the producer's mistake to fix.
+    std::unordered_map<std::string_view, size_t> first_with_id;
+    first_with_id.reserve(parsed->size());
+    for (size_t i = 0; i < parsed->size(); ++i) {
+      const std::string& id = (*parsed)[i].id;
+      if (id.empty()) continue;  // generated below, unique
+      auto [it, inserted] = first_with_id.emplace(id, i);
+      if (inserted) continue;
+      const std::string field = "[" + std::to_string(i) + "].id";
+      return Reject(respond, Problem(422, "duplicate-id-in-batch", "Duplicate event id in batch",
+                                     field + ": \"" + id + "\" is also the id of [" + std::to_string(it->second) +
+                                         "]; the events of a batch need distinct ids",
+                                     field));
+    }
   }
   // The request was admitted on one token; the rest of the batch is owed.
   if (caller.bucket != nullptr) caller.bucket->Charge(static_cast<double>(parsed->size() - 1));

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "adapters/http/http_server.h"
+#include "adapters/tls/tls_server.h"
 #include "adapters/tls_crypto/crypto.h"
 #include "core/config.h"
 #include "core/idempotency_cache.h"
@@ -55,6 +56,20 @@ class LocalApi {
 
   void Handle(HttpRequest&& request, HttpResponder respond);
 
+  // HTTPS: loads the files of every api.listen entry with "tls" and puts a
+  // TLS transport for it into `options->transports` (parallel to
+  // `options->listen`, which must be api.listen). Errors name the key
+  // ("api.listen[1].tls.key_file: ..."). Call once, before the server is
+  // created.
+  Status ConfigureTls(HttpServerOptions* options);
+
+  // SIGHUP: every TLS listener reads its certificate, key and client CAs
+  // again; new connections get the new ones, open connections keep theirs.
+  // Bad files keep the old credentials in use: the error is logged and
+  // counted, and tls_reload_failed() stays true until a reload succeeds.
+  void ReloadTls();
+  bool tls_reload_failed() const;
+
   const LocalApiStats& stats() const { return stats_; }
 
  private:
@@ -79,14 +94,30 @@ class LocalApi {
   bool ClaimIdempotencyKey(const HttpRequest& request, const Caller& caller, HttpResponder* respond);
   void Reject(HttpResponder& respond, HttpResponse response);
 
+  void AppendTlsMetrics(std::string* out) const;
+
+  struct TlsListener {
+    size_t index;         // in api.listen
+    std::string address;  // as configured
+    std::shared_ptr<TlsServer> server;
+  };
+
   LocalApiContext ctx_;
   LocalApiStats stats_;
+  std::vector<TlsListener> tls_listeners_;
   std::vector<TokenBucket> token_buckets_;  // parallel to ctx_.api->tokens
   std::optional<TokenBucket> anonymous_bucket_;
   // Shared with the responders that finish a claimed key, which may run
   // after an outbox commit; they hold it weakly.
   std::shared_ptr<IdempotencyCache> idempotency_;
 };
+
+// check-config: loads the certificate, key and client CA files of every TLS
+// listener in `api` the way the node will, appending one error per problem
+// ("api.listen[1].tls.key_file: ... does not belong to the certificate ...").
+// Entries whose file names are missing are left to ValidateConfig. True if
+// there were none.
+bool CheckLocalApiTls(const ApiConfig& api, std::vector<std::string>* errors);
 
 // An RFC 9457 problem document. `slug` names the problem type
 // (https://waystation.dev/problems/<slug>); `field` is the offending attribute

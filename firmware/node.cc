@@ -155,6 +155,7 @@ class Node::Impl {
     }
     HttpServerOptions ho;
     ho.listen = config_.api.listen;
+    WS_TRY(api_->ConfigureTls(&ho));
     ho.max_connections = config_.api.max_connections;
     // The body limit leaves room for a batch; per-event limits are the API's.
     // max_event_bytes is validated to <= 16 MiB, so the product fits size_t on 32-bit targets.
@@ -193,6 +194,7 @@ class Node::Impl {
   }
 
   void Reload() {
+    api_->ReloadTls();
     Config fresh;
     std::vector<std::string> errors;
     if (!LoadConfigFile(config_path_, &fresh, &errors)) {
@@ -245,6 +247,7 @@ class Node::Impl {
     w.BeginArray("alarms");
     if (st.quarantined_at_start) w.String("", "store_quarantined");
     if (st.integrity_failed) w.String("", "store_integrity_failed");
+    if (api_->tls_reload_failed()) w.String("", "api_tls_reload_failed");
     w.End();
     return w.Finish();
   }

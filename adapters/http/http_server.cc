@@ -90,6 +90,8 @@ enum class Phase : uint8_t {
   kBody,     // headers complete, body expected: body_timeout_ms
   kWaiting,  // every received request is with the handler: no read deadline
   kLinger,   // final response sent, output shut down, draining input
+  // The transport's handshake (TLS) is not complete: header_timeout_ms.
+  kHandshake,
 };
 
 struct ResponseSlot {
@@ -116,6 +118,12 @@ class HttpServer::Impl {
     Impl* server = nullptr;
     uint64_t id = 0;
     UniqueFd fd;
+    // Declared after `fd`: destroyed before the descriptor is closed.
+    std::unique_ptr<Transport> transport;
+    bool handshaking = false;
+    TransportWait handshake_wait = TransportWait::kReadable;
+    bool read_wants_write = false;  // the transport's Read waits for writability
+    bool write_wants_read = false;  // the transport's Write waits for readability
     std::string peer;
     bool peer_is_local = false;
     bool admitted = false;  // counts toward max_connections; false: told 503
@@ -211,12 +219,13 @@ class HttpServer::Impl {
 
   void OnAcceptable(size_t listener);
   void PauseAccepting();
-  void Admit(UniqueFd fd, const sockaddr_storage& peer);
+  void Admit(UniqueFd fd, const sockaddr_storage& peer, size_t listener);
   Connection* Lookup(uint64_t id);
   void Destroy(Connection* c);
   void Doom(Connection* c);
 
   void OnConnectionEvent(uint64_t id, uint32_t events);
+  void ContinueHandshake(Connection* c);
   void OnReadable(Connection* c);
   void DrainLinger(Connection* c);
   void OnPeerEof(Connection* c);
@@ -232,6 +241,9 @@ class HttpServer::Impl {
   void UpdateInterest(Connection* c);
   bool Backpressured(const Connection* c) const;
   void SetPhase(Connection* c, Phase phase);
+  TransportFactory* TransportOf(size_t listener) const {
+    return listener < opts_.transports.size() ? opts_.transports[listener].get() : nullptr;
+  }
 
   void ArmSweep();
   void Sweep();
@@ -253,7 +265,8 @@ class HttpServer::Impl {
   EventLoop::TimerId accept_timer_ = 0;
   bool closed_ = false;
 
-  Counter accepted_, open_count_, rejected_, requests_, timeouts_, parse_errors_, limit_errors_, responses_;
+  Counter accepted_, open_count_, rejected_, requests_, timeouts_, parse_errors_, limit_errors_, responses_,
+      handshake_failures_;
 };
 
 const http_parser_settings HttpServer::Impl::kParserSettings = {
@@ -304,9 +317,11 @@ Status HttpServer::Impl::Start() {
     }
   }
   listeners_ = std::move(sockets);
-  for (const ListenSocket& l : listeners_) {
-    bound_.push_back(l.bound_address());
-    WS_LOG_INFO(kLog, "listening", {{"address", l.bound_address()}});
+  for (size_t i = 0; i < listeners_.size(); ++i) {
+    const TransportFactory* factory = TransportOf(i);
+    bound_.push_back(listeners_[i].bound_address());
+    WS_LOG_INFO(kLog, "listening",
+                {{"address", listeners_[i].bound_address()}, {"transport", factory ? factory->Name() : "plain"}});
   }
   return Status::Ok();
 }
@@ -339,6 +354,7 @@ HttpServerStats HttpServer::Impl::Stats() const {
   s.parse_errors = parse_errors_.Get();
   s.limit_errors = limit_errors_.Get();
   s.responses = responses_.Get();
+  s.handshake_failures = handshake_failures_.Get();
   return s;
 }
 
@@ -360,7 +376,7 @@ void HttpServer::Impl::OnAcceptable(size_t listener) {
       PauseAccepting();
       return;
     }
-    Admit(UniqueFd(fd), peer);
+    Admit(UniqueFd(fd), peer, listener);
     if (closed_) return;
   }
 }
@@ -380,11 +396,21 @@ void HttpServer::Impl::PauseAccepting() {
   });
 }
 
-void HttpServer::Impl::Admit(UniqueFd fd, const sockaddr_storage& peer) {
+void HttpServer::Impl::Admit(UniqueFd fd, const sockaddr_storage& peer, size_t listener) {
+  TransportFactory* factory = TransportOf(listener);
   const bool admitted = open_ < opts_.max_connections;
   if (!admitted) {
     rejected_.Add();
-    if (rejecting_ >= kMaxRejecting) return;  // closed unanswered: we are flooded
+    // One line per hundred: a flood must not turn into a flood of logs.
+    if (rejected_.Get() % 100 == 1) {
+      WS_LOG_WARN(
+          kLog, "connections refused: too many connections",
+          {{"peer", http_internal::FormatSocketAddress(peer)}, {"refused_total", std::to_string(rejected_.Get())}});
+    }
+    // Closed unanswered when we are flooded, or when the client expects a
+    // handshake: a plain 503 would be noise to it, and a handshake to tell it
+    // costs what the flood is made of.
+    if (rejecting_ >= kMaxRejecting || factory != nullptr) return;
   }
   if (peer.ss_family == AF_INET || peer.ss_family == AF_INET6) {
     // Responses go out in one write each; Nagle would only hold back the
@@ -393,6 +419,21 @@ void HttpServer::Impl::Admit(UniqueFd fd, const sockaddr_storage& peer) {
     if (setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
       WS_LOG_DEBUG(kLog, "TCP_NODELAY failed", {{"error", ErrnoStatus(errno, "setsockopt").message()}});
     }
+  }
+
+  std::unique_ptr<Transport> transport;
+  if (factory != nullptr && admitted) {
+    Result<std::unique_ptr<Transport>> t = factory->Accept(fd.get());
+    if (!t.ok()) {
+      WS_LOG_WARN(kLog, "cannot set up a connection",
+                  {{"peer", http_internal::FormatSocketAddress(peer)},
+                   {"transport", factory->Name()},
+                   {"error", t.status().ToString()}});
+      return;
+    }
+    transport = std::move(t).value();
+  } else {
+    transport = MakeSocketTransport(fd.get());
   }
 
   uint32_t index;
@@ -409,6 +450,8 @@ void HttpServer::Impl::Admit(UniqueFd fd, const sockaddr_storage& peer) {
   c->server = this;
   c->id = (uint64_t{entry.generation} << 32) | index;
   c->fd = std::move(fd);
+  c->transport = std::move(transport);
+  c->handshaking = factory != nullptr && admitted;
   c->peer = http_internal::FormatSocketAddress(peer);
   c->peer_is_local = http_internal::IsLocalSocketAddress(peer);
   c->admitted = admitted;
@@ -432,7 +475,7 @@ void HttpServer::Impl::Admit(UniqueFd fd, const sockaddr_storage& peer) {
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     c->slots.resize(std::max<uint32_t>(1, opts_.max_pipelined));
-    SetPhase(c, Phase::kIdle);
+    SetPhase(c, c->handshaking ? Phase::kHandshake : Phase::kIdle);
     WS_LOG_DEBUG(kLog, "connection accepted", {{"peer", c->peer}});
   } else {
     ++rejecting_;
@@ -444,11 +487,6 @@ void HttpServer::Impl::Admit(UniqueFd fd, const sockaddr_storage& peer) {
     r.headers.emplace_back("Retry-After", "1");
     ConnGuard guard(this, c);
     QueueServerResponse(c, r);
-    // One line per hundred: a flood must not turn into a flood of logs.
-    if (rejected_.Get() % 100 == 1) {
-      WS_LOG_WARN(kLog, "connections refused: too many connections",
-                  {{"peer", c->peer}, {"refused_total", std::to_string(rejected_.Get())}});
-    }
   }
   ArmSweep();
 }
@@ -494,8 +532,61 @@ void HttpServer::Impl::OnConnectionEvent(uint64_t id, uint32_t events) {
     Doom(c);
     return;
   }
-  if ((events & EventLoop::kReadable) != 0) OnReadable(c);
-  if ((events & EventLoop::kWritable) != 0 && !c->doomed) c->flush_wanted = true;
+  bool readable = (events & EventLoop::kReadable) != 0;
+  const bool writable = (events & EventLoop::kWritable) != 0;
+  if (c->handshaking) {
+    ContinueHandshake(c);
+    if (c->handshaking || c->doomed) return;
+    // Done: a request may have come right behind the handshake.
+    readable = true;
+  }
+  if (writable && c->read_wants_write) {
+    c->read_wants_write = false;
+    readable = true;
+  }
+  if (readable && c->write_wants_read) {
+    c->write_wants_read = false;
+    c->flush_wanted = true;
+  }
+  if (readable) OnReadable(c);
+  if (writable && !c->doomed) c->flush_wanted = true;
+}
+
+void HttpServer::Impl::ContinueHandshake(Connection* c) {
+  Result<TransportWait> r = c->transport->Handshake();
+  if (r.ok()) {
+    c->handshake_wait = *r;
+    if (*r == TransportWait::kNone) {
+      c->handshaking = false;
+      SetPhase(c, Phase::kIdle);
+      WS_LOG_DEBUG(kLog, "handshake complete", {{"peer", c->peer}});
+    }
+    return;
+  }
+  handshake_failures_.Add();
+  if (c->transport->PeerSpokePlainHttp()) {
+    // Someone forgot "https://": tell them in words they can read. Nothing
+    // was written yet, so the socket still carries plain HTTP.
+    WS_LOG_DEBUG(kLog, "plain HTTP on a TLS listener", {{"peer", c->peer}});
+    c->handshaking = false;
+    c->transport = MakeSocketTransport(c->fd.get());
+    QueueServerResponse(c,
+                        ProblemResponse(400, "https-required", "this address serves HTTPS only; use an https:// URL"));
+    return;
+  }
+  // The first failure and then one line per hundred: whoever can connect
+  // must not be able to flood the log.
+  const uint64_t failures = handshake_failures_.Get();
+  if (failures % 100 == 1) {
+    WS_LOG_WARN(kLog, "handshake failed",
+                {{"peer", c->peer}, {"error", r.status().message()}, {"failures_total", std::to_string(failures)}});
+  } else {
+    WS_LOG_DEBUG(kLog, "handshake failed", {{"peer", c->peer}, {"error", r.status().message()}});
+  }
+  // Closed like after a final answer: the alert the transport sent (e.g.
+  // "unknown CA") reaches the client instead of being lost to a reset.
+  c->handshaking = false;
+  StartLinger(c);
 }
 
 bool HttpServer::Impl::Backpressured(const Connection* c) const {
@@ -509,24 +600,27 @@ void HttpServer::Impl::OnReadable(Connection* c) {
   }
   for (int i = 0; i < kMaxReadsPerWake; ++i) {
     if (!c->reading || c->peer_eof || c->has_held() || Backpressured(c) || c->doomed) return;
-    ssize_t n = ::recv(c->fd.get(), scratch_.data(), scratch_.size(), 0);
-    if (n > 0) {
-      const auto got = static_cast<size_t>(n);
+    Result<TransportIo> r = c->transport->Read(scratch_.data(), scratch_.size());
+    if (!r.ok()) {
+      // ECONNRESET, ETIMEDOUT, a TLS alert...: the peer is gone, nobody to answer.
+      WS_LOG_DEBUG(kLog, "read failed", {{"peer", c->peer}, {"error", r.status().message()}});
+      Doom(c);
+      return;
+    }
+    if (r->bytes > 0) {
+      const size_t got = r->bytes;
       size_t used = Parse(c, scratch_.data(), got);
       if (used < got && c->reading && !c->doomed) c->held.assign(scratch_.data() + used, got - used);
-      if (got < scratch_.size()) return;  // the socket is most likely drained
+      // A short read most likely drained the socket; what the transport
+      // holds already would never make it readable again.
+      if (got < scratch_.size() && !c->transport->HasBufferedInput()) return;
       continue;
     }
-    if (n == 0) {
+    if (r->eof) {
       OnPeerEof(c);
       return;
     }
-    int err = errno;
-    if (err == EINTR) continue;
-    if (err == EAGAIN || err == EWOULDBLOCK) return;
-    // ECONNRESET, ETIMEDOUT, ...: the peer is gone, nobody to answer.
-    WS_LOG_DEBUG(kLog, "read failed", {{"peer", c->peer}, {"error", ErrnoStatus(err, "recv").message()}});
-    Doom(c);
+    c->read_wants_write = r->wait == TransportWait::kWritable;
     return;
   }
 }
@@ -830,19 +924,20 @@ void HttpServer::Impl::Flush(Connection* c) {
   c->flush_wanted = false;
   bool progressed = false;
   while (c->has_output()) {
-    ssize_t n = ::send(c->fd.get(), c->out.data() + c->out_off, c->out.size() - c->out_off, MSG_NOSIGNAL);
-    if (n >= 0) {
-      c->out_off += static_cast<size_t>(n);
+    Result<TransportIo> w = c->transport->Write(c->out.data() + c->out_off, c->out.size() - c->out_off);
+    if (!w.ok()) {
+      // EPIPE, ECONNRESET: the peer is gone; nothing more to tell it.
+      WS_LOG_DEBUG(kLog, "write failed", {{"peer", c->peer}, {"error", w.status().message()}});
+      Doom(c);
+      return;
+    }
+    if (w->bytes > 0) {
+      c->out_off += w->bytes;
       progressed = true;
       continue;
     }
-    int err = errno;
-    if (err == EINTR) continue;
-    if (err == EAGAIN || err == EWOULDBLOCK) break;
-    // EPIPE, ECONNRESET: the peer is gone; nothing more to tell it.
-    WS_LOG_DEBUG(kLog, "write failed", {{"peer", c->peer}, {"error", ErrnoStatus(err, "send").message()}});
-    Doom(c);
-    return;
+    c->write_wants_read = w->wait == TransportWait::kReadable;
+    break;
   }
   if (c->has_output()) {
     // A client that stops reading its answers is dropped after the idle
@@ -865,7 +960,7 @@ void HttpServer::Impl::StartLinger(Connection* c) {
   c->reading = false;
   c->held.clear();
   c->held_off = 0;
-  if (c->peer_eof || ::shutdown(c->fd.get(), SHUT_WR) != 0) {
+  if (c->peer_eof || !c->transport->CloseWrite().ok()) {
     // Peer done already, or ENOTCONN after a reset: nothing to drain.
     Doom(c);
     return;
@@ -889,6 +984,13 @@ void HttpServer::Impl::Settle(Connection* c) {
       }
       continue;
     }
+    if (c->reading && !c->handshaking && !c->has_held() && !Backpressured(c) && !c->peer_eof &&
+        c->transport->HasBufferedInput()) {
+      // Requests the transport took off the socket before backpressure
+      // stopped us: no readiness event will announce them.
+      OnReadable(c);
+      continue;
+    }
     if (!c->flush_wanted) break;
   }
   --c->busy;
@@ -902,9 +1004,19 @@ void HttpServer::Impl::Settle(Connection* c) {
 
 void HttpServer::Impl::UpdateInterest(Connection* c) {
   uint32_t want = 0;
-  const bool wants_requests = c->reading && !c->peer_eof && !c->has_held() && !Backpressured(c);
-  if (c->phase == Phase::kLinger || wants_requests) want |= EventLoop::kReadable;
-  if (c->has_output()) want |= EventLoop::kWritable;
+  if (c->handshaking) {
+    want = c->handshake_wait == TransportWait::kWritable ? EventLoop::kWritable : EventLoop::kReadable;
+  } else {
+    // A direction the transport waits on in place of the other one replaces
+    // it; asking for both would spin on a socket that is always writable.
+    const bool wants_requests = c->reading && !c->peer_eof && !c->has_held() && !Backpressured(c);
+    if (c->phase == Phase::kLinger || (wants_requests && !c->read_wants_write) || c->write_wants_read) {
+      want |= EventLoop::kReadable;
+    }
+    if ((c->has_output() && !c->write_wants_read) || (wants_requests && c->read_wants_write)) {
+      want |= EventLoop::kWritable;
+    }
+  }
   if (want == c->interest) return;
   Status s = loop_->ModifyFd(c->fd.get(), want);
   if (!s.ok()) {
@@ -920,6 +1032,9 @@ void HttpServer::Impl::UpdateInterest(Connection* c) {
 void HttpServer::Impl::SetPhase(Connection* c, Phase phase) {
   c->phase = phase;
   switch (phase) {
+    case Phase::kHandshake:
+      c->read_deadline = NowMs() + opts_.header_timeout_ms;
+      break;
     case Phase::kIdle:
       c->read_deadline = NowMs() + opts_.idle_timeout_ms;
       break;
@@ -969,6 +1084,12 @@ void HttpServer::Impl::CheckDeadlines(Connection* c, int64_t now) {
     return;
   }
   switch (c->phase) {
+    case Phase::kHandshake:
+      // Nothing can be answered before the handshake: just close.
+      timeouts_.Add();
+      WS_LOG_DEBUG(kLog, "handshake too slow; closing", {{"peer", c->peer}});
+      Doom(c);
+      return;
     case Phase::kIdle:
     case Phase::kLinger:
     case Phase::kWaiting:
@@ -1018,6 +1139,9 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Create(EventLoop* loop, HttpServ
   if (options.max_header_bytes == 0 || options.max_url_bytes == 0 || options.max_connections == 0 ||
       options.max_pipelined == 0) {
     return InvalidArgument("HttpServer: limits must be positive");
+  }
+  if (options.transports.size() > options.listen.size()) {
+    return InvalidArgument("HttpServer: more transports than listen addresses");
   }
   auto impl = std::make_unique<Impl>(loop, std::move(options), std::move(handler));
   WS_TRY(impl->Start());

@@ -14,6 +14,10 @@
 // Errors the server detects itself (malformed request, limits, too many
 // connections, timeouts) are answered with RFC 9457 problem+json bodies and
 // never reach the handler.
+//
+// A listener may have a TransportFactory (TLS from adapters/tls): its
+// connections then start with the transport's handshake, which must finish
+// within header_timeout_ms. The server itself knows no TLS library.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +30,7 @@
 
 #include "platform/event_loop.h"
 #include "platform/status.h"
+#include "platform/transport.h"
 
 namespace ws {
 
@@ -62,6 +67,11 @@ struct HttpServerOptions {
   int64_t header_timeout_ms = 10'000;           // a request's headers must arrive within this (slowloris)
   int64_t body_timeout_ms = 30'000;             // ... and its body within this
   uint32_t max_pipelined = 32;                  // requests parsed ahead of their responses
+  // Parallel to `listen`: the transport of each listener's connections. A
+  // missing or null entry is a plain socket. Over max_connections, a
+  // listener with a transport closes new connections unanswered (its
+  // clients could not read a plain 503).
+  std::vector<std::shared_ptr<TransportFactory>> transports;
 };
 
 struct HttpServerStats {
@@ -73,6 +83,7 @@ struct HttpServerStats {
   uint64_t parse_errors = 0;          // malformed requests (400)
   uint64_t limit_errors = 0;          // 411, 413, 414, 431
   uint64_t responses = 0;             // responses queued, handler's and server's
+  uint64_t handshake_failures = 0;    // transport handshakes that failed (a timeout counts in `timeouts`)
 };
 
 class HttpServer {

@@ -92,6 +92,54 @@ class ConfigReader {
   std::vector<std::string>* errors_;
 };
 
+// api.listen: each entry is an address string, or {"address", "tls"} for a
+// listener with HTTPS.
+void ReadListen(ConfigReader* r, const cJSON* v, const std::string& path, ApiConfig* api) {
+  if (!cJSON_IsArray(v)) return r->Error(path, "expected an array of addresses");
+  api->listen.clear();
+  api->listen_tls.clear();
+  bool any_tls = false;
+  size_t i = 0;
+  for (const cJSON* it = v->child; it != nullptr; it = it->next, ++i) {
+    const std::string ip = path + "[" + std::to_string(i) + "]";
+    if (cJSON_IsString(it)) {
+      api->listen.emplace_back(it->valuestring);
+      api->listen_tls.emplace_back();
+      continue;
+    }
+    if (!cJSON_IsObject(it)) {
+      r->Error(ip, "expected \"HOST:PORT\", \"[IPV6]:PORT\", \"unix:PATH\" or {\"address\", \"tls\"}");
+      continue;
+    }
+    const cJSON* address = cJSON_GetObjectItemCaseSensitive(it, "address");
+    ListenTlsConfig tls;
+    r->Object(it, ip, [&](const std::string& n, const cJSON* f, const std::string& p) {
+      if (n == "address") {
+        if (!cJSON_IsString(f)) r->Error(p, "expected a string");
+      } else if (n == "tls") {
+        tls.enabled = true;
+        r->Object(f, p, [&](const std::string& tn, const cJSON* tf, const std::string& tp) {
+          if (tn == "cert_file") r->String(tf, tp, &tls.cert_file);
+          else if (tn == "key_file") r->String(tf, tp, &tls.key_file);
+          else if (tn == "client_ca_file") r->String(tf, tp, &tls.client_ca_file);
+          else return false;
+          return true;
+        });
+      } else {
+        return false;
+      }
+      return true;
+    });
+    if (address == nullptr) r->Error(ip + ".address", "required");
+    if (!cJSON_IsString(address)) continue;
+    any_tls = any_tls || tls.enabled;
+    api->listen.emplace_back(address->valuestring);
+    api->listen_tls.push_back(std::move(tls));
+  }
+  // Without any TLS listener the parallel list stays empty, as by default.
+  if (!any_tls) api->listen_tls.clear();
+}
+
 }  // namespace
 
 bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* errors) {
@@ -152,7 +200,7 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
     } else if (name == "api") {
       r.Object(v, path, [&](const std::string& n, const cJSON* f, const std::string& p) {
         if (n == "listen") {
-          r.StringList(f, p, &c->api.listen);
+          ReadListen(&r, f, p, &c->api);
         } else if (n == "max_event_bytes") {
           r.Integer(f, p, &c->api.max_event_bytes);
         } else if (n == "max_connections") {

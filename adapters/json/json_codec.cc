@@ -102,7 +102,9 @@ Result<Event> EventFromObject(const cJSON* obj, bool allow_missing_id) {
     e.attributes.emplace_back(std::string(name), std::move(value));
   }
   if (!have_specversion) return InvalidArgument("specversion: required");
-  if (have_data && have_data_base64) return InvalidArgument("data: data and data_base64 are mutually exclusive");
+  if (have_data && have_data_base64) {
+    return Status(StatusCode::kFailedPrecondition, "data: data and data_base64 are mutually exclusive");
+  }
   if (have_data_base64) {
     e.data_kind = DataKind::kBinary;
   } else if (have_data && !cJSON_IsNull(data_item)) {

@@ -20,7 +20,9 @@ namespace ws {
 // (application/cloudevents+json). Checks JSON syntax and attribute types
 // (strings for the core attributes), then ValidateEvent. `id` may be absent
 // when `allow_missing_id` (the caller generates one). Errors are
-// kInvalidArgument with a message that starts with the offending attribute.
+// kInvalidArgument with a message that starts with the offending attribute,
+// except for attributes that are each well-formed but contradict each other
+// (both `data` and `data_base64`): kFailedPrecondition.
 Result<Event> ParseStructuredEvent(std::string_view json, bool allow_missing_id);
 
 // A JSON array of structured events (application/cloudevents-batch+json).

@@ -355,6 +355,19 @@ TEST_F(ApiTest, EveryErrorIsAProblemDocumentAndWritesNothing) {
       {"event too large", [&] { return PostEvent(big_event, tok); }, 413, "event-too-large", ""},
       {"body too large", [&] { return PostEvent(std::string(1100 * 1024, ' '), tok); }, 413, "body-too-large", ""},
       {"URL too long", [&] { return Get("/v1/status?pad=" + std::string(5000, 'a'), tok); }, 414, "url-too-long", ""},
+      {"data and data_base64",
+       [&] {
+         return PostEvent(R"({"specversion":"1.0","id":"d","source":"/s","type":"com.acme.x","data":1,)"
+                          R"("data_base64":"AA=="})",
+                          tok);
+       },
+       422, "conflicting-attributes", "data"},
+      {"one id twice in a batch",
+       [&] {
+         return Post("/v1/events:batch", "[" + Event("twin") + "," + Event("other") + "," + Event("twin") + "]",
+                     {"Content-Type: application/cloudevents-batch+json"}, tok);
+       },
+       422, "duplicate-id-in-batch", "[2].id"},
       {"wrong media type", [&] { return Post("/v1/events", Event("m"), {"Content-Type: text/plain"}, tok); }, 415,
        "unsupported-media-type", "content-type"},
       {"batch media type", [&] { return Post("/v1/events:batch", "[]", {"Content-Type: application/json"}, tok); }, 415,

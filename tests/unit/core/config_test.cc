@@ -141,6 +141,47 @@ TEST(ConfigTest, EachBadValueNamesItsKey) {
   }
 }
 
+TEST(ConfigTest, TlsListenersNeedTcpAndBothFilesAndStillFollowDefaultDeny) {
+  ListenTlsConfig tls;
+  tls.enabled = true;
+  tls.cert_file = "/etc/waystation/api.crt";
+  tls.key_file = "/etc/waystation/api.key";
+
+  Config c = ValidConfig();
+  c.api.listen = {"unix:var/api.sock", "127.0.0.1:8443"};
+  c.api.listen_tls = {ListenTlsConfig{}, tls};
+  std::vector<std::string> errors;
+  EXPECT_TRUE(ValidateConfig(c, &errors)) << Join(errors);
+  EXPECT_EQ(ListenTls(c.api, 0), nullptr);
+  ASSERT_NE(ListenTls(c.api, 1), nullptr);
+  EXPECT_EQ(ListenTls(c.api, 1)->key_file, "/etc/waystation/api.key");
+  EXPECT_EQ(ListenTls(c.api, 2), nullptr);
+
+  c.api.listen_tls = {tls, ListenTlsConfig{}};  // TLS on the Unix socket
+  errors.clear();
+  EXPECT_FALSE(ValidateConfig(c, &errors));
+  EXPECT_TRUE(HasErrorFor(errors, "api.listen[0].tls")) << Join(errors);
+
+  ListenTlsConfig no_files;
+  no_files.enabled = true;
+  c.api.listen_tls = {ListenTlsConfig{}, no_files};
+  errors.clear();
+  EXPECT_FALSE(ValidateConfig(c, &errors));
+  EXPECT_TRUE(HasErrorFor(errors, "api.listen[1].tls.cert_file")) << Join(errors);
+  EXPECT_TRUE(HasErrorFor(errors, "api.listen[1].tls.key_file")) << Join(errors);
+  EXPECT_EQ(errors.size(), 2u) << Join(errors);
+
+  // TLS is no substitute for tokens off loopback.
+  c.api.listen = {"0.0.0.0:8443"};
+  c.api.listen_tls = {tls};
+  errors.clear();
+  EXPECT_FALSE(ValidateConfig(c, &errors));
+  EXPECT_TRUE(HasErrorFor(errors, "api.listen[0]")) << Join(errors);
+  c.api.tokens = {GoodToken()};
+  errors.clear();
+  EXPECT_TRUE(ValidateConfig(c, &errors)) << Join(errors);
+}
+
 TEST(ConfigTest, ListenForms) {
   struct Case {
     const char* listen;

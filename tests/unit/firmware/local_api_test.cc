@@ -435,5 +435,42 @@ TEST_F(LocalApiTest, AuthErrorsAndTypeRules) {
   EXPECT_EQ(Call(Get("/v1/ready")).status, 200);
 }
 
+TEST_F(LocalApiTest, SemanticErrorsAre422WithTheFieldWhileMalformedBodiesStay400) {
+  Start();
+  // Two events of one batch with one id.
+  const std::string twice = R"([{"specversion":"1.0","id":"a","source":"/s","type":"com.acme.t"},
+                                {"specversion":"1.0","source":"/s","type":"com.acme.t"},
+                                {"specversion":"1.0","id":"a","source":"/s","type":"com.acme.t"}])";
+  HttpResponse r = Call(Post(twice, "", "/v1/events:batch"));
+  EXPECT_TRUE(IsProblem(r, 422, "duplicate-id-in-batch")) << r.body;
+  EXPECT_NE(r.body.find("\"field\":\"[2].id\""), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("also the id of [0]"), std::string::npos) << r.body;
+
+  // data and data_base64 together, alone and inside a batch.
+  const std::string both = R"({"specversion":"1.0","id":"b","source":"/s","type":"com.acme.t",
+                               "data":1,"data_base64":"AA=="})";
+  r = Call(Post(both));
+  EXPECT_TRUE(IsProblem(r, 422, "conflicting-attributes")) << r.body;
+  EXPECT_NE(r.body.find("\"field\":\"data\""), std::string::npos) << r.body;
+  r = Call(Post("[" + std::string(kEvent) + "," + both + "]", "", "/v1/events:batch"));
+  EXPECT_TRUE(IsProblem(r, 422, "conflicting-attributes")) << r.body;
+  EXPECT_NE(r.body.find("\"field\":\"[1].data\""), std::string::npos) << r.body;
+
+  // Malformed JSON and bad attributes stay 400.
+  EXPECT_TRUE(IsProblem(Call(Post("{\"specversion\":")), 400, "invalid-event"));
+  EXPECT_TRUE(IsProblem(Call(Post("[{\"specversion\":", "", "/v1/events:batch")), 400, "invalid-event"));
+  EXPECT_TRUE(IsProblem(Call(Post(R"({"specversion":"1.0","id":"c","source":"/s","type":"t","time":"x"})")), 400,
+                        "invalid-event"));
+  EXPECT_TRUE(outbox_.stored.empty()) << "a refused request writes nothing";
+
+  // Distinct ids (and ids left to the node) in one batch are fine.
+  const std::string distinct = R"([{"specversion":"1.0","id":"a","source":"/s","type":"com.acme.t"},
+                                   {"specversion":"1.0","source":"/s","type":"com.acme.t"},
+                                   {"specversion":"1.0","source":"/s","type":"com.acme.t"},
+                                   {"specversion":"1.0","id":"b","source":"/s","type":"com.acme.t"}])";
+  EXPECT_EQ(Call(Post(distinct, "", "/v1/events:batch")).status, 202);
+  EXPECT_EQ(outbox_.stored.size(), 4u);
+}
+
 }  // namespace
 }  // namespace ws

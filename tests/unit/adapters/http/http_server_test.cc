@@ -13,7 +13,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -618,6 +620,99 @@ TEST_F(HttpServerTest, LargeResponseIsWrittenCompletely) {
                        &out),
             0);
   EXPECT_EQ(out, "200 " + std::to_string(kSize) + "200 " + std::to_string(kSize));
+}
+
+// A transport as awkward as a TLS engine may be: its handshake first waits
+// for writability; each read first waits for writability, then takes
+// everything off the socket but hands it out 7 bytes at a time (the rest stays
+// buffered, invisible to epoll); writes are short.
+class AwkwardTransport final : public Transport {
+ public:
+  explicit AwkwardTransport(int fd) : fd_(fd) {}
+
+  Result<TransportWait> Handshake() override {
+    return ++handshake_calls_ == 1 ? TransportWait::kWritable : TransportWait::kNone;
+  }
+
+  Result<TransportIo> Read(char* data, size_t len) override {
+    if (buffered_.empty()) {
+      read_waited_ = !read_waited_;
+      if (read_waited_) return TransportIo{0, TransportWait::kWritable, false};
+      char chunk[65536];
+      ssize_t n = recv(fd_, chunk, sizeof chunk, 0);
+      if (n == 0) return TransportIo{0, TransportWait::kNone, true};
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return TransportIo{0, TransportWait::kReadable, false};
+        return ErrnoStatus(errno, "recv");
+      }
+      buffered_.assign(chunk, static_cast<size_t>(n));
+    }
+    const size_t k = std::min({len, buffered_.size(), size_t{7}});
+    std::memcpy(data, buffered_.data(), k);
+    buffered_.erase(0, k);
+    return TransportIo{k, TransportWait::kNone, false};
+  }
+
+  Result<TransportIo> Write(const char* data, size_t len) override {
+    ssize_t n = send(fd_, data, std::min<size_t>(len, 1000), MSG_NOSIGNAL);
+    if (n >= 0) return TransportIo{static_cast<size_t>(n), TransportWait::kNone, false};
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return TransportIo{0, TransportWait::kWritable, false};
+    return ErrnoStatus(errno, "send");
+  }
+
+  bool HasBufferedInput() const override { return !buffered_.empty(); }
+
+  Status CloseWrite() override {
+    if (shutdown(fd_, SHUT_WR) != 0) return ErrnoStatus(errno, "shutdown");
+    return Status::Ok();
+  }
+
+ private:
+  int fd_;
+  int handshake_calls_ = 0;
+  bool read_waited_ = false;
+  std::string buffered_;
+};
+
+class AwkwardFactory final : public TransportFactory {
+ public:
+  Result<std::unique_ptr<Transport>> Accept(int fd) override {
+    ++accepted;
+    return std::unique_ptr<Transport>(std::make_unique<AwkwardTransport>(fd));
+  }
+  std::string Name() const override { return "awkward"; }
+  std::atomic<int> accepted{0};
+};
+
+TEST_F(HttpServerTest, TransportsThatWaitOnTheOtherDirectionOrBufferInputAreServed) {
+  auto factory = std::make_shared<AwkwardFactory>();
+  HttpServerOptions o = LocalOptions();
+  o.transports = {factory};
+  Start(o, [](HttpRequest&& req, HttpResponder respond) {
+    if (req.path == "/big") {
+      HttpResponse r;
+      r.content_type = "application/octet-stream";
+      r.body.assign(size_t{300} * 1024, 'z');
+      return respond(std::move(r));
+    }
+    respond(Describe(req));
+  });
+  CurlReply post = Curl({"--data-binary", std::string(5000, 'p'), Url("/v1/events")});
+  EXPECT_EQ(post.status, 200);
+  EXPECT_TRUE(Contains(post.body, "body " + std::string(5000, 'p'))) << post.body.substr(0, 200);
+
+  // Pipelined requests arrive in one read and leave the transport 7 bytes at a time.
+  RawClient c;
+  ASSERT_TRUE(c.ConnectTcp(Port()));
+  ASSERT_TRUE(
+      c.Send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+             "GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+             "GET /c HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_TRUE(Contains(BodyOf(c.ReadResponse()), "GET /a\n"));
+  EXPECT_EQ(BodyOf(c.ReadResponse()).size(), size_t{300} * 1024);
+  EXPECT_TRUE(Contains(BodyOf(c.ReadResponse()), "GET /c\n"));
+  EXPECT_EQ(factory->accepted.load(), 2);
+  EXPECT_EQ(server_->Stats().requests, 4u);
 }
 
 TEST_F(HttpServerTest, UnixSocketServesCurlWithMode0660) {

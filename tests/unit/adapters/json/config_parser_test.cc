@@ -87,6 +87,43 @@ TEST(ConfigParser, NonLocalListenerWithoutTokensIsRefused) {
       << (errors.empty() ? "" : errors.front());
 }
 
+TEST(ConfigParser, ListenEntriesMayBeObjectsWithTls) {
+  Config c;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(ParseConfig(R"({"api":{"listen":["127.0.0.1:8080",
+        {"address":"127.0.0.1:8443","tls":{"cert_file":"/etc/ws/api.crt","key_file":"/etc/ws/api.key",
+                                           "client_ca_file":"/etc/ws/producers-ca.crt"}},
+        {"address":"unix:var/api.sock"}]},
+      "backbone":{"endpoints":[{"name":"a","host":"127.0.0.1","port":1883}]}})",
+                          &c, &errors))
+      << (errors.empty() ? "" : errors.front());
+  EXPECT_EQ(c.api.listen, (std::vector<std::string>{"127.0.0.1:8080", "127.0.0.1:8443", "unix:var/api.sock"}));
+  EXPECT_EQ(ListenTls(c.api, 0), nullptr);
+  ASSERT_NE(ListenTls(c.api, 1), nullptr);
+  EXPECT_EQ(ListenTls(c.api, 1)->cert_file, "/etc/ws/api.crt");
+  EXPECT_EQ(ListenTls(c.api, 1)->key_file, "/etc/ws/api.key");
+  EXPECT_EQ(ListenTls(c.api, 1)->client_ca_file, "/etc/ws/producers-ca.crt");
+  EXPECT_EQ(ListenTls(c.api, 2), nullptr);
+
+  // Plain strings only: nothing TLS-related is recorded, as by default.
+  Config plain;
+  ASSERT_TRUE(ParseConfig(R"({"api":{"listen":["127.0.0.1:8080",{"address":"[::1]:8080"}]},
+      "backbone":{"endpoints":[{"name":"a","host":"127.0.0.1","port":1883}]}})",
+                          &plain, &errors));
+  EXPECT_TRUE(plain.api.listen_tls.empty());
+
+  Config bad;
+  errors.clear();
+  EXPECT_FALSE(ParseConfig(R"({"api":{"listen":[7,{"tls":{}},{"address":"127.0.0.1:1","port":2},
+        {"address":"127.0.0.1:3","tls":{"cert":"x"}}]},
+      "backbone":{"endpoints":[{"name":"a","host":"127.0.0.1","port":1883}]}})",
+                           &bad, &errors));
+  EXPECT_TRUE(Contains(errors, "api.listen[0]: expected")) << (errors.empty() ? "" : errors.front());
+  EXPECT_TRUE(Contains(errors, "api.listen[1].address: required"));
+  EXPECT_TRUE(Contains(errors, "api.listen[2].port: unknown key"));
+  EXPECT_TRUE(Contains(errors, "api.listen[3].tls.cert: unknown key"));
+}
+
 TEST(ConfigParser, ApiPolicyKeys) {
   Config defaults;
   EXPECT_EQ(defaults.api.anonymous_rate_per_s, 0);

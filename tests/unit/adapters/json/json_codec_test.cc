@@ -45,7 +45,6 @@ TEST(StructuredEvent, RejectsWithTheOffendingAttributeFirst) {
       {R"({"specversion":"1.0","id":7,"source":"/s","type":"t"})", "id"},
       {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","Bad":"x"})", "Bad"},
       {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","time":"yesterday"})", "time"},
-      {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","data":1,"data_base64":"AA=="})", "data"},
       {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","data_base64":"!!!"})", "data_base64"},
       {R"({"specversion":"1.0","id":"a","id":"b","source":"/s","type":"t"})", "id"},
       {R"({"specversion":"1.0","id":"a","source":"/s","type":"t","ext":{"nested":1}})", "ext"},
@@ -56,6 +55,23 @@ TEST(StructuredEvent, RejectsWithTheOffendingAttributeFirst) {
     EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
     EXPECT_EQ(e.status().message().rfind(c.field, 0), 0u) << c.json << " -> " << e.status().message();
   }
+}
+
+TEST(StructuredEvent, DataAndDataBase64TogetherAreAConflictNotAMalformedEvent) {
+  Result<Event> e =
+      ParseStructuredEvent(R"({"specversion":"1.0","id":"a","source":"/s","type":"t","data":1,"data_base64":"AA=="})",
+                           false);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(e.status().message().rfind("data:", 0), 0u) << e.status().message();
+
+  Result<std::vector<Event>> batch = ParseEventBatch(
+      R"([{"specversion":"1.0","source":"/s","type":"t"},
+          {"specversion":"1.0","source":"/s","type":"t","data":"x","data_base64":"AA=="}])",
+      true, 10);
+  ASSERT_FALSE(batch.ok());
+  EXPECT_EQ(batch.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(batch.status().message().rfind("[1]: data:", 0), 0u) << batch.status().message();
 }
 
 TEST(StructuredEvent, MalformedJsonAndTrailingBytesAreRefused) {
