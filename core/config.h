@@ -103,7 +103,7 @@ struct BackboneConfig {
   std::string topic_prefix = "waystation/{site}/{node}";
   std::string client_id;  // default: "waystation-{node}"
   uint32_t keepalive_s = 30;
-  uint32_t inflight_window = 256;
+  uint32_t inflight_window = 512;
   int64_t reconnect_min_ms = 200;     // decorrelated jitter between reconnects: floor
   int64_t reconnect_max_ms = 30000;   // and cap
   int64_t return_to_primary_s = 300;  // primary reachable this long -> move back to it; 0 = stay

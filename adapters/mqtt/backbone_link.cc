@@ -213,7 +213,9 @@ class BackboneLink::Impl {
   void PostGuarded(Fn fn);
   int64_t RandomBetween(int64_t lo, int64_t hi);
   bool mqtt5() const { return options_.protocol == MqttProtocol::kMqtt5; }
-  size_t used_window() const { return inflight_.size() + control_mids_.size(); }
+  // An event holds its place in the window from PUBLISH until the store has
+  // committed its ack: a crash can then repeat at most a window of events.
+  size_t used_window() const { return inflight_.size() + control_mids_.size() + acks_unconfirmed_; }
   // What the link holds leased: in flight plus waiting in ready_.
   // Leasing ahead of the window lets a PUBACK be followed by the next
   // PUBLISH in the same loop turn. The library walks its whole list of
@@ -281,6 +283,7 @@ class BackboneLink::Impl {
   bool higher_may_be_waiting_ = true;            // something above bulk may be leasable
   bool leases_held_ = false;                     // leased since the last ResetLeases
   std::vector<int64_t> pending_acks_;
+  size_t acks_unconfirmed_ = 0;                  // PUBACKed events whose ack the store has not yet committed
   bool turn_posted_ = false;
   bool retry_pending_ = false;                   // a transient failure: pause leasing for a backoff
   bool retry_due_ = false;
@@ -1240,6 +1243,7 @@ void BackboneLink::Impl::OnPublished(int mid, int reason_code) {
 
 void BackboneLink::Impl::QueueAck(int64_t sequence) {
   pending_acks_.push_back(sequence);
+  ++acks_unconfirmed_;
   if (pending_acks_.size() >= kAckBatch) FlushAcks();
 }
 
@@ -1248,10 +1252,17 @@ void BackboneLink::Impl::FlushAcks() {
   std::vector<int64_t> batch;
   batch.swap(pending_acks_);
   const size_t n = batch.size();
-  outbox_->Ack(std::move(batch), [n](Status s) {
+  std::weak_ptr<AliveToken> alive = alive_;
+  EventLoop* loop = loop_;
+  outbox_->Ack(std::move(batch), [loop, alive, this, n](Status s) {
     // Store thread. A failed Ack leaves the events in the outbox; they are
     // sent again later: a duplicate, never a loss.
     if (!s.ok()) WS_LOG_ERROR(kLog, "outbox ack failed", {{"events", std::to_string(n)}, {"error", s.ToString()}});
+    loop->Post([alive, this, n] {
+      if (!alive.lock()) return;
+      acks_unconfirmed_ -= std::min(acks_unconfirmed_, n);
+      ScheduleTurn();
+    });
   });
 }
 

@@ -75,7 +75,7 @@ struct BackboneOptions {
   std::string client_id;
   std::string topic_prefix;           // expanded ("waystation/plant-7/gw-0001")
   uint32_t keepalive_s = 30;
-  uint32_t inflight_window = 256;    // QoS 1 messages published and not yet acknowledged
+  uint32_t inflight_window = 512;    // QoS 1 messages published and not yet acknowledged
   // Events the link may hold leased (in flight plus waiting to be
   // published), at least the window: a PUBACK is followed by the next
   // PUBLISH in the same turn instead of after a round trip to the store. A

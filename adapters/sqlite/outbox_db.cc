@@ -398,6 +398,8 @@ Status OutboxDb::Prepare() {
        " UNION ALL SELECT seq, record FROM dlq WHERE id = ?1"
        " UNION ALL SELECT seq, record FROM delivered WHERE id = ?1 ORDER BY 1 LIMIT 1"},
       {&find_queued_id_, "SELECT seq FROM events WHERE id = ?1"},
+      {&find_id_in_outbox_, "SELECT seq, record FROM events WHERE id = ?1"},
+      {&any_delivered_row_, "SELECT 1 FROM delivered LIMIT 1"},
       {&insert_event_,
        "INSERT INTO events(seq, id, priority, stream, topic, accepted_us, expires_us, attempts, bytes, record,"
        " replay_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10)"},
@@ -530,6 +532,21 @@ Result<std::optional<StoredId>> OutboxDb::FindId(std::string_view id) {
   WS_ASSIGN_OR_RETURN(bool row, find_id_.Step());
   if (!row) return std::optional<StoredId>();
   return std::optional<StoredId>(StoredId{find_id_.ColumnInt64(0), std::string(find_id_.ColumnBlob(1))});
+}
+
+Result<std::optional<StoredId>> OutboxDb::FindIdInOutbox(std::string_view id) {
+  StatementScope scope(find_id_in_outbox_);
+  WS_TRY(find_id_in_outbox_.BindText(1, id));
+  WS_ASSIGN_OR_RETURN(bool row, find_id_in_outbox_.Step());
+  if (!row) return std::optional<StoredId>();
+  return std::optional<StoredId>(
+      StoredId{find_id_in_outbox_.ColumnInt64(0), std::string(find_id_in_outbox_.ColumnBlob(1))});
+}
+
+Result<bool> OutboxDb::DeliveredEmpty() {
+  StatementScope scope(any_delivered_row_);
+  WS_ASSIGN_OR_RETURN(bool row, any_delivered_row_.Step());
+  return !row;
 }
 
 Status OutboxDb::InsertEvent(const NewEventRow& r) {

@@ -210,6 +210,17 @@ class SqliteOutbox::Impl {
 
   // Reads back the retry times Nack left in the file (the committer thread
   // has not started yet, so this thread may use the connection).
+  // Whether delivered events can exist (kept for replay now, or left from a
+  // run that kept them). Before the committer thread starts.
+  Status LoadDeliveredState() {
+    if (options_.retain_delivered_s > 0) {
+      delivered_empty_ = false;
+      return Status::Ok();
+    }
+    WS_ASSIGN_OR_RETURN(delivered_empty_, db_->DeliveredEmpty());
+    return Status::Ok();
+  }
+
   Status LoadWaiting() {
     std::vector<sqlite::WaitingRow> rows;
     WS_TRY(db_->ReadWaiting(clock_->WallMicros(), &rows));
@@ -535,12 +546,19 @@ class SqliteOutbox::Impl {
 
   // One Append call inside the batch transaction, under its own savepoint.
   // Sets *storage when the transaction as a whole can no longer commit.
+  // A call of one event writes nothing before it is sure to be admitted
+  // unless drop_oldest makes room, so its savepoint is taken only then.
   Result<std::vector<AppendOutcome>> RunAppendRequest(const AppendOp& op, int64_t now, BatchTally* tally,
                                                       Status* storage) {
     if (op.entries.empty()) return std::vector<AppendOutcome>{};
-    if (Status s = db_->Savepoint(); !s.ok()) {
-      *storage = s;
-      return s;
+    savepoint_deferred_ = op.entries.size() == 1;
+    savepoint_taken_ = false;
+    if (!savepoint_deferred_) {
+      if (Status s = db_->Savepoint(); !s.ok()) {
+        *storage = s;
+        return s;
+      }
+      savepoint_taken_ = true;
     }
     BatchTally mine = *tally;
     std::vector<AppendOutcome> outcomes;
@@ -548,7 +566,7 @@ class SqliteOutbox::Impl {
     bool rejected = false;
     Status s = AppendEntries(op.entries, now, &mine, &outcomes, &rejected);
     if (s.ok()) {
-      if (Status r = db_->ReleaseSavepoint(); !r.ok()) {
+      if (Status r = savepoint_taken_ ? db_->ReleaseSavepoint() : Status::Ok(); !r.ok()) {
         *storage = r;
         return r;
       }
@@ -559,6 +577,7 @@ class SqliteOutbox::Impl {
       *storage = s;
       return s;
     }
+    if (!savepoint_taken_) return s;  // refused before it wrote anything
     Status undo = db_->RollbackToSavepoint();
     if (undo.ok()) undo = db_->ReleaseSavepoint();
     if (!undo.ok()) *storage = undo;
@@ -585,6 +604,12 @@ class SqliteOutbox::Impl {
         *refused = true;
         return ResourceExhausted(std::move(d.reason));
       }
+      if (!savepoint_taken_) {
+        // The first write of a one-event call: from here on a refusal must
+        // be undone.
+        WS_TRY(db_->Savepoint());
+        savepoint_taken_ = true;
+      }
       WS_TRY(db_->DeleteEvent(head->sequence).status());
       ClassUsage& u = tally->usage.classes[i];
       u.count -= std::min<uint64_t>(u.count, 1);
@@ -604,7 +629,11 @@ class SqliteOutbox::Impl {
                                                   : "event \"" + e.event.id + "\" has an unknown priority class");
       }
       std::string record = EncodeEventRecord(e.event);
-      WS_ASSIGN_OR_RETURN(std::optional<sqlite::StoredId> found, db_->FindId(e.event.id));
+      // Ids live in three tables; while the dead letters and the delivered
+      // events are empty, only the outbox needs a look.
+      const bool only_outbox = dlq_count_ == 0 && delivered_empty_;
+      WS_ASSIGN_OR_RETURN(std::optional<sqlite::StoredId> found,
+                          only_outbox ? db_->FindIdInOutbox(e.event.id) : db_->FindId(e.event.id));
       if (found.has_value()) {
         if (found->record == record) {
           outcomes->push_back(AppendOutcome{found->sequence, e.event.id, true});
@@ -817,6 +846,7 @@ class SqliteOutbox::Impl {
   void RunDeadLetter(DeadLetterOp& op) {
     bool found = false;
     Status s = Transact([&]() -> Status {
+      dlq_count_ = std::max<uint64_t>(dlq_count_, 1);  // until the totals say otherwise
       WS_ASSIGN_OR_RETURN(found, db_->MoveToDeadLetters(op.sequence, op.reason, clock_->WallMicros()));
       return Status::Ok();
     });
@@ -1111,6 +1141,7 @@ class SqliteOutbox::Impl {
   void ApplyTotals(const sqlite::StoreTotals& t) {
     for (size_t p = 0; p < kPriorityCount; ++p) usage_.classes[p] = {t.backlog[p].count, t.backlog[p].bytes};
     usage_.other_bytes = t.dlq_bytes;
+    dlq_count_ = t.dlq_count;
     std::lock_guard<std::mutex> lock(stats_mu_);
     for (size_t p = 0; p < kPriorityCount; ++p) stats_.backlog[p] = t.backlog[p];
     stats_.dlq_count = t.dlq_count;
@@ -1141,6 +1172,12 @@ class SqliteOutbox::Impl {
   std::condition_variable cv_;
   std::deque<Op> queue_;
   bool stopping_ = false;
+  uint64_t dlq_count_ = 0;       // dead letters, as of the last totals (or more)
+  bool delivered_empty_ = false;  // no delivered events can be in the file
+  // The savepoint of the Append call being stored: deferred for one-event
+  // calls until their first write (committer thread only).
+  bool savepoint_deferred_ = false;
+  bool savepoint_taken_ = false;
   bool committer_waiting_ = false;  // the committer sleeps on cv_ ...
   size_t wake_at_queued_ = 1;       // ... until this many operations are queued
   std::shared_ptr<const std::function<void()>> listener_;
@@ -1222,6 +1259,7 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
 
   auto impl = std::make_unique<Impl>(std::move(options), clock, std::move(db).value(), report, quarantined);
   WS_TRY(impl->LoadWaiting().WithContext("open outbox: read retry times"));
+  WS_TRY(impl->LoadDeliveredState().WithContext("open outbox: look for delivered events"));
   impl->Start(background);
   // The constructor is private, so make_unique cannot reach it; the pointer
   // is owned the moment it exists.
