@@ -19,6 +19,14 @@ if(WAYSTATION_SANITIZE)
   add_link_options(-fsanitize=${_ws_san})
 endif()
 
+# Release builds: -O2 rather than CMake's default -O3, and unused functions
+# and data dropped at link time. The daemon stays as fast (measured with
+# tests/bench) and comes out smaller, on flash and in RSS.
+string(REPLACE "-O3" "-O2" CMAKE_CXX_FLAGS_RELEASE "${CMAKE_CXX_FLAGS_RELEASE}")
+string(REPLACE "-O3" "-O2" CMAKE_C_FLAGS_RELEASE "${CMAKE_C_FLAGS_RELEASE}")
+add_compile_options(-ffunction-sections -fdata-sections)
+add_link_options(-Wl,--gc-sections)
+
 # 64-bit file offsets on 32-bit targets (armhf): the outbox may grow past
 # 2 GiB, and readdir() on a filesystem with 64-bit directory cookies fails
 # with EOVERFLOW without it. A no-op on 64-bit targets.

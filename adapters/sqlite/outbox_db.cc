@@ -407,6 +407,7 @@ Status OutboxDb::Prepare() {
        "INSERT INTO delivered(seq, id, priority, stream, topic, accepted_us, delivered_us, record)"
        " SELECT seq, id, priority, stream, topic, accepted_us, ?2, record FROM events WHERE seq = ?1"},
       {&delete_event_, "DELETE FROM events WHERE seq = ?1"},
+      {&delete_event_range_, "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2"},
       {&copy_to_dlq_,
        "INSERT INTO dlq(seq, id, priority, stream, topic, accepted_us, attempts, bytes, record, reason,"
        " dead_lettered_us)"
@@ -621,6 +622,14 @@ Result<bool> OutboxDb::RemoveDelivered(int64_t sequence, bool retain, int64_t no
   WS_TRY(delete_event_.Bind(1, sequence));
   WS_TRY(delete_event_.Run());
   return delete_event_.Changes() > 0;
+}
+
+Result<int64_t> OutboxDb::RemoveDeliveredRange(int64_t first, int64_t last) {
+  StatementScope scope(delete_event_range_);
+  WS_TRY(delete_event_range_.Bind(1, first));
+  WS_TRY(delete_event_range_.Bind(2, last));
+  WS_TRY(delete_event_range_.Run());
+  return static_cast<int64_t>(delete_event_range_.Changes());
 }
 
 Result<bool> OutboxDb::MoveToDeadLetters(int64_t sequence, std::string_view reason, int64_t now_us) {

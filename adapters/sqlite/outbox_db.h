@@ -181,6 +181,10 @@ class OutboxDb {
   // Removes an acknowledged event, keeping a copy in `delivered` when
   // `retain`. False if no such event is in the outbox.
   Result<bool> RemoveDelivered(int64_t sequence, bool retain, int64_t now_us);
+  // Removes the acknowledged events with a sequence in [first, last] (a run
+  // every member of which was acknowledged) without keeping copies; returns
+  // how many were there.
+  Result<int64_t> RemoveDeliveredRange(int64_t first, int64_t last);
   // False if no such event is in the outbox.
   Result<bool> MoveToDeadLetters(int64_t sequence, std::string_view reason, int64_t now_us);
 
@@ -244,7 +248,7 @@ class OutboxDb {
   Statement begin_, commit_, rollback_, savepoint_, release_, rollback_to_;
   Statement last_sequence_, set_last_sequence_;
   Statement find_id_, find_id_in_outbox_, find_queued_id_, insert_event_, any_delivered_row_;
-  Statement copy_to_delivered_, delete_event_, copy_to_dlq_;
+  Statement copy_to_delivered_, delete_event_, delete_event_range_, copy_to_dlq_;
   Statement any_expired_, delete_expired_, any_delivered_, purge_delivered_;
   Statement class_head_, delete_class_up_to_;
   Statement add_attempt_, nack_, read_waiting_, read_class_, read_one_, read_totals_, oldest_in_class_;

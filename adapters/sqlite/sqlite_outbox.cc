@@ -703,11 +703,28 @@ class SqliteOutbox::Impl {
       const int64_t now = clock_->WallMicros();
       s = db_->SetDurableCommits(false);
       if (s.ok()) s = Transact([&]() -> Status {
-        for (const AckOp& a : acks) {
-          for (int64_t seq : a.sequences) {
-            WS_ASSIGN_OR_RETURN(bool was_there, db_->RemoveDelivered(seq, retain, now));
-            if (was_there) ++removed;
+        if (retain) {
+          for (const AckOp& a : acks) {
+            for (int64_t seq : a.sequences) {
+              WS_ASSIGN_OR_RETURN(bool was_there, db_->RemoveDelivered(seq, retain, now));
+              if (was_there) ++removed;
+            }
           }
+          return Status::Ok();
+        }
+        // PUBACKs come in order, so the acknowledged sequences are mostly
+        // runs: one range delete per run instead of one statement per event.
+        std::vector<int64_t> seqs;
+        seqs.reserve(wanted);
+        for (const AckOp& a : acks) seqs.insert(seqs.end(), a.sequences.begin(), a.sequences.end());
+        std::sort(seqs.begin(), seqs.end());
+        seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
+        for (size_t i = 0; i < seqs.size();) {
+          size_t j = i;
+          while (j + 1 < seqs.size() && seqs[j + 1] == seqs[j] + 1) ++j;
+          WS_ASSIGN_OR_RETURN(int64_t n, db_->RemoveDeliveredRange(seqs[i], seqs[j]));
+          removed += n;
+          i = j + 1;
         }
         return Status::Ok();
       });
