@@ -34,24 +34,7 @@ int RunJoined(const std::vector<std::string>& argv, std::string* out) {
   return RunCommand(shell, out, 120000);
 }
 
-struct CurlReply {
-  int exit_code = -1;
-  int status = 0;
-  std::string body;
-};
-
-CurlReply Curl(std::vector<std::string> args) {
-  std::vector<std::string> argv = {"curl", "-sS", "--noproxy", "*", "--max-time", "20", "-w", "\n@@%{http_code}"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::string out;
-  CurlReply r;
-  r.exit_code = RunCommand(argv, &out, 30000);
-  size_t marker = out.rfind("\n@@");
-  if (marker == std::string::npos) return r;
-  r.body = out.substr(0, marker);
-  r.status = std::atoi(out.c_str() + marker + 3);
-  return r;
-}
+CurlReply Curl(const std::vector<std::string>& args) { return RunCurl(args, 20); }
 
 class ApiTlsTest : public ::testing::Test {
  protected:

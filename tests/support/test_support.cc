@@ -259,4 +259,21 @@ std::string Slurp(const std::string& path) {
   return ss.str();
 }
 
+CurlReply RunCurl(const std::vector<std::string>& args, int max_time_s) {
+  std::vector<std::string> argv = {"curl", "-sS", "--noproxy", "*", "--max-time", std::to_string(max_time_s),
+                                   "-w", "\n@@%{http_code} %{content_type}"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::string out;
+  CurlReply r;
+  r.exit_code = RunCommand(argv, &out, (max_time_s + 30) * 1000);
+  size_t marker = out.rfind("\n@@");
+  if (marker == std::string::npos) return r;
+  r.body = out.substr(0, marker);
+  std::string tail = out.substr(marker + 3);
+  size_t space = tail.find(' ');
+  r.status = std::atoi(tail.substr(0, space).c_str());
+  if (space != std::string::npos) r.content_type = tail.substr(space + 1);
+  return r;
+}
+
 }  // namespace ws::testing

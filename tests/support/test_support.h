@@ -64,6 +64,18 @@ class Subprocess {
 // returns its exit code; stdout into *out if given.
 int RunCommand(const std::vector<std::string>& argv, std::string* out, int timeout_ms = 30000);
 
+// What curl answered: its exit code, the HTTP status (0 when there was none)
+// and content type, and the body.
+struct CurlReply {
+  int exit_code = -1;
+  int status = 0;
+  std::string content_type;
+  std::string body;
+};
+// Runs curl with `args` (no proxy, at most `max_time_s` seconds) and reads
+// the status and content type from a trailer curl writes after the body.
+CurlReply RunCurl(const std::vector<std::string>& args, int max_time_s = 30);
+
 // A real mosquitto broker on 127.0.0.1 at a free port, no persistence,
 // anonymous allowed. `extra_config` lines are appended to its config file.
 class MosquittoBroker {

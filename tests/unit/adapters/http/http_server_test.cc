@@ -32,7 +32,9 @@
 namespace ws {
 namespace {
 
+using ::ws::testing::CurlReply;
 using ::ws::testing::RunCommand;
+using ::ws::testing::RunCurl;
 using ::ws::testing::TempDir;
 
 constexpr int kWaitMs = 15000;
@@ -170,29 +172,7 @@ std::string BodyOf(const std::string& response) {
   return end == std::string::npos ? "" : response.substr(end + 4);
 }
 
-struct CurlReply {
-  int exit_code = -1;
-  int status = 0;
-  std::string content_type;
-  std::string body;
-};
-
-CurlReply Curl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"curl",       "-sS", "--noproxy", "*",
-                                   "--max-time", "30",  "-w",        "\n@@%{http_code} %{content_type}"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::string out;
-  CurlReply r;
-  r.exit_code = RunCommand(argv, &out, 60000);
-  size_t marker = out.rfind("\n@@");
-  if (marker == std::string::npos) return r;
-  r.body = out.substr(0, marker);
-  std::string tail = out.substr(marker + 3);
-  size_t space = tail.find(' ');
-  r.status = std::atoi(tail.substr(0, space).c_str());
-  if (space != std::string::npos) r.content_type = tail.substr(space + 1);
-  return r;
-}
+CurlReply Curl(const std::vector<std::string>& args) { return RunCurl(args); }
 
 // Answers with a text description of the request.
 HttpResponse Describe(const HttpRequest& req) {

@@ -38,6 +38,8 @@ namespace ws {
 namespace {
 
 using ::ws::testing::CertAndKey;
+using ::ws::testing::CurlReply;
+using ::ws::testing::RunCurl;
 using ::ws::testing::RunCommand;
 using ::ws::testing::Slurp;
 using ::ws::testing::TempDir;
@@ -93,24 +95,7 @@ bool WaitClosed(int fd, std::string* got, int timeout_ms = kWaitMs) {
   }
 }
 
-struct CurlReply {
-  int exit_code = -1;
-  int status = 0;
-  std::string body;
-};
-
-CurlReply Curl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {"curl", "-sS", "--noproxy", "*", "--max-time", "30", "-w", "\n@@%{http_code}"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  std::string out;
-  CurlReply r;
-  r.exit_code = RunCommand(argv, &out, 60000);
-  size_t marker = out.rfind("\n@@");
-  if (marker == std::string::npos) return r;
-  r.body = out.substr(0, marker);
-  r.status = std::atoi(out.c_str() + marker + 3);
-  return r;
-}
+CurlReply Curl(const std::vector<std::string>& args) { return RunCurl(args); }
 
 // The certificate curl was shown, as curl describes it ("Serial Number:1001").
 std::string PresentedCertificate(uint16_t port, const std::string& ca_file) {
