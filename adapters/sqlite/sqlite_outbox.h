@@ -29,7 +29,7 @@ struct SqliteOutboxOptions {
   uint64_t control_reserve_bytes = 0;                    // the top of max_bytes that only control events may fill
   ClassLimitsArray classes = DefaultClassLimitsArray();  // per class, see core/outbox_policy.h
   int64_t retain_delivered_s = 0;
-  int64_t commit_window_us = 2000;  // how long a batch may wait to gather more appends
+  int64_t commit_window_us = 2000;  // how long a batch may wait for more appends (only while smaller than recent ones)
   size_t max_batch_events = 4096;   // a batch closes at this many events
   int64_t cache_kib = 2048;         // SQLite page cache cap (keeps RSS small with any backlog)
   Clock* clock = nullptr;           // nullptr = SystemClock()
@@ -73,6 +73,9 @@ struct SqliteOutboxOptions {
 //    kInvalidArgument); ids still queued are skipped, not counted.
 //  - Purging every dead letter runs in chunks of a few thousand, each its
 //    own transaction.
+//  - Ack commits without an fsync of its own: the next Append's commit, or
+//    the maintenance pass within about a second, makes it durable. A power
+//    cut before that undoes it, and the events are leased (sent) again.
 //  - Stats().ack_latency_* observe every event of every successful Append
 //    call: from the call to the commit returning, on the steady clock.
 //  - Clean shutdown: after the destructor closed the database (WAL
