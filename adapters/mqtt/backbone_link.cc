@@ -220,12 +220,12 @@ class BackboneLink::Impl {
   // An event holds its place in the window from PUBLISH until the store has
   // committed its ack: a crash can then repeat at most a window of events.
   size_t used_window() const { return inflight_.size() + control_mids_.size() + acks_unconfirmed_; }
-  // What the link holds leased: in flight plus waiting in ready_.
   // Leasing ahead of the window lets a PUBACK be followed by the next
   // PUBLISH in the same loop turn. The library walks its whole list of
   // unacknowledged messages on every PUBACK, so a small window refilled at
   // once forwards faster than a large one.
   size_t lease_budget() const { return std::max<size_t>(window_, options_.lease_ahead); }
+  // What the link holds: the window's events plus those waiting in ready_.
   size_t leased_held() const { return used_window() + ready_count_; }
   bool on_primary() const { return endpoint_index_ == 0; }
 
