@@ -527,21 +527,23 @@ Status OutboxDb::SetLastSequence(int64_t sequence) {
   return Status::Ok();
 }
 
-Result<std::optional<StoredId>> OutboxDb::FindId(std::string_view id) {
-  StatementScope scope(find_id_);
-  WS_TRY(find_id_.BindText(1, id));
-  WS_ASSIGN_OR_RETURN(bool row, find_id_.Step());
+namespace {
+
+// Runs a lookup by id that answers (seq, record) rows.
+Result<std::optional<StoredId>> LookUpId(Statement& stmt, std::string_view id) {
+  StatementScope scope(stmt);
+  WS_TRY(stmt.BindText(1, id));
+  WS_ASSIGN_OR_RETURN(bool row, stmt.Step());
   if (!row) return std::optional<StoredId>();
-  return std::optional<StoredId>(StoredId{find_id_.ColumnInt64(0), std::string(find_id_.ColumnBlob(1))});
+  return std::optional<StoredId>(StoredId{stmt.ColumnInt64(0), std::string(stmt.ColumnBlob(1))});
 }
 
+}  // namespace
+
+Result<std::optional<StoredId>> OutboxDb::FindId(std::string_view id) { return LookUpId(find_id_, id); }
+
 Result<std::optional<StoredId>> OutboxDb::FindIdInOutbox(std::string_view id) {
-  StatementScope scope(find_id_in_outbox_);
-  WS_TRY(find_id_in_outbox_.BindText(1, id));
-  WS_ASSIGN_OR_RETURN(bool row, find_id_in_outbox_.Step());
-  if (!row) return std::optional<StoredId>();
-  return std::optional<StoredId>(
-      StoredId{find_id_in_outbox_.ColumnInt64(0), std::string(find_id_in_outbox_.ColumnBlob(1))});
+  return LookUpId(find_id_in_outbox_, id);
 }
 
 Result<bool> OutboxDb::DeliveredEmpty() {

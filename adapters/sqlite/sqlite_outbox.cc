@@ -438,7 +438,8 @@ class SqliteOutbox::Impl {
     TakeAppends(batch, &events);
     if (options_.commit_window_us > 0) {
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.commit_window_us);
-      while (queue_.empty() && !stopping_ && events < options_.max_batch_events && batch->size() < last_batch_requests_) {
+      while (queue_.empty() && !stopping_ && events < options_.max_batch_events &&
+             batch->size() < last_batch_requests_) {
         const size_t missing = last_batch_requests_ - batch->size();
         committer_waiting_ = true;
         wake_at_queued_ = missing;
@@ -551,9 +552,8 @@ class SqliteOutbox::Impl {
   Result<std::vector<AppendOutcome>> RunAppendRequest(const AppendOp& op, int64_t now, BatchTally* tally,
                                                       Status* storage) {
     if (op.entries.empty()) return std::vector<AppendOutcome>{};
-    savepoint_deferred_ = op.entries.size() == 1;
     savepoint_taken_ = false;
-    if (!savepoint_deferred_) {
+    if (op.entries.size() > 1) {
       if (Status s = db_->Savepoint(); !s.ok()) {
         *storage = s;
         return s;
@@ -1191,9 +1191,8 @@ class SqliteOutbox::Impl {
   bool stopping_ = false;
   uint64_t dlq_count_ = 0;       // dead letters, as of the last totals (or more)
   bool delivered_empty_ = false;  // no delivered events can be in the file
-  // The savepoint of the Append call being stored: deferred for one-event
-  // calls until their first write (committer thread only).
-  bool savepoint_deferred_ = false;
+  // Whether the Append call being stored has its savepoint yet: one-event
+  // calls take it only at their first write (committer thread only).
   bool savepoint_taken_ = false;
   bool committer_waiting_ = false;  // the committer sleeps on cv_ ...
   size_t wake_at_queued_ = 1;       // ... until this many operations are queued

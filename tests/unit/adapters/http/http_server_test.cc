@@ -172,7 +172,6 @@ std::string BodyOf(const std::string& response) {
   return end == std::string::npos ? "" : response.substr(end + 4);
 }
 
-CurlReply Curl(const std::vector<std::string>& args) { return RunCurl(args); }
 
 // Answers with a text description of the request.
 HttpResponse Describe(const HttpRequest& req) {
@@ -244,7 +243,7 @@ class HttpServerTest : public ::testing::Test {
 
 TEST_F(HttpServerTest, GetAndPostRoundTripWithCurl) {
   StartEcho();
-  CurlReply get = Curl({Url("/v1/health?verbose=1&x=%20")});
+  CurlReply get = RunCurl({Url("/v1/health?verbose=1&x=%20")});
   EXPECT_EQ(get.exit_code, 0);
   EXPECT_EQ(get.status, 200);
   EXPECT_EQ(get.content_type, "text/plain");
@@ -252,7 +251,7 @@ TEST_F(HttpServerTest, GetAndPostRoundTripWithCurl) {
   EXPECT_TRUE(Contains(get.body, "peer 127.0.0.1:")) << get.body;
   EXPECT_TRUE(Contains(get.body, " local\n")) << get.body;
 
-  CurlReply post = Curl({"-H", "X-Test: Mixed Case Value", "-H", "Content-Type: application/json", "--data-binary",
+  CurlReply post = RunCurl({"-H", "X-Test: Mixed Case Value", "-H", "Content-Type: application/json", "--data-binary",
                          "{\"hello\":1}", Url("/v1/events")});
   EXPECT_EQ(post.exit_code, 0);
   EXPECT_EQ(post.status, 200);
@@ -350,7 +349,8 @@ TEST_F(HttpServerTest, PipelineLongerThanMaxPipelinedIsServedInOrder) {
 
 TEST_F(HttpServerTest, ChunkedRequestBodyIsDechunked) {
   StartEcho();
-  CurlReply r = Curl({"-H", "Transfer-Encoding: chunked", "--data-binary", "hello chunked world", Url("/v1/events")});
+  CurlReply r =
+      RunCurl({"-H", "Transfer-Encoding: chunked", "--data-binary", "hello chunked world", Url("/v1/events")});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.status, 200);
   EXPECT_TRUE(Contains(r.body, "body hello chunked world")) << r.body;
@@ -378,7 +378,7 @@ TEST_F(HttpServerTest, BodyOverLimitIs413WithoutReachingTheHandler) {
   TempDir dir;
   std::string file = dir.File("big.json");
   ASSERT_EQ(RunCommand({"sh", "-c", "head -c 4096 /dev/zero | tr '\\0' x > " + file}, nullptr), 0);
-  CurlReply r = Curl({"--data-binary", "@" + file, Url("/v1/events")});
+  CurlReply r = RunCurl({"--data-binary", "@" + file, Url("/v1/events")});
   EXPECT_EQ(r.status, 413);
   EXPECT_EQ(r.content_type, "application/problem+json");
   EXPECT_TRUE(Contains(r.body, "\"type\":\"https://waystation.dev/problems/body-too-large\"")) << r.body;
@@ -400,7 +400,7 @@ TEST_F(HttpServerTest, BodyOverLimitIs413WithoutReachingTheHandler) {
 
 TEST_F(HttpServerTest, LongUrlIs414) {
   StartEcho();
-  CurlReply r = Curl({Url("/" + std::string(5000, 'u'))});
+  CurlReply r = RunCurl({Url("/" + std::string(5000, 'u'))});
   EXPECT_EQ(r.status, 414);
   EXPECT_EQ(r.content_type, "application/problem+json");
   EXPECT_TRUE(Contains(r.body, "/problems/url-too-long")) << r.body;
@@ -409,7 +409,7 @@ TEST_F(HttpServerTest, LongUrlIs414) {
 
 TEST_F(HttpServerTest, LargeHeadersAre431) {
   StartEcho();
-  CurlReply r = Curl({"-H", "X-Big: " + std::string(20000, 'h'), Url("/")});
+  CurlReply r = RunCurl({"-H", "X-Big: " + std::string(20000, 'h'), Url("/")});
   EXPECT_EQ(r.status, 431);
   EXPECT_EQ(r.content_type, "application/problem+json");
   EXPECT_TRUE(Contains(r.body, "/problems/headers-too-large")) << r.body;
@@ -459,7 +459,7 @@ TEST_F(HttpServerTest, OverMaxConnectionsGets503) {
   ASSERT_TRUE(holder.ConnectTcp(Port()));
   ASSERT_TRUE(WaitFor([&] { return server_->Stats().connections_open == 1; }));
 
-  CurlReply r = Curl({Url("/v1/health")});
+  CurlReply r = RunCurl({Url("/v1/health")});
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.content_type, "application/problem+json");
   EXPECT_TRUE(Contains(r.body, "/problems/too-many-connections")) << r.body;
@@ -471,7 +471,7 @@ TEST_F(HttpServerTest, OverMaxConnectionsGets503) {
   // ...and once it is gone there is room again.
   holder.Close();
   ASSERT_TRUE(WaitFor([&] { return server_->Stats().connections_open == 0; }));
-  CurlReply again = Curl({Url("/v1/health")});
+  CurlReply again = RunCurl({Url("/v1/health")});
   EXPECT_EQ(again.status, 200);
 }
 
@@ -500,7 +500,7 @@ TEST_F(HttpServerTest, SlowlorisIsCutOffWhileOthersAreServed) {
   });
   ASSERT_TRUE(WaitFor([&] { return bytes_sent > 0; }));
   // A well-behaved client is served while the slow one trickles.
-  CurlReply r = Curl({Url("/v1/health")});
+  CurlReply r = RunCurl({Url("/v1/health")});
   EXPECT_EQ(r.status, 200);
   EXPECT_TRUE(WaitFor([&] { return cut_off.load(); }, 30000));
   sending = false;
@@ -677,7 +677,7 @@ TEST_F(HttpServerTest, TransportsThatWaitOnTheOtherDirectionOrBufferInputAreServ
     }
     respond(Describe(req));
   });
-  CurlReply post = Curl({"--data-binary", std::string(5000, 'p'), Url("/v1/events")});
+  CurlReply post = RunCurl({"--data-binary", std::string(5000, 'p'), Url("/v1/events")});
   EXPECT_EQ(post.status, 200);
   EXPECT_TRUE(Contains(post.body, "body " + std::string(5000, 'p'))) << post.body.substr(0, 200);
 
@@ -715,7 +715,7 @@ TEST_F(HttpServerTest, UnixSocketServesCurlWithMode0660) {
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & 0777, 0660u);
 
-  CurlReply r = Curl({"--unix-socket", path, "http://localhost/v1/health"});
+  CurlReply r = RunCurl({"--unix-socket", path, "http://localhost/v1/health"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.status, 200);
   EXPECT_TRUE(Contains(r.body, "GET /v1/health\npeer unix local\n")) << r.body;
@@ -724,7 +724,7 @@ TEST_F(HttpServerTest, UnixSocketServesCurlWithMode0660) {
   auto second = HttpServer::Create(loop_.get(), o, [](HttpRequest&&, HttpResponder) {});
   EXPECT_FALSE(second.ok());
   EXPECT_TRUE(Contains(second.status().message(), path)) << second.status().ToString();
-  EXPECT_EQ(Curl({"--unix-socket", path, "http://localhost/again"}).status, 200);
+  EXPECT_EQ(RunCurl({"--unix-socket", path, "http://localhost/again"}).status, 200);
 
   StopLoop();
   server_.reset();
@@ -747,7 +747,7 @@ TEST_F(HttpServerTest, Ipv6Loopback) {
   const std::string bound = server_->BoundAddresses()[0];
   EXPECT_EQ(bound.rfind("[::1]:", 0), 0u) << bound;
   EXPECT_NE(PortOf(bound), 0);
-  CurlReply r = Curl({"-g", "http://" + bound + "/six"});
+  CurlReply r = RunCurl({"-g", "http://" + bound + "/six"});
   EXPECT_EQ(r.status, 200);
   EXPECT_TRUE(Contains(r.body, "peer [::1]:")) << r.body;
   EXPECT_TRUE(Contains(r.body, " local\n")) << r.body;
@@ -762,8 +762,8 @@ TEST_F(HttpServerTest, BoundAddressesResolvePortZero) {
   EXPECT_EQ(bound[0].rfind("127.0.0.1:", 0), 0u) << bound[0];
   EXPECT_NE(PortOf(bound[0]), 0);
   EXPECT_NE(PortOf(bound[1]), 0);
-  EXPECT_EQ(Curl({"http://" + bound[0] + "/"}).status, 200);
-  EXPECT_EQ(Curl({"-g", "http://" + bound[1] + "/"}).status, 200);
+  EXPECT_EQ(RunCurl({"http://" + bound[0] + "/"}).status, 200);
+  EXPECT_EQ(RunCurl({"-g", "http://" + bound[1] + "/"}).status, 200);
 }
 
 TEST_F(HttpServerTest, CreateFailsCleanlyOnBadAddress) {
@@ -803,7 +803,7 @@ TEST_F(HttpServerTest, CreateFailsCleanlyOnTakenPort) {
   // Nothing of the failed attempt stays registered: a good server starts.
   o.listen = {"unix:" + path};
   StartEcho(o);
-  EXPECT_EQ(Curl({"--unix-socket", path, "http://localhost/"}).status, 200);
+  EXPECT_EQ(RunCurl({"--unix-socket", path, "http://localhost/"}).status, 200);
 }
 
 TEST_F(HttpServerTest, ResponderAfterDisconnectOrCloseIsANoOp) {
@@ -869,7 +869,7 @@ TEST_F(HttpServerTest, PeerVanishingMidRequestLeavesNothingBehind) {
   }
   EXPECT_TRUE(WaitFor([&] { return server_->Stats().connections_open == 0; }));
   EXPECT_EQ(server_->Stats().requests, 0u);
-  EXPECT_EQ(Curl({Url("/after")}).status, 200);
+  EXPECT_EQ(RunCurl({Url("/after")}).status, 200);
 }
 
 TEST(HttpReasonPhraseTest, CommonCodes) {

@@ -95,7 +95,6 @@ bool WaitClosed(int fd, std::string* got, int timeout_ms = kWaitMs) {
   }
 }
 
-CurlReply Curl(const std::vector<std::string>& args) { return RunCurl(args); }
 
 // The certificate curl was shown, as curl describes it ("Serial Number:1001").
 std::string PresentedCertificate(uint16_t port, const std::string& ca_file) {
@@ -337,25 +336,26 @@ TEST_F(TlsServerTest, CertificateDatesAreRightPast2038) {
 
 TEST_F(TlsServerTest, CurlTrustingTheCaGetsAnswersAndCurlWithoutItRefusesTheServer) {
   Start();
-  CurlReply ok = Curl({"--cacert", pki_.ca_cert, "--data-binary", "hello", Https("/v1/events")});
+  CurlReply ok = RunCurl({"--cacert", pki_.ca_cert, "--data-binary", "hello", Https("/v1/events")});
   EXPECT_EQ(ok.exit_code, 0);
   EXPECT_EQ(ok.status, 200);
   EXPECT_EQ(ok.body, "POST /v1/events body-bytes 5");
 
   // Also by name: the certificate names localhost as well as 127.0.0.1.
-  CurlReply by_name = Curl({"--cacert", pki_.ca_cert, "--resolve", "localhost:" + std::to_string(port_) + ":127.0.0.1",
-                            "https://localhost:" + std::to_string(port_) + "/by-name"});
+  CurlReply by_name =
+      RunCurl({"--cacert", pki_.ca_cert, "--resolve", "localhost:" + std::to_string(port_) + ":127.0.0.1",
+               "https://localhost:" + std::to_string(port_) + "/by-name"});
   EXPECT_EQ(by_name.status, 200);
 
-  CurlReply untrusted = Curl({Https("/v1/events")});
+  CurlReply untrusted = RunCurl({Https("/v1/events")});
   EXPECT_EQ(untrusted.exit_code, 60);  // CURLE_PEER_FAILED_VERIFICATION
   EXPECT_EQ(untrusted.status, 0);
 
   // TLS 1.0 and 1.1 are refused by the server (the client is told to
   // allow them).
   const uint64_t failures_before = tls_->Stats().handshake_failures;
-  CurlReply old_protocol =
-      Curl({"--cacert", pki_.ca_cert, "--tlsv1.0", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0", Https("/")});
+  CurlReply old_protocol = RunCurl(
+      {"--cacert", pki_.ca_cert, "--tlsv1.0", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0", Https("/")});
   EXPECT_NE(old_protocol.exit_code, 0);
   EXPECT_EQ(old_protocol.status, 0);
   EXPECT_TRUE(WaitFor([&] { return tls_->Stats().handshake_failures > failures_before; }));
@@ -371,17 +371,17 @@ TEST_F(TlsServerTest, MutualTlsAcceptsOnlyClientCertificatesFromTheConfiguredCa)
   Start({}, /*mtls=*/true);
   EXPECT_TRUE(tls_->requires_client_certificate());
 
-  CurlReply none = Curl({"--cacert", pki_.ca_cert, Https("/none")});
+  CurlReply none = RunCurl({"--cacert", pki_.ca_cert, Https("/none")});
   EXPECT_NE(none.exit_code, 0);
   EXPECT_EQ(none.status, 0);
 
   CurlReply good =
-      Curl({"--cacert", pki_.ca_cert, "--cert", pki_.client.cert, "--key", pki_.client.key, Https("/good")});
+      RunCurl({"--cacert", pki_.ca_cert, "--cert", pki_.client.cert, "--key", pki_.client.key, Https("/good")});
   EXPECT_EQ(good.exit_code, 0);
   EXPECT_EQ(good.status, 200);
   EXPECT_EQ(good.body, "GET /good body-bytes 0");
 
-  CurlReply stranger = Curl(
+  CurlReply stranger = RunCurl(
       {"--cacert", pki_.ca_cert, "--cert", pki_.other_client.cert, "--key", pki_.other_client.key, Https("/stranger")});
   EXPECT_NE(stranger.exit_code, 0);
   EXPECT_EQ(stranger.status, 0);
@@ -398,7 +398,7 @@ TEST_F(TlsServerTest, MutualTlsAcceptsOnlyClientCertificatesFromTheConfiguredCa)
 
 TEST_F(TlsServerTest, PlainHttpOnTheTlsPortGetsAPlain400AndOthersAreServed) {
   Start();
-  CurlReply plain = Curl({Http("/v1/health")});
+  CurlReply plain = RunCurl({Http("/v1/health")});
   EXPECT_EQ(plain.exit_code, 0);
   EXPECT_EQ(plain.status, 400);
   EXPECT_TRUE(Contains(plain.body, "https://waystation.dev/problems/https-required")) << plain.body;
@@ -412,7 +412,7 @@ TEST_F(TlsServerTest, PlainHttpOnTheTlsPortGetsAPlain400AndOthersAreServed) {
   EXPECT_EQ(got.rfind("HTTP/1.1 400 Bad Request\r\n", 0), 0u) << got;
   EXPECT_TRUE(Contains(got, "Connection: close")) << got;
 
-  CurlReply ok = Curl({"--cacert", pki_.ca_cert, Https("/after")});
+  CurlReply ok = RunCurl({"--cacert", pki_.ca_cert, Https("/after")});
   EXPECT_EQ(ok.status, 200);
   EXPECT_EQ(server_->Stats().requests, 1u);
 }
@@ -433,7 +433,7 @@ TEST_F(TlsServerTest, StalledHandshakesAreCutOffWhileOthersAreServed) {
   const unsigned char partial[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0, 0, 0, 0};
   ASSERT_EQ(send(half.get(), partial, sizeof partial, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof partial));
 
-  CurlReply ok = Curl({"--cacert", pki_.ca_cert, Https("/meanwhile")});
+  CurlReply ok = RunCurl({"--cacert", pki_.ca_cert, Https("/meanwhile")});
   EXPECT_EQ(ok.status, 200);
 
   std::string silent_got, half_got;
@@ -490,7 +490,7 @@ TEST_F(TlsServerTest, ReloadWithBadFilesKeepsServingTheOldCertificate) {
   EXPECT_EQ(s.message().rfind("key_file: ", 0), 0u) << s.message();
   EXPECT_TRUE(Contains(s.message(), "does not belong")) << s.message();
   EXPECT_EQ(tls_->Stats().reload_failures, 2u);
-  CurlReply ok = Curl({"--cacert", pki_.ca_cert, Https("/still")});
+  CurlReply ok = RunCurl({"--cacert", pki_.ca_cert, Https("/still")});
   EXPECT_EQ(ok.status, 200);
   EXPECT_EQ(tls_->certificate().serial, "10:01");
 
@@ -519,7 +519,7 @@ TEST_F(TlsServerTest, PipelinedRequestsAndLargeBodiesCrossTlsIntact) {
 
   const std::string upload = dir_.File("upload.bin");
   std::ofstream(upload, std::ios::binary) << std::string(size_t{2} * 1024 * 1024, 'u');
-  CurlReply r = Curl({"--cacert", pki_.ca_cert, "--data-binary", "@" + upload, Https("/upload")});
+  CurlReply r = RunCurl({"--cacert", pki_.ca_cert, "--data-binary", "@" + upload, Https("/upload")});
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "POST /upload body-bytes " + std::to_string(2 * 1024 * 1024));
 }
