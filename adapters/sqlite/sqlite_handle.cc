@@ -170,6 +170,8 @@ std::string_view Statement::ColumnBlob(int column) const {
   return {static_cast<const char*>(p), static_cast<size_t>(n)};
 }
 
+bool Statement::ColumnIsBlob(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_BLOB; }
+
 void Statement::Reset() {
   // sqlite3_reset returns the error of the last failed step (already
   // reported by Step) and sqlite3_clear_bindings always succeeds.

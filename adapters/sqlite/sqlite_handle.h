@@ -78,6 +78,9 @@ class Statement {
   int64_t ColumnInt64(int column) const;
   std::string_view ColumnText(int column) const;
   std::string_view ColumnBlob(int column) const;
+  // Whether the column's value is stored as a blob (ask before ColumnText,
+  // which may convert it).
+  bool ColumnIsBlob(int column) const;
 
   // Ready for the next use, bindings cleared, read transaction released.
   void Reset();

@@ -38,6 +38,11 @@ constexpr int64_t kSweepChunk = 2048;
 
 // How often the store looks for expired events and stale deliveries.
 constexpr auto kMaintenanceInterval = std::chrono::seconds(1);
+// The meta row holds a ceiling over every sequence handed out, raised this
+// far ahead, so that most commits leave that row (one more page written per
+// commit) alone. After a crash the sequence goes on from the ceiling: a gap,
+// never a sequence given twice. A clean shutdown writes the exact value.
+constexpr int64_t kSequenceReserve = 1024;
 
 // One Replay re-sends at most this many events: one transaction, so its WAL
 // (about 200 bytes per event) stays a few tens of MiB.
@@ -182,6 +187,7 @@ using Op = std::variant<AppendOp, LeaseOp, AckOp, ResetLeasesOp, DeadLetterOp, N
 // it (what the limits are judged against), and what it added and dropped.
 struct BatchTally {
   int64_t last_sequence = 0;
+  int64_t sequence_ceiling = 0;  // what the meta row says
   StoreUsage usage;
   uint64_t new_events = 0;
   uint64_t dropped = 0;  // removed by drop_oldest
@@ -194,7 +200,11 @@ class SqliteOutbox::Impl {
  public:
   Impl(SqliteOutboxOptions options, Clock* clock, std::unique_ptr<sqlite::OutboxDb> db,
        const sqlite::OpenReport& report, bool quarantined)
-      : options_(std::move(options)), clock_(clock), db_(std::move(db)), last_sequence_(report.last_sequence) {
+      : options_(std::move(options)),
+        clock_(clock),
+        db_(std::move(db)),
+        last_sequence_(report.last_sequence),
+        sequence_ceiling_(report.last_sequence) {
     limits_.max_bytes = options_.max_bytes;
     limits_.control_reserve_bytes = options_.control_reserve_bytes;
     limits_.classes = options_.classes;
@@ -268,7 +278,8 @@ class SqliteOutbox::Impl {
       queue_.emplace_back(std::move(op));
       // While the committer gathers a batch it is woken only when the batch
       // is complete or something else must run; not by every producer.
-      wake = committer_waiting_ && (!std::is_same_v<T, AppendOp> || queue_.size() >= wake_at_queued_);
+      constexpr bool gathered = std::is_same_v<T, AppendOp> || std::is_same_v<T, AckOp>;
+      wake = committer_waiting_ && (!gathered || queue_.size() >= wake_at_queued_);
     }
     if (wake) cv_.notify_one();
     return true;
@@ -290,6 +301,18 @@ class SqliteOutbox::Impl {
 
   void CloseDatabase() {
     if (db_ == nullptr) return;
+    // The exact last sequence instead of the ceiling, so that a clean
+    // restart goes on without a gap. If this fails the ceiling stands.
+    if (sequence_ceiling_ != last_sequence_) {
+      Status s = db_->Begin();
+      if (s.ok()) s = db_->SetLastSequence(last_sequence_);
+      if (s.ok()) s = db_->Commit();
+      if (!s.ok()) {
+        db_->Rollback();
+        WS_LOG_WARN(kComponent, "could not write the last sequence at shutdown; the next start skips ahead",
+                    {{"error", s.ToString()}});
+      }
+    }
     // The last connection to close checkpoints the WAL into the file and
     // deletes it; a WAL still there means that did not happen.
     db_.reset();
@@ -362,22 +385,18 @@ class SqliteOutbox::Impl {
         committer_waiting_ = false;
         continue;
       }
-      if (std::holds_alternative<AppendOp>(queue_.front())) {
+      if (std::holds_alternative<AppendOp>(queue_.front()) || std::holds_alternative<AckOp>(queue_.front())) {
         std::vector<AppendOp> batch;
-        size_t events = 0;
-        GatherAppends(lock, &batch, &events);
-        lock.unlock();
-        RunAppendBatch(batch);
-        lock.lock();
-      } else if (std::holds_alternative<AckOp>(queue_.front())) {
-        // Adjacent acks share one transaction (one fsync).
         std::vector<AckOp> acks;
-        while (!queue_.empty() && std::holds_alternative<AckOp>(queue_.front())) {
-          acks.push_back(std::move(std::get<AckOp>(queue_.front())));
-          queue_.pop_front();
+        if (std::holds_alternative<AckOp>(queue_.front())) WaitForAppendAfterAcks(lock, &acks);
+        if (!queue_.empty() && std::holds_alternative<AppendOp>(queue_.front())) {
+          GatherAppends(lock, &batch, &acks);
+          lock.unlock();
+          RunAppendBatch(batch, acks);
+        } else {
+          lock.unlock();
+          RunAcks(acks);
         }
-        lock.unlock();
-        RunAcks(acks);
         lock.lock();
       } else {
         Op op = std::move(queue_.front());
@@ -410,16 +429,49 @@ class SqliteOutbox::Impl {
   }
 
   // Moves the appends at the head of the queue into `batch`, up to
-  // max_batch_events (a single larger call goes alone). Appends never jump
-  // ahead of another queued operation, so call order holds.
-  void TakeAppends(std::vector<AppendOp>* batch, size_t* events) {  // events: so far in the batch
+  // max_batch_events (a single larger call goes alone), and the acks among
+  // them into `acks`. Neither jumps ahead of another kind of operation, so
+  // call order holds for those; an ack may run before appends called
+  // earlier, which changes no outcome (an append never touches an event
+  // that is in flight, and the room an ack frees only spares a drop).
+  void TakeAppends(std::vector<AppendOp>* batch, size_t* events,  // events: so far in the batch
+                   std::vector<AckOp>* acks) {
     while (!queue_.empty()) {
+      if (auto* ack = std::get_if<AckOp>(&queue_.front())) {
+        acks->push_back(std::move(*ack));
+        queue_.pop_front();
+        continue;
+      }
       auto* op = std::get_if<AppendOp>(&queue_.front());
       if (op == nullptr) return;
       if (*events > 0 && *events + op->entries.size() > options_.max_batch_events) return;
       *events += op->entries.size();
       batch->push_back(std::move(*op));
       queue_.pop_front();
+    }
+  }
+
+  // Takes the acks at the head of the queue. While producers are appending,
+  // waits up to commit_window_us for an append to share their transaction:
+  // a delivered event then costs its store one commit instead of two (the
+  // pages an ack changes are mostly those the next append changes anyway,
+  // so the flash writes per event nearly halve). Any other operation ends
+  // the wait. A draining link with no producers does not wait.
+  void WaitForAppendAfterAcks(std::unique_lock<std::mutex>& lock, std::vector<AckOp>* acks) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool producers_active = now - last_append_batch_ < kMaintenanceInterval;
+    const auto deadline = now + std::chrono::microseconds(options_.commit_window_us);
+    for (;;) {
+      while (!queue_.empty() && std::holds_alternative<AckOp>(queue_.front())) {
+        acks->push_back(std::move(std::get<AckOp>(queue_.front())));
+        queue_.pop_front();
+      }
+      if (!queue_.empty() || stopping_ || !producers_active || options_.commit_window_us <= 0) return;
+      committer_waiting_ = true;
+      wake_at_queued_ = 1;
+      const bool woken = cv_.wait_until(lock, deadline, [this] { return stopping_ || !queue_.empty(); });
+      committer_waiting_ = false;
+      if (!woken) return;
     }
   }
 
@@ -433,9 +485,9 @@ class SqliteOutbox::Impl {
   // maximum larger than most batches, so they still share fsyncs. The window is measured on the real steady
   // clock: it trades latency for fewer fsyncs and is no policy a test needs
   // to move by hand.
-  void GatherAppends(std::unique_lock<std::mutex>& lock, std::vector<AppendOp>* batch, size_t* requests) {
+  void GatherAppends(std::unique_lock<std::mutex>& lock, std::vector<AppendOp>* batch, std::vector<AckOp>* acks) {
     size_t events = 0;
-    TakeAppends(batch, &events);
+    TakeAppends(batch, &events, acks);
     if (options_.commit_window_us > 0) {
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.commit_window_us);
       while (queue_.empty() && !stopping_ && events < options_.max_batch_events &&
@@ -444,25 +496,36 @@ class SqliteOutbox::Impl {
         committer_waiting_ = true;
         wake_at_queued_ = missing;
         // Woken early only by the missing appends or by another operation
-        // (which ends the batch: appends never overtake it).
+        // than an append or ack (which ends the batch: appends never
+        // overtake it).
         const bool woken = cv_.wait_until(lock, deadline, [this, missing] {
           return stopping_ || queue_.size() >= missing ||
-                 (!queue_.empty() && !std::holds_alternative<AppendOp>(queue_.back()));
+                 (!queue_.empty() && !std::holds_alternative<AppendOp>(queue_.back()) &&
+                  !std::holds_alternative<AckOp>(queue_.back()));
         });
         committer_waiting_ = false;
-        TakeAppends(batch, &events);
+        TakeAppends(batch, &events, acks);
         if (!woken) break;
       }
     }
-    *requests = batch->size();
     // A maximum that decays by 1/8 per batch: follows a growing crowd at
     // once and a shrinking one within a few commits.
     last_batch_requests_ = std::max<size_t>({batch->size(), last_batch_requests_ - last_batch_requests_ / 8 - 1, 1});
   }
 
+  // Inside the transaction that hands out sequences up to
+  // t->last_sequence: keeps the meta row's ceiling above them.
+  Status CoverSequences(BatchTally* t) {
+    if (t->last_sequence <= t->sequence_ceiling) return Status::Ok();
+    WS_TRY(db_->SetLastSequence(t->last_sequence + kSequenceReserve));
+    t->sequence_ceiling = t->last_sequence + kSequenceReserve;
+    return Status::Ok();
+  }
+
   BatchTally StartTally() const {
     BatchTally t;
     t.last_sequence = last_sequence_;
+    t.sequence_ceiling = sequence_ceiling_;
     t.usage = usage_;
     return t;
   }
@@ -471,6 +534,7 @@ class SqliteOutbox::Impl {
   // class's oldest event, so they are read back from the file.
   void CommitTally(const BatchTally& t, int64_t now) {
     last_sequence_ = t.last_sequence;
+    sequence_ceiling_ = t.sequence_ceiling;
     usage_ = t.usage;
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
@@ -486,8 +550,11 @@ class SqliteOutbox::Impl {
     if (t.dropped > 0) RefreshTotals();
   }
 
-  void RunAppendBatch(std::vector<AppendOp>& batch) {
+  // Stores `batch` in one transaction, after removing the events `acks`
+  // acknowledged, so that the limits see the room they free.
+  void RunAppendBatch(std::vector<AppendOp>& batch, std::vector<AckOp>& acks) {
     const int64_t now = clock_->WallMicros();
+    last_append_batch_ = std::chrono::steady_clock::now();
     std::vector<Result<std::vector<AppendOutcome>>> results;
     results.reserve(batch.size());
     BatchTally tally = StartTally();
@@ -497,6 +564,20 @@ class SqliteOutbox::Impl {
     // full) is undone by its savepoint and the others still commit.
     Status storage = durable_commits_broken_ ? RestoreDurableCommits() : Status::Ok();
     if (storage.ok()) storage = db_->Begin();
+    int64_t acked_removed = 0;
+    std::optional<sqlite::StoreTotals> after_acks;
+    if (storage.ok() && !acks.empty()) {
+      storage = RemoveAcked(acks, now, &acked_removed);
+      if (storage.ok() && acked_removed > 0) {
+        Result<sqlite::StoreTotals> t = db_->ReadTotals();
+        if (t.ok()) {
+          after_acks = *t;
+          tally.usage = UsageOf(*t);
+        } else {
+          storage = t.status();
+        }
+      }
+    }
     size_t failed_at = batch.size();  // the request during which storage failed, if any
     if (storage.ok()) {
       for (AppendOp& op : batch) {
@@ -507,7 +588,7 @@ class SqliteOutbox::Impl {
         }
       }
     }
-    if (storage.ok() && tally.last_sequence != last_sequence_) storage = db_->SetLastSequence(tally.last_sequence);
+    if (storage.ok()) storage = CoverSequences(&tally);
     if (storage.ok()) storage = db_->Commit();
 
     if (!storage.ok()) {
@@ -525,6 +606,7 @@ class SqliteOutbox::Impl {
       results = std::move(failed);
     } else {
       unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
+      if (after_acks.has_value()) ApplyTotals(*after_acks);
       CommitTally(tally, now);
       const auto committed = std::chrono::steady_clock::now();
       std::lock_guard<std::mutex> lock(stats_mu_);
@@ -539,6 +621,15 @@ class SqliteOutbox::Impl {
       }
     }
 
+    if (!acks.empty()) {
+      if (storage.ok()) {
+        FinishAcks(acks, acked_removed, Status::Ok());
+      } else {
+        // On their own the acks may still commit (a disk too full for new
+        // events usually has room for deletes), and they are what frees it.
+        RunAcks(acks);
+      }
+    }
     for (size_t i = 0; i < batch.size(); ++i) {
       if (batch[i].done) batch[i].done(std::move(results[i]));
     }
@@ -699,35 +790,9 @@ class SqliteOutbox::Impl {
     Status s;
     int64_t removed = 0;
     if (wanted > 0) {
-      const bool retain = options_.retain_delivered_s > 0;
       const int64_t now = clock_->WallMicros();
       s = db_->SetDurableCommits(false);
-      if (s.ok()) s = Transact([&]() -> Status {
-        if (retain) {
-          for (const AckOp& a : acks) {
-            for (int64_t seq : a.sequences) {
-              WS_ASSIGN_OR_RETURN(bool was_there, db_->RemoveDelivered(seq, retain, now));
-              if (was_there) ++removed;
-            }
-          }
-          return Status::Ok();
-        }
-        // PUBACKs come in order, so the acknowledged sequences are mostly
-        // runs: one range delete per run instead of one statement per event.
-        std::vector<int64_t> seqs;
-        seqs.reserve(wanted);
-        for (const AckOp& a : acks) seqs.insert(seqs.end(), a.sequences.begin(), a.sequences.end());
-        std::sort(seqs.begin(), seqs.end());
-        seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
-        for (size_t i = 0; i < seqs.size();) {
-          size_t j = i;
-          while (j + 1 < seqs.size() && seqs[j + 1] == seqs[j] + 1) ++j;
-          WS_ASSIGN_OR_RETURN(int64_t n, db_->RemoveDeliveredRange(seqs[i], seqs[j]));
-          removed += n;
-          i = j + 1;
-        }
-        return Status::Ok();
-      });
+      if (s.ok()) s = Transact([&]() -> Status { return RemoveAcked(acks, now, &removed); });
       if (Status restore = db_->SetDurableCommits(true); !restore.ok()) {
         // Every later commit must fsync again; a store that cannot promise
         // that must not acknowledge appends.
@@ -736,18 +801,53 @@ class SqliteOutbox::Impl {
       }
       if (s.ok()) {
         unsynced_acks_ = true;
-        {
-          std::lock_guard<std::mutex> lock(stats_mu_);
-          stats_.removed_delivered += static_cast<uint64_t>(removed);
-        }
-        for (const AckOp& a : acks) {
-          for (int64_t seq : a.sequences) ForgetWaiting(seq);
-        }
         RefreshTotals();
-      } else {
-        s = s.WithContext("ack");
-        WS_LOG_WARN(kComponent, "ack transaction failed; the events stay in the outbox", {{"error", s.ToString()}});
       }
+    }
+    FinishAcks(acks, removed, s);
+  }
+
+  // Inside a transaction: removes (or, with retention, moves) the events the
+  // acks name; `*removed` counts those that were there.
+  Status RemoveAcked(const std::vector<AckOp>& acks, int64_t now, int64_t* removed) {
+    if (options_.retain_delivered_s > 0) {
+      for (const AckOp& a : acks) {
+        for (int64_t seq : a.sequences) {
+          WS_ASSIGN_OR_RETURN(bool was_there, db_->RemoveDelivered(seq, /*retain=*/true, now));
+          if (was_there) ++*removed;
+        }
+      }
+      return Status::Ok();
+    }
+    // PUBACKs come in order, so the acknowledged sequences are mostly runs:
+    // one range delete per run instead of one statement per event.
+    std::vector<int64_t> seqs;
+    for (const AckOp& a : acks) seqs.insert(seqs.end(), a.sequences.begin(), a.sequences.end());
+    std::sort(seqs.begin(), seqs.end());
+    seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
+    for (size_t i = 0; i < seqs.size();) {
+      size_t j = i;
+      while (j + 1 < seqs.size() && seqs[j + 1] == seqs[j] + 1) ++j;
+      WS_ASSIGN_OR_RETURN(int64_t n, db_->RemoveDeliveredRange(seqs[i], seqs[j]));
+      *removed += n;
+      i = j + 1;
+    }
+    return Status::Ok();
+  }
+
+  // After the transaction that held the acks: bookkeeping and callbacks.
+  void FinishAcks(std::vector<AckOp>& acks, int64_t removed, Status s) {
+    if (s.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        stats_.removed_delivered += static_cast<uint64_t>(removed);
+      }
+      for (const AckOp& a : acks) {
+        for (int64_t seq : a.sequences) ForgetWaiting(seq);
+      }
+    } else {
+      s = s.WithContext("ack");
+      WS_LOG_WARN(kComponent, "ack transaction failed; the events stay in the outbox", {{"error", s.ToString()}});
     }
     for (AckOp& a : acks) {
       if (a.done) a.done(s);
@@ -930,8 +1030,8 @@ class SqliteOutbox::Impl {
       const int64_t seq = tally.last_sequence + 1;
       WS_TRY(db_->InsertEvent(sqlite::NewEventRow{seq, row->id, row->priority, row->stream, row->topic, now, 0,
                                                   row->bytes, row->record, 0}));
-      WS_TRY(db_->SetLastSequence(seq));
       tally.last_sequence = seq;
+      WS_TRY(CoverSequences(&tally));
       tally.added[static_cast<size_t>(row->priority)] += 1;
       tally.usage.classes[static_cast<size_t>(row->priority)].count += 1;
       tally.usage.classes[static_cast<size_t>(row->priority)].bytes += row->bytes;
@@ -1039,7 +1139,7 @@ class SqliteOutbox::Impl {
         tally.usage.classes[static_cast<size_t>(row->priority)].bytes += bytes;
         ++replayed;
       }
-      if (tally.last_sequence != last_sequence_) WS_TRY(db_->SetLastSequence(tally.last_sequence));
+      WS_TRY(CoverSequences(&tally));
       return Status::Ok();
     });
     if (!s.ok()) {
@@ -1155,9 +1255,15 @@ class SqliteOutbox::Impl {
     ApplyTotals(*t);
   }
 
+  static StoreUsage UsageOf(const sqlite::StoreTotals& t) {
+    StoreUsage u;
+    for (size_t p = 0; p < kPriorityCount; ++p) u.classes[p] = {t.backlog[p].count, t.backlog[p].bytes};
+    u.other_bytes = t.dlq_bytes;
+    return u;
+  }
+
   void ApplyTotals(const sqlite::StoreTotals& t) {
-    for (size_t p = 0; p < kPriorityCount; ++p) usage_.classes[p] = {t.backlog[p].count, t.backlog[p].bytes};
-    usage_.other_bytes = t.dlq_bytes;
+    usage_ = UsageOf(t);
     dlq_count_ = t.dlq_count;
     std::lock_guard<std::mutex> lock(stats_mu_);
     for (size_t p = 0; p < kPriorityCount; ++p) stats_.backlog[p] = t.backlog[p];
@@ -1172,8 +1278,10 @@ class SqliteOutbox::Impl {
   // and CloseDatabase, after it ended).
   std::unique_ptr<sqlite::OutboxDb> db_;
   int64_t last_sequence_ = 0;
+  int64_t sequence_ceiling_ = 0;  // the meta row's value, >= last_sequence_
   // Append calls per batch lately (a decaying maximum, at least 1).
   size_t last_batch_requests_ = 1;
+  std::chrono::steady_clock::time_point last_append_batch_{};  // when the last append batch ran
   // Acks committed without an fsync since the last synced commit.
   bool unsynced_acks_ = false;
   bool durable_commits_broken_ = false;  // synchronous=FULL could not be set back after an ack

@@ -1724,5 +1724,155 @@ TEST_F(SqliteOutboxTest, LargeBacklogOpenIsMeasured) {
   std::printf("[ measure  ] backlog %d events, file %llu KiB: open %.1f ms with the full check\n", n, file_kib, open_ms);
 }
 
+// ---- what each commit writes ----
+
+TEST_F(SqliteOutboxTest, NewStoresUseSmallPagesAndAnOlderPageSizeKeepsWorking) {
+  const auto options = Options(dir_, &clock_);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendOne(*o, Entry("a"));
+  }
+  EXPECT_EQ(QueryFile(options.path, "PRAGMA page_size"), 1024);
+
+  // A file made with 4 KiB pages (as stores were before) keeps them.
+  ws::testing::TempDir old_dir;
+  auto old = Options(old_dir, &clock_);
+  ExecFile(old.path, "PRAGMA page_size=4096; CREATE TABLE t(x); DROP TABLE t;");
+  ASSERT_EQ(QueryFile(old.path, "PRAGMA page_size"), 4096);
+  int64_t b = 0;
+  {
+    auto o = OpenStore(old);
+    ASSERT_NE(o, nullptr);
+    EXPECT_FALSE(o->Stats().quarantined_at_start);
+    const int64_t a = AppendOne(*o, Entry("a"));
+    b = AppendOne(*o, Entry("b", Priority::kNormal, "{\"big\":\"" + std::string(10000, 'x') + "\"}"));
+    AppendOne(*o, Entry("c"));
+    ASSERT_EQ(LeaseIds(*o, 10).size(), 3u);
+    ASSERT_TRUE(AckSync(*o, {a}).ok());
+  }
+  EXPECT_EQ(QueryFile(old.path, "PRAGMA page_size"), 4096);
+  auto o = OpenStore(old);
+  ASSERT_NE(o, nullptr);
+  EXPECT_FALSE(o->Stats().quarantined_at_start);
+  LeaseResult r = LeaseSync(*o, 10);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->size(), 2u);
+  EXPECT_EQ((*r)[0].sequence, b);
+  EXPECT_EQ((*r)[0].event.data.size(), 10010u);
+  EXPECT_EQ((*r)[1].event.id, "c");
+}
+
+TEST_F(SqliteOutboxTest, AStreamEqualToTheTopicIsStoredOnceAndReadBackEverywhere) {
+  auto options = Options(dir_, &clock_);
+  options.retain_delivered_s = 3600;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  OutboxEntry same = Entry("same");
+  same.stream = same.topic;
+  OutboxEntry empty = Entry("empty");
+  empty.stream.clear();
+  const std::string topic = same.topic;
+  ASSERT_TRUE(AppendSync(*o, {same, Entry("other"), empty}).ok());
+  // Only the first is stored as the empty blob; the others as their text.
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE typeof(stream) = 'blob' AND length(stream) = 0"),
+            1);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE typeof(stream) = 'text'"), 2);
+
+  auto streams_of = [](const LeaseResult& r) {
+    std::vector<std::string> s;
+    if (r.ok()) {
+      for (const LeasedEvent& e : *r) s.push_back(e.event.id + "=" + e.stream);
+    }
+    return s;
+  };
+  LeaseResult first = LeaseSync(*o, 10);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(streams_of(first), (std::vector<std::string>{"same=" + topic, "other=line-3", "empty="}));
+  for (const LeasedEvent& e : *first) EXPECT_EQ(e.topic, topic);
+
+  // Through the dead letters and back, and through delivered retention and
+  // a replay: the column is copied as it is and still read as the topic.
+  ASSERT_TRUE(DeadLetterSync(*o, (*first)[0].sequence, "test").ok());
+  Result<AppendOutcome> retried = RetrySync(*o, (*first)[0].sequence, "");
+  ASSERT_TRUE(retried.ok()) << retried.status().ToString();
+  ASSERT_TRUE(AckSync(*o, {(*first)[1].sequence, (*first)[2].sequence}).ok());
+  ReplayRange range;
+  range.from_sequence = (*first)[1].sequence;
+  range.to_sequence = (*first)[2].sequence;
+  ASSERT_TRUE(ReplaySync(*o, range).ok());
+  o->ResetLeases();
+  EXPECT_EQ(streams_of(LeaseSync(*o, 10)), (std::vector<std::string>{"same=" + topic, "other=line-3", "empty="}));
+}
+
+TEST_F(SqliteOutboxTest, TheSequenceCeilingCoversEverySequenceSoACrashCopyNeverReusesOne) {
+  const auto options = Options(dir_, &clock_);
+  ws::testing::TempDir crash_dir;
+  const std::string copy = crash_dir.File("outbox.db");
+  int64_t last = 0;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    for (int i = 0; i < 5; ++i) last = AppendOne(*o, Entry(Numbered("e", i)));
+    ASSERT_TRUE(AckSync(*o, {last}).ok());  // the highest sequence is no longer in any table
+    // The files as a power cut right now would leave them (every commit
+    // so far returned, nothing is half-written).
+    std::filesystem::copy_file(options.path, copy);
+    std::filesystem::copy_file(options.path + "-wal", copy + "-wal");
+    EXPECT_GE(QueryFile(options.path, "SELECT value FROM meta WHERE key = 'last_sequence'"), last);
+  }
+  // A clean shutdown leaves the exact value: no gap after a restart.
+  EXPECT_EQ(QueryFile(options.path, "SELECT value FROM meta WHERE key = 'last_sequence'"), last);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->Stats().last_sequence, last);
+    EXPECT_EQ(AppendOne(*o, Entry("after-clean")), last + 1);
+  }
+  // After the crash the sequence goes on above every one handed out.
+  auto crash_options = Options(crash_dir, &clock_);
+  auto o = OpenStore(crash_options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_FALSE(o->Stats().quarantined_at_start);
+  EXPECT_GE(o->Stats().last_sequence, last);
+  EXPECT_GT(AppendOne(*o, Entry("after-crash")), last);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"e0", "e1", "e2", "e3", "after-crash"}));
+}
+
+TEST_F(SqliteOutboxTest, AnAckQueuedBeforeAnAppendFreesItsRoomInTheSameTransaction) {
+  auto options = Options(dir_, &clock_);
+  options.commit_window_us = 20000;  // room for the append to join the ack
+  Limits(options, Priority::kBulk).max_count = 2;  // bulk drops oldest by default
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  // Many rounds, so that most acks meet their append in one transaction
+  // (the committer waits for appends after an ack while producers append).
+  for (int round = 0; round < 30; ++round) {
+    const int64_t a = AppendOne(*o, Entry(Numbered("a", round), Priority::kBulk));
+    const int64_t b = AppendOne(*o, Entry(Numbered("b", round), Priority::kBulk));
+    ASSERT_EQ(LeaseSync(*o, 10)->size(), 2u);
+    std::promise<Status> acked;
+    std::promise<AppendResult> appended;
+    o->Ack({a}, [&](Status s) { acked.set_value(std::move(s)); });
+    o->Append({Entry(Numbered("c", round), Priority::kBulk)}, [&](AppendResult r) { appended.set_value(std::move(r)); });
+    ASSERT_TRUE(acked.get_future().get().ok());
+    AppendResult c = appended.get_future().get();
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    // The ack made the room: b was not dropped for c.
+    const OutboxStats s = o->Stats();
+    ASSERT_EQ(s.removed_dropped_overflow, 0u) << "round " << round;
+    ASSERT_EQ(Backlog(s, Priority::kBulk).count, 2u);
+    o->ResetLeases();
+    LeaseResult r = LeaseSync(*o, 10);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->size(), 2u);
+    EXPECT_EQ((*r)[0].sequence, b);
+    EXPECT_EQ((*r)[1].event.id, Numbered("c", round));
+    ASSERT_TRUE(AckSync(*o, {(*r)[0].sequence, (*r)[1].sequence}).ok());
+  }
+  EXPECT_EQ(o->Stats().removed_delivered, 90u);
+  EXPECT_EQ(BacklogCount(o->Stats()), 0u);
+}
+
 }  // namespace
 }  // namespace ws
