@@ -1,6 +1,7 @@
 #include "adapters/json/json_codec.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -21,8 +22,7 @@ bool IsJsonContentType(const std::string* ct) {
   size_t semi = v.find(';');
   if (semi != std::string_view::npos) v = v.substr(0, semi);
   while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
-  return v == "application/json" || v == "text/json" ||
-         (v.size() > 5 && v.substr(v.size() - 5) == "+json");
+  return v == "application/json" || v == "text/json" || (v.size() > 5 && v.substr(v.size() - 5) == "+json");
 }
 
 // Extension values may be strings, numbers or booleans; they travel as their
@@ -185,72 +185,148 @@ bool IsValidJson(std::string_view json) { return ParseExact(json) != nullptr; }
 
 std::string CjsonLibraryVersion() { return cJSON_Version(); }
 
+// Writes the text directly: no tree, one growing string. Answers are built
+// for every request (a 202 per event), where a cJSON tree cost an allocation
+// per value and printed every integer through sprintf("%g") and sscanf.
 class JsonWriter::Impl {
  public:
-  Impl() : root_(cJSON_CreateObject()) { stack_.push_back(root_.get()); }
-  void Add(std::string_view key, cJSON* item) {
-    if (item == nullptr || stack_.empty()) {
-      failed_ = true;
-      cJSON_Delete(item);
-      return;
+  Impl() {
+    out_.reserve(128);
+    out_ += '{';
+    levels_.push_back(Level{false, true});
+  }
+
+  // The separator and, inside an object, the key.
+  void Key(std::string_view key) {
+    Level& l = levels_.back();
+    if (!l.first) out_ += ',';
+    l.first = false;
+    if (!l.array) {
+      Quoted(key);
+      out_ += ':';
     }
-    cJSON* parent = stack_.back();
-    if (cJSON_IsArray(parent)) {
-      if (!cJSON_AddItemToArray(parent, item)) failed_ = true;
-    } else {
-      std::string k(key);
-      if (!cJSON_AddItemToObject(parent, k.c_str(), item)) failed_ = true;
-    }
   }
-  void Push(std::string_view key, cJSON* item) {
-    Add(key, item);
-    if (!failed_) stack_.push_back(item);
+  void Raw(std::string_view key, std::string_view text) {
+    Key(key);
+    out_ += text;
   }
-  void Pop() {
-    if (stack_.size() > 1) stack_.pop_back();
+  void Text(std::string_view key, std::string_view value) {
+    Key(key);
+    Quoted(value);
   }
-  std::string Finish() { return failed_ || !root_ ? std::string() : PrintCompact(root_.get()); }
+  void Integer(std::string_view key, int64_t value) {
+    char buf[24];
+    const auto r = std::to_chars(buf, buf + sizeof buf, value);
+    Raw(key, std::string_view(buf, static_cast<size_t>(r.ptr - buf)));
+  }
+  void Number(std::string_view key, double value) {
+    if (!std::isfinite(value)) return Raw(key, "null");  // JSON has no NaN or infinity
+    char buf[32];
+    const auto r = std::to_chars(buf, buf + sizeof buf, value);
+    Raw(key, std::string_view(buf, static_cast<size_t>(r.ptr - buf)));
+  }
+  void Open(std::string_view key, bool array) {
+    Key(key);
+    out_ += array ? '[' : '{';
+    levels_.push_back(Level{array, true});
+  }
+  void Close() {
+    if (levels_.size() <= 1) return;  // the root closes in Finish
+    out_ += levels_.back().array ? ']' : '}';
+    levels_.pop_back();
+  }
+  // Closes whatever is still open, the root last.
+  std::string Finish() const {
+    std::string s = out_;
+    for (size_t i = levels_.size(); i-- > 0;) s += levels_[i].array ? ']' : '}';
+    return s;
+  }
 
  private:
-  CjsonPtr root_;
-  std::vector<cJSON*> stack_;  // borrowed pointers into root_
-  bool failed_ = false;
+  struct Level {
+    bool array;
+    bool first;  // nothing written at this level yet
+  };
+
+  // RFC 8259 string: quote, backslash and control characters escaped; other
+  // bytes (UTF-8) as they are.
+  void Quoted(std::string_view v) {
+    out_ += '"';
+    for (const char c : v) {
+      const auto u = static_cast<unsigned char>(c);
+      switch (c) {
+        case '"':
+          out_ += "\\\"";
+          break;
+        case '\\':
+          out_ += "\\\\";
+          break;
+        case '\b':
+          out_ += "\\b";
+          break;
+        case '\f':
+          out_ += "\\f";
+          break;
+        case '\n':
+          out_ += "\\n";
+          break;
+        case '\r':
+          out_ += "\\r";
+          break;
+        case '\t':
+          out_ += "\\t";
+          break;
+        default:
+          if (u < 0x20) {
+            static constexpr char kHex[] = "0123456789abcdef";
+            out_ += "\\u00";
+            out_ += kHex[u >> 4];
+            out_ += kHex[u & 0xf];
+          } else {
+            out_ += c;
+          }
+      }
+    }
+    out_ += '"';
+  }
+
+  std::string out_;
+  std::vector<Level> levels_;
 };
 
 JsonWriter::JsonWriter() : impl_(std::make_unique<Impl>()) {}
 JsonWriter::~JsonWriter() = default;
 
 JsonWriter& JsonWriter::String(std::string_view key, std::string_view value) {
-  std::string v(value);
-  impl_->Add(key, cJSON_CreateString(v.c_str()));
+  impl_->Text(key, value);
   return *this;
 }
 JsonWriter& JsonWriter::Int(std::string_view key, int64_t value) {
-  impl_->Add(key, cJSON_CreateNumber(static_cast<double>(value)));
+  impl_->Integer(key, value);
   return *this;
 }
 JsonWriter& JsonWriter::Double(std::string_view key, double value) {
-  impl_->Add(key, cJSON_CreateNumber(value));
+  impl_->Number(key, value);
   return *this;
 }
 JsonWriter& JsonWriter::Bool(std::string_view key, bool value) {
-  impl_->Add(key, cJSON_CreateBool(value ? 1 : 0));
+  impl_->Raw(key, value ? "true" : "false");
   return *this;
 }
 JsonWriter& JsonWriter::Null(std::string_view key) {
-  impl_->Add(key, cJSON_CreateNull());
+  impl_->Raw(key, "null");
   return *this;
 }
 JsonWriter& JsonWriter::BeginObject(std::string_view key) {
-  impl_->Push(key, cJSON_CreateObject());
+  impl_->Open(key, /*array=*/false);
   return *this;
 }
 JsonWriter& JsonWriter::BeginArray(std::string_view key) {
-  impl_->Push(key, cJSON_CreateArray());
+  impl_->Open(key, /*array=*/true);
   return *this;
 }
 JsonWriter& JsonWriter::End() {
-  impl_->Pop();
+  impl_->Close();
   return *this;
 }
 std::string JsonWriter::Finish() { return impl_->Finish(); }

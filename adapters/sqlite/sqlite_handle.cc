@@ -107,8 +107,8 @@ Result<Statement> Statement::Prepare(const Connection& db, std::string_view sql)
   if (sql.size() > INT_MAX) return InvalidArgument("SQL text too long");
   sqlite3_stmt* raw = nullptr;
   const char* tail = nullptr;
-  const int rc = sqlite3_prepare_v3(db.get(), sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT,
-                                    &raw, &tail);
+  const int rc =
+      sqlite3_prepare_v3(db.get(), sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &raw, &tail);
   Statement stmt(db.get(), raw);
   if (rc != SQLITE_OK) return db.Error(rc, "prepare \"" + std::string(sql) + "\"");
   if (raw == nullptr) return Internal("prepare \"" + std::string(sql) + "\": no statement in the text");
@@ -125,7 +125,8 @@ Status Statement::Bind(int index, int64_t value) {
 }
 
 Status Statement::BindText(int index, std::string_view value) {
-  if (value.size() > INT_MAX) return ResourceExhausted("text of " + std::to_string(value.size()) + " bytes is too long");
+  if (value.size() > INT_MAX)
+    return ResourceExhausted("text of " + std::to_string(value.size()) + " bytes is too long");
   // A null pointer would bind SQL NULL; an empty view binds an empty string.
   const char* data = value.data() != nullptr ? value.data() : "";
   const int rc = sqlite3_bind_text(stmt_, index, data, static_cast<int>(value.size()), SQLITE_STATIC);
@@ -134,9 +135,9 @@ Status Statement::BindText(int index, std::string_view value) {
 
 Status Statement::BindBlob(int index, std::string_view value) {
   if (value.size() > INT_MAX) return ResourceExhausted("blob of " + std::to_string(value.size()) + " bytes is too big");
-  const int rc = value.empty() ? sqlite3_bind_zeroblob(stmt_, index, 0)
-                               : sqlite3_bind_blob(stmt_, index, value.data(), static_cast<int>(value.size()),
-                                                   SQLITE_STATIC);
+  const int rc = value.empty()
+                     ? sqlite3_bind_zeroblob(stmt_, index, 0)
+                     : sqlite3_bind_blob(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
   return rc == SQLITE_OK ? Status::Ok() : BindError(rc, index);
 }
 

@@ -1297,7 +1297,7 @@ class SqliteOutbox::Impl {
   std::condition_variable cv_;
   std::deque<Op> queue_;
   bool stopping_ = false;
-  uint64_t dlq_count_ = 0;       // dead letters, as of the last totals (or more)
+  uint64_t dlq_count_ = 0;        // dead letters, as of the last totals (or more)
   bool delivered_empty_ = false;  // no delivered events can be in the file
   // Whether the Append call being stored has its savepoint yet: one-event
   // calls take it only at their first write (committer thread only).

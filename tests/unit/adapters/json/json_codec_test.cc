@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <climits>
+#include <cmath>
+
 namespace ws {
 namespace {
 
@@ -58,9 +61,8 @@ TEST(StructuredEvent, RejectsWithTheOffendingAttributeFirst) {
 }
 
 TEST(StructuredEvent, DataAndDataBase64TogetherAreAConflictNotAMalformedEvent) {
-  Result<Event> e =
-      ParseStructuredEvent(R"({"specversion":"1.0","id":"a","source":"/s","type":"t","data":1,"data_base64":"AA=="})",
-                           false);
+  Result<Event> e = ParseStructuredEvent(
+      R"({"specversion":"1.0","id":"a","source":"/s","type":"t","data":1,"data_base64":"AA=="})", false);
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(e.status().message().rfind("data:", 0), 0u) << e.status().message();
@@ -156,6 +158,28 @@ TEST(JsonWriter, NestsAndEscapes) {
   w.String("", "x").BeginObject("").Int("k", 1).End();
   w.End().BeginObject("o").Null("z").End();
   EXPECT_EQ(w.Finish(), R"({"a":"q\"\n","n":42,"b":false,"list":["x",{"k":1}],"o":{"z":null}})");
+}
+
+TEST(JsonWriter, ExactIntegersEscapedControlsAndNumbers) {
+  JsonWriter w;
+  w.Int("max", INT64_MAX).Int("min", INT64_MIN).Int("seq", 9007199254740993);  // 2^53 + 1: not a double
+  w.String("ctl", std::string("a\x01\x1f\0b\t\\", 7)).String("utf8", "gr\xc3\xbc\xc3\x9f");
+  w.Double("half", 1.5).Double("three", 3.0).Double("nan", std::nan("")).Double("inf", HUGE_VAL);
+  // UTF-8 goes through as it is.
+  EXPECT_EQ(w.Finish(), R"({"max":9223372036854775807,"min":-9223372036854775808,"seq":9007199254740993,)"
+                        R"("ctl":"a\u0001\u001f\u0000b\t\\","utf8":")"
+                        "gr\xc3\xbc\xc3\x9f"
+                        R"(","half":1.5,"three":3,"nan":null,"inf":null})");
+}
+
+TEST(JsonWriter, FinishClosesWhatIsOpenAndAnExtraEndIsIgnored) {
+  JsonWriter w;
+  w.End().BeginArray("a").BeginObject("").String("k", "v");
+  EXPECT_EQ(w.Finish(), R"({"a":[{"k":"v"}]})");
+  JsonWriter empty;
+  EXPECT_EQ(empty.Finish(), "{}");
+  // Every document it writes parses back.
+  EXPECT_TRUE(IsValidJson(w.Finish()));
 }
 
 }  // namespace

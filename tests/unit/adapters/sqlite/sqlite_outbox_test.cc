@@ -60,9 +60,7 @@ int FaultySync(sqlite3_file* f, int flags) { return Real(f)->pMethods->xSync(Rea
 int FaultyFileSize(sqlite3_file* f, sqlite3_int64* size) { return Real(f)->pMethods->xFileSize(Real(f), size); }
 int FaultyLock(sqlite3_file* f, int level) { return Real(f)->pMethods->xLock(Real(f), level); }
 int FaultyUnlock(sqlite3_file* f, int level) { return Real(f)->pMethods->xUnlock(Real(f), level); }
-int FaultyCheckReservedLock(sqlite3_file* f, int* out) {
-  return Real(f)->pMethods->xCheckReservedLock(Real(f), out);
-}
+int FaultyCheckReservedLock(sqlite3_file* f, int* out) { return Real(f)->pMethods->xCheckReservedLock(Real(f), out); }
 int FaultyFileControl(sqlite3_file* f, int op, void* arg) { return Real(f)->pMethods->xFileControl(Real(f), op, arg); }
 int FaultySectorSize(sqlite3_file* f) { return Real(f)->pMethods->xSectorSize(Real(f)); }
 int FaultyDeviceCharacteristics(sqlite3_file* f) { return Real(f)->pMethods->xDeviceCharacteristics(Real(f)); }
@@ -142,7 +140,8 @@ Event MakeEvent(const std::string& id, const std::string& data = "{\"v\":1}") {
   e.id = id;
   e.source = "/plant-7/line-3";
   e.type = "com.acme.order.created";
-  e.attributes = {{"time", "2026-11-21T10:00:00Z"}, {"traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}};
+  e.attributes = {{"time", "2026-11-21T10:00:00Z"},
+                  {"traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}};
   e.data_kind = DataKind::kJson;
   e.data = data;
   return e;
@@ -160,7 +159,9 @@ OutboxEntry Entry(const std::string& id, Priority p = Priority::kNormal, const s
 }
 
 // What an entry counts against the limits (record, topic and stream).
-uint64_t StoredBytesOf(const OutboxEntry& e) { return EncodeEventRecord(e.event).size() + e.topic.size() + e.stream.size(); }
+uint64_t StoredBytesOf(const OutboxEntry& e) {
+  return EncodeEventRecord(e.event).size() + e.topic.size() + e.stream.size();
+}
 
 SqliteOutboxOptions Options(const ws::testing::TempDir& dir, Clock* clock) {
   SqliteOutboxOptions o;
@@ -432,8 +433,7 @@ TEST_F(SqliteOutboxTest, EightThreadsAppendingGetDistinctSequencesAndAllSurviveR
         for (int i = 0; i < kPerThread; ++i) {
           auto p = std::make_shared<std::promise<AppendResult>>();
           pending.push_back(p->get_future());
-          o->Append({Entry(Numbered("t", t, i))},
-                    [p](AppendResult r) { p->set_value(std::move(r)); });
+          o->Append({Entry(Numbered("t", t, i))}, [p](AppendResult r) { p->set_value(std::move(r)); });
         }
         for (auto& f : pending) {
           AppendResult r = f.get();
@@ -683,7 +683,8 @@ TEST_F(SqliteOutboxTest, MaxBytesRefusesAppendsAndWritesNothing) {
 
     // Room for one more event, but not for this call's two: nothing of it.
     ASSERT_TRUE(AckSync(*o, {stored[0]}).ok());
-    AppendResult two = AppendSync(*o, {Entry("x1", Priority::kNormal, payload), Entry("x2", Priority::kNormal, payload)});
+    AppendResult two =
+        AppendSync(*o, {Entry("x1", Priority::kNormal, payload), Entry("x2", Priority::kNormal, payload)});
     EXPECT_EQ(two.status().code(), StatusCode::kResourceExhausted);
     EXPECT_EQ(o->Stats().rejected_full, 3u);
     EXPECT_EQ(BacklogCount(o->Stats()), stored.size() - 1);
@@ -712,7 +713,8 @@ TEST_F(SqliteOutboxTest, DiskFullFailsCleanlyAndRecoversByItself) {
     const OutboxStats before = o->Stats();
 
     g_disk_full = true;
-    AppendResult r = AppendSync(*o, {Entry("while-full-1"), Entry("while-full-2", Priority::kNormal, std::string(20000, 'z'))});
+    AppendResult r =
+        AppendSync(*o, {Entry("while-full-1"), Entry("while-full-2", Priority::kNormal, std::string(20000, 'z'))});
     Status ack = AckSync(*o, {first});
     g_disk_full = false;
 
@@ -774,8 +776,7 @@ TEST_F(SqliteOutboxTest, GarbageFileIsQuarantinedWithItsWal) {
   WriteBytes(options.path, garbage);
   WriteBytes(options.path + "-wal", "not a wal either");
   ExpectQuarantinedAndFresh(dir_, options, garbage);
-  EXPECT_EQ(ws::testing::Slurp(dir_.File(std::string("outbox.db.corrupt-") + kFakeStamp + "-wal")),
-            "not a wal either");
+  EXPECT_EQ(ws::testing::Slurp(dir_.File(std::string("outbox.db.corrupt-") + kFakeStamp + "-wal")), "not a wal either");
 }
 
 TEST_F(SqliteOutboxTest, TruncatedStoreIsQuarantined) {
@@ -1677,8 +1678,7 @@ TEST_F(SqliteOutboxTest, LargeBacklogOpenIsMeasured) {
       std::vector<OutboxEntry> entries;
       for (int i = done; i < std::min(n, done + kPerCall); ++i) {
         // About 200 bytes per event: the record plus topic and stream.
-        entries.push_back(Entry(Numbered("big-", i), kAllPriorities[static_cast<size_t>(i % 4)],
-                                std::string(40, 'd')));
+        entries.push_back(Entry(Numbered("big-", i), kAllPriorities[static_cast<size_t>(i % 4)], std::string(40, 'd')));
       }
       AppendResult r = AppendSync(*o, std::move(entries));
       ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -1709,11 +1709,12 @@ TEST_F(SqliteOutboxTest, LargeBacklogOpenIsMeasured) {
     const double first_lease_ms = since_us(t0);
     const OutboxStats after_check = AfterBackgroundCheck(*o);
     EXPECT_FALSE(after_check.integrity_failed);
-    std::printf("[ measure  ] backlog %d events, file %llu KiB: open %.1f ms (%s), first lease at %.1f ms%s; "
-                "RSS %+lld KiB while filling\n",
-                n, file_kib, open_ms, background ? "structural check" : "full check", first_lease_ms,
-                background ? (", background check done at " + std::to_string(since_us(t0)) + " ms").c_str() : "",
-                (static_cast<long long>(rss_after) - static_cast<long long>(rss_before)) / 1024);
+    std::printf(
+        "[ measure  ] backlog %d events, file %llu KiB: open %.1f ms (%s), first lease at %.1f ms%s; "
+        "RSS %+lld KiB while filling\n",
+        n, file_kib, open_ms, background ? "structural check" : "full check", first_lease_ms,
+        background ? (", background check done at " + std::to_string(since_us(t0)) + " ms").c_str() : "",
+        (static_cast<long long>(rss_after) - static_cast<long long>(rss_before)) / 1024);
   }
   // The same file with the full check at open, as after an unclean shutdown.
   options.full_check_max_bytes = UINT64_MAX;
@@ -1721,7 +1722,8 @@ TEST_F(SqliteOutboxTest, LargeBacklogOpenIsMeasured) {
   auto o = OpenStore(options);
   const double open_ms = since_us(t0);
   ASSERT_NE(o, nullptr);
-  std::printf("[ measure  ] backlog %d events, file %llu KiB: open %.1f ms with the full check\n", n, file_kib, open_ms);
+  std::printf("[ measure  ] backlog %d events, file %llu KiB: open %.1f ms with the full check\n", n, file_kib,
+              open_ms);
 }
 
 // ---- what each commit writes ----
@@ -1841,7 +1843,7 @@ TEST_F(SqliteOutboxTest, TheSequenceCeilingCoversEverySequenceSoACrashCopyNeverR
 
 TEST_F(SqliteOutboxTest, AnAckQueuedBeforeAnAppendFreesItsRoomInTheSameTransaction) {
   auto options = Options(dir_, &clock_);
-  options.commit_window_us = 20000;  // room for the append to join the ack
+  options.commit_window_us = 20000;                // room for the append to join the ack
   Limits(options, Priority::kBulk).max_count = 2;  // bulk drops oldest by default
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
@@ -1854,7 +1856,8 @@ TEST_F(SqliteOutboxTest, AnAckQueuedBeforeAnAppendFreesItsRoomInTheSameTransacti
     std::promise<Status> acked;
     std::promise<AppendResult> appended;
     o->Ack({a}, [&](Status s) { acked.set_value(std::move(s)); });
-    o->Append({Entry(Numbered("c", round), Priority::kBulk)}, [&](AppendResult r) { appended.set_value(std::move(r)); });
+    o->Append({Entry(Numbered("c", round), Priority::kBulk)},
+              [&](AppendResult r) { appended.set_value(std::move(r)); });
     ASSERT_TRUE(acked.get_future().get().ok());
     AppendResult c = appended.get_future().get();
     ASSERT_TRUE(c.ok()) << c.status().ToString();
