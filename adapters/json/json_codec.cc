@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <vector>
 
 #include "adapters/json/cjson_ptr.h"
@@ -23,6 +24,117 @@ bool IsJsonContentType(const std::string* ct) {
   if (semi != std::string_view::npos) v = v.substr(0, semi);
   while (!v.empty() && v.back() == ' ') v.remove_suffix(1);
   return v == "application/json" || v == "text/json" || (v.size() > 5 && v.substr(v.size() - 5) == "+json");
+}
+
+// ---- raw text of JSON the parser already accepted ----
+//
+// Event data is kept as the producer wrote it (less whitespace) instead of
+// being printed again from cJSON's tree: printing goes through doubles, so
+// it rewrote numbers (21.50 became 21.5, integers past 2^53 changed) and
+// cost a tree walk and allocations per event. These scanners run only on
+// text cJSON has just parsed, so they need not judge validity; on anything
+// unexpected they give up and the caller falls back to the tree.
+
+// As cJSON has it: every byte up to the space (controls and NUL too)
+// separates tokens.
+constexpr bool IsJsonSpace(char c) { return static_cast<unsigned char>(c) <= 32; }
+
+size_t SkipSpace(std::string_view t, size_t i) {
+  while (i < t.size() && IsJsonSpace(t[i])) ++i;
+  return i;
+}
+
+// `i` at a '"': the index after the closing quote, or npos.
+size_t SkipString(std::string_view t, size_t i) {
+  for (++i; i < t.size(); ++i) {
+    if (t[i] == '\\') {
+      ++i;
+    } else if (t[i] == '"') {
+      return i + 1;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// `i` at the first character of a value: the index after it, or npos.
+size_t SkipValue(std::string_view t, size_t i) {
+  if (i >= t.size()) return std::string_view::npos;
+  if (t[i] == '"') return SkipString(t, i);
+  if (t[i] != '{' && t[i] != '[') {
+    while (i < t.size() && t[i] != ',' && t[i] != '}' && t[i] != ']' && !IsJsonSpace(t[i])) ++i;
+    return i;
+  }
+  size_t depth = 0;
+  while (i < t.size()) {
+    const char c = t[i];
+    if (c == '"') {
+      i = SkipString(t, i);
+      if (i == std::string_view::npos) return i;
+      continue;
+    }
+    if (c == '{' || c == '[') ++depth;
+    if ((c == '}' || c == ']') && --depth == 0) return i + 1;
+    ++i;
+  }
+  return std::string_view::npos;
+}
+
+// The raw value of member `name` of the object `t` (which starts at its
+// '{'), or nullopt if it is absent or a key is written with escapes (then
+// only the parser knows which key it names).
+std::optional<std::string_view> RawMember(std::string_view t, std::string_view name) {
+  size_t i = SkipSpace(t, 0);
+  if (i >= t.size() || t[i] != '{') return std::nullopt;
+  i = SkipSpace(t, i + 1);
+  while (i < t.size() && t[i] == '"') {
+    const size_t key_end = SkipString(t, i);
+    if (key_end == std::string_view::npos) return std::nullopt;
+    const std::string_view key = t.substr(i + 1, key_end - i - 2);
+    if (key.find('\\') != std::string_view::npos) return std::nullopt;
+    i = SkipSpace(t, key_end);
+    if (i >= t.size() || t[i] != ':') return std::nullopt;
+    const size_t value_start = SkipSpace(t, i + 1);
+    const size_t value_end = SkipValue(t, value_start);
+    if (value_end == std::string_view::npos || value_end == value_start) return std::nullopt;
+    if (key == name) return t.substr(value_start, value_end - value_start);
+    i = SkipSpace(t, value_end);
+    if (i < t.size() && t[i] == ',') i = SkipSpace(t, i + 1);
+  }
+  return std::nullopt;
+}
+
+// The raw text of each element of the array `t`, in order.
+std::vector<std::string_view> RawElements(std::string_view t) {
+  std::vector<std::string_view> out;
+  size_t i = SkipSpace(t, 0);
+  if (i >= t.size() || t[i] != '[') return out;
+  i = SkipSpace(t, i + 1);
+  while (i < t.size() && t[i] != ']') {
+    const size_t end = SkipValue(t, i);
+    if (end == std::string_view::npos || end == i) return {};
+    out.push_back(t.substr(i, end - i));
+    i = SkipSpace(t, end);
+    if (i < t.size() && t[i] == ',') i = SkipSpace(t, i + 1);
+  }
+  return out;
+}
+
+// `v` without the whitespace between tokens.
+std::string Minified(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (size_t i = 0; i < v.size();) {
+    if (v[i] == '"') {
+      const size_t end = SkipString(v, i);
+      const size_t n = (end == std::string_view::npos ? v.size() : end) - i;
+      out.append(v.substr(i, n));
+      i += n;
+    } else {
+      if (!IsJsonSpace(v[i])) out += v[i];
+      ++i;
+    }
+  }
+  return out;
 }
 
 // Extension values may be strings, numbers or booleans; they travel as their
@@ -52,7 +164,8 @@ bool HasNonFiniteNumber(const cJSON* item) {
   return false;
 }
 
-Result<Event> EventFromObject(const cJSON* obj, bool allow_missing_id) {
+// `raw` is the object's own text, if known (else empty).
+Result<Event> EventFromObject(const cJSON* obj, std::string_view raw, bool allow_missing_id) {
   if (!cJSON_IsObject(obj)) return InvalidArgument("event: must be a JSON object");
   {
     // Duplicate member names are ambiguous: refuse them (sorted, so a body
@@ -109,11 +222,12 @@ Result<Event> EventFromObject(const cJSON* obj, bool allow_missing_id) {
     e.data_kind = DataKind::kBinary;
   } else if (have_data && !cJSON_IsNull(data_item)) {
     if (IsJsonContentType(e.FindAttribute("datacontenttype"))) {
-      // cJSON would print such a number as null: refuse rather than change
-      // the producer's data.
+      // A number no double can hold (1e400) is refused: consumers that
+      // read JSON numbers as doubles could not read it either.
       if (HasNonFiniteNumber(data_item)) return InvalidArgument("data: a number is too large for a double");
       e.data_kind = DataKind::kJson;
-      e.data = PrintCompact(data_item);
+      const std::optional<std::string_view> text = raw.empty() ? std::nullopt : RawMember(raw, "data");
+      e.data = text.has_value() ? Minified(*text) : PrintCompact(data_item);
       if (e.data.empty()) return Status(StatusCode::kResourceExhausted, "data: out of memory");
     } else {
       // A non-JSON content type carries its text as a JSON string.
@@ -139,7 +253,7 @@ Result<Event> EventFromObject(const cJSON* obj, bool allow_missing_id) {
 Result<Event> ParseStructuredEvent(std::string_view json, bool allow_missing_id) {
   CjsonPtr root = ParseExact(json);
   if (!root) return InvalidArgument("body: not valid JSON");
-  return EventFromObject(root.get(), allow_missing_id);
+  return EventFromObject(root.get(), json, allow_missing_id);
 }
 
 Result<std::vector<Event>> ParseEventBatch(std::string_view json, bool allow_missing_id, size_t max_events) {
@@ -147,12 +261,16 @@ Result<std::vector<Event>> ParseEventBatch(std::string_view json, bool allow_mis
   if (!root) return InvalidArgument("body: not valid JSON");
   if (!cJSON_IsArray(root.get())) return InvalidArgument("body: a batch must be a JSON array of events");
   std::vector<Event> out;
+  // Each element's own text, when the scan agrees with the parser on how
+  // many there are.
+  std::vector<std::string_view> raw = RawElements(json);
+  if (static_cast<size_t>(cJSON_GetArraySize(root.get())) != raw.size()) raw.clear();
   size_t i = 0;
   for (const cJSON* it = root->child; it != nullptr; it = it->next, ++i) {
     if (i >= max_events) {
       return Status(StatusCode::kResourceExhausted, "body: more than " + std::to_string(max_events) + " events");
     }
-    Result<Event> e = EventFromObject(it, allow_missing_id);
+    Result<Event> e = EventFromObject(it, raw.empty() ? std::string_view() : raw[i], allow_missing_id);
     if (!e.ok()) return e.status().WithContext("[" + std::to_string(i) + "]");
     out.push_back(std::move(e).value());
   }

@@ -16,6 +16,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ws::Result<ws::Event> e = ws::ParseStructuredEvent(in, allow_missing_id);
     if (!e.ok()) continue;
     ws::Event event = std::move(e).value();
+    // JSON data is kept as the producer's text without whitespace: it must
+    // still be exactly one JSON value.
+    if (event.data_kind == ws::DataKind::kJson && !ws::IsValidJson(event.data)) {
+      ws::fuzz::Fail("JSON data is not valid JSON", event.data, in);
+    }
     if (event.id.empty()) event.id = "-";  // what the API does: assign one
     std::string encoded = ws::EncodeStructuredEvent(event);
     ws::Result<ws::Event> back = ws::ParseStructuredEvent(encoded, false);

@@ -109,11 +109,7 @@ TEST(StructuredEvent, EncodeThenParseRoundTrips) {
     EXPECT_EQ(back->id, e.id);
     EXPECT_EQ(back->source, e.source);
     EXPECT_EQ(back->data_kind, e.data_kind);
-    if (kind == DataKind::kJson) {
-      EXPECT_EQ(back->data, R"({"a":[true,null,"é"]})");
-    } else {
-      EXPECT_EQ(back->data, e.data);
-    }
+    EXPECT_EQ(back->data, e.data);  // JSON data exactly as written, escapes included
     EXPECT_EQ(*back->FindAttribute("traceparent"), "00-1-2-01");
   }
 }
@@ -150,6 +146,52 @@ TEST(Base64, KnownVectorsAndRejects) {
     EXPECT_EQ(*d, s);
   }
   for (const char* bad : {"Zg=", "Z===", "Zm9v!A==", "=AAA", "Zg==Zg=="}) EXPECT_FALSE(Base64Decode(bad).ok()) << bad;
+}
+
+TEST(StructuredEvent, DataKeepsTheProducersNumbersAndStringsWithoutWhitespace) {
+  Result<Event> e = ParseStructuredEvent(
+      R"({"specversion":"1.0","id":"1","source":"/s","type":"t",)"
+      R"( "data" : { "temp" : 21.50, "big": 12345678901234567890, "e": 1E2,)"
+      "\n  \"s\": \"x  }\\\" ]y\", \"a\": [ 1 , {} , [] ] } }",
+      false);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ(e->data_kind, DataKind::kJson);
+  EXPECT_EQ(e->data, R"({"temp":21.50,"big":12345678901234567890,"e":1E2,"s":"x  }\" ]y","a":[1,{},[]]})");
+
+  // A string as JSON data is the JSON text of the string.
+  e = ParseStructuredEvent(R"({"specversion":"1.0","id":"1","source":"/s","type":"t","data":"a b"})", false);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->data, R"("a b")");
+
+  // A key written with escapes still names "data" (through the parser).
+  e = ParseStructuredEvent(R"({"specversion":"1.0","id":"1","source":"/s","type":"t","d\u0061ta":{"v": 2}})", false);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ(e->data, R"({"v":2})");
+}
+
+TEST(EventBatch, EachEventKeepsItsOwnData) {
+  Result<std::vector<Event>> b = ParseEventBatch(
+      R"( [ {"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"n":1.10}},)"
+      R"({"specversion":"1.0","id":"2","source":"/s","type":"t","data":[ "]" , 2.0 ]},)"
+      R"({"specversion":"1.0","id":"3","source":"/s","type":"t"} ] )",
+      false, 10);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_EQ(b->size(), 3u);
+  EXPECT_EQ((*b)[0].data, R"({"n":1.10})");
+  EXPECT_EQ((*b)[1].data, R"(["]",2.0])");
+  EXPECT_EQ((*b)[2].data_kind, DataKind::kNone);
+}
+
+TEST(EventBatch, ControlBytesBetweenTokensAreWhitespaceAsForTheParser) {
+  static constexpr char kBody[] =
+      "\t[\x01\0{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\","
+      "\"data\":\x02{\"a\":\x01[1,\x1f"
+      "2]}}\0]";
+  const std::string body(kBody, sizeof kBody - 1);
+  Result<std::vector<Event>> b = ParseEventBatch(body, false, 10);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_EQ(b->size(), 1u);
+  EXPECT_EQ((*b)[0].data, R"({"a":[1,2]})");
 }
 
 TEST(JsonWriter, NestsAndEscapes) {
