@@ -391,6 +391,14 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
 
 OutboxDb::~OutboxDb() = default;
 
+int64_t OutboxDb::Recompilations() const {
+  int64_t n = 0;
+  for (sqlite3_stmt* st = sqlite3_next_stmt(db_.get(), nullptr); st != nullptr; st = sqlite3_next_stmt(db_.get(), st)) {
+    n += sqlite3_stmt_status(st, SQLITE_STMTSTATUS_REPREPARE, 0);
+  }
+  return n;
+}
+
 Status OutboxDb::Prepare() {
   struct Def {
     Statement* stmt;
@@ -439,19 +447,24 @@ Status OutboxDb::Prepare() {
        "DELETE FROM delivered WHERE seq IN (SELECT seq FROM delivered WHERE delivered_us <= ?1 LIMIT ?2)"},
       {&class_head_, "SELECT seq, accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT ?2"},
       {&delete_class_up_to_, "DELETE FROM events WHERE priority = ?1 AND seq <= ?2"},
+      // The time filters below compare a difference, not the column, with
+      // the parameter: a column compared with a parameter makes SQLite judge
+      // the partial indexes on expires_us and not_before_us by the bound
+      // value, and then recompile the statement whenever that value changes
+      // (every lease, a new "now").
       {&add_attempt_,
-       "UPDATE events SET attempts = attempts + 1 WHERE priority = ?1 AND seq <= ?2 AND not_before_us <= ?3"},
+       "UPDATE events SET attempts = attempts + 1 WHERE priority = ?1 AND seq <= ?2 AND not_before_us - ?3 <= 0"},
       {&nack_, "UPDATE events SET attempts = attempts + 1, not_before_us = ?2 WHERE seq = ?1 RETURNING priority"},
       // "> 0" repeats the partial index's condition so the planner can use it.
       {&read_waiting_,
        "SELECT seq, priority, not_before_us FROM events WHERE not_before_us > ?1 AND not_before_us > 0"},
       {&read_class_,
        "SELECT seq, topic, stream, attempts, accepted_us, record, replay_of FROM events"
-       " WHERE priority = ?1 AND seq > ?2 AND (expires_us = 0 OR expires_us > ?3) AND not_before_us <= ?3"
+       " WHERE priority = ?1 AND seq > ?2 AND (expires_us = 0 OR expires_us - ?3 > 0) AND not_before_us - ?3 <= 0"
        " ORDER BY seq LIMIT ?4"},
       {&read_one_,
        "SELECT seq, topic, stream, attempts, accepted_us, record, replay_of, priority FROM events"
-       " WHERE seq = ?1 AND (expires_us = 0 OR expires_us > ?2)"},
+       " WHERE seq = ?1 AND (expires_us = 0 OR expires_us - ?2 > 0)"},
       {&read_totals_, "SELECT bucket, count, bytes FROM totals"},
       {&oldest_in_class_, "SELECT seq, bytes, accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT 1"},
       {&list_dlq_,

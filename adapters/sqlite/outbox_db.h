@@ -239,6 +239,10 @@ class OutboxDb {
   // the `totals` table, plus the oldest event of each class: no table scan.
   Result<StoreTotals> ReadTotals();
 
+  // How many times SQLite recompiled a prepared statement of this
+  // connection (a schema change, or a bound value the plan depends on).
+  int64_t Recompilations() const;
+
  private:
   Status Prepare();
 

@@ -1841,6 +1841,44 @@ TEST_F(SqliteOutboxTest, TheSequenceCeilingCoversEverySequenceSoACrashCopyNeverR
   EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"e0", "e1", "e2", "e3", "after-crash"}));
 }
 
+TEST_F(SqliteOutboxTest, LeaseReadsAreNotRecompiledForEachNewTime) {
+  sqlite::OutboxDbOptions options;
+  options.path = dir_.File("direct.db");
+  sqlite::OpenReport report;
+  auto db = sqlite::OutboxDb::Open(options, &report);
+  ASSERT_TRUE(db.ok()) << db.status().ToString();
+  const std::string record = EncodeEventRecord(MakeEvent("x"));
+  ASSERT_TRUE((*db)->Begin().ok());
+  for (int64_t seq = 1; seq <= 3; ++seq) {
+    const std::string id = Numbered("id-", seq);
+    const int64_t expires = seq == 2 ? 5000 : 0;  // the second one has a TTL
+    ASSERT_TRUE(
+        (*db)
+            ->InsertEvent(sqlite::NewEventRow{seq, id, Priority::kNormal, "s", "t", 1000, expires, 10, record, 0})
+            .ok());
+  }
+  ASSERT_TRUE((*db)->Commit().ok());
+  const int64_t before = (*db)->Recompilations();
+  for (int64_t now = 1000; now < 1020; ++now) {
+    std::vector<LeasedEvent> out;
+    std::vector<std::pair<int64_t, Status>> unreadable;
+    int64_t last_seen = 0;
+    ASSERT_TRUE((*db)->ReadLeasable(Priority::kNormal, 0, now, 10, &out, &unreadable, &last_seen).ok());
+    ASSERT_TRUE((*db)->ReadLeasableBySequence(2, now, &out, &unreadable).ok());
+    EXPECT_EQ(out.size(), 4u);
+  }
+  // The filters still work: past its expiry the second event is left out.
+  std::vector<LeasedEvent> out;
+  std::vector<std::pair<int64_t, Status>> unreadable;
+  int64_t last_seen = 0;
+  ASSERT_TRUE((*db)->ReadLeasable(Priority::kNormal, 0, 6000, 10, &out, &unreadable, &last_seen).ok());
+  ASSERT_TRUE((*db)->ReadLeasableBySequence(2, 6000, &out, &unreadable).ok());
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].sequence, 1);
+  EXPECT_EQ(out[1].sequence, 3);
+  EXPECT_EQ((*db)->Recompilations(), before);
+}
+
 TEST_F(SqliteOutboxTest, AnAckQueuedBeforeAnAppendFreesItsRoomInTheSameTransaction) {
   auto options = Options(dir_, &clock_);
   options.commit_window_us = 20000;                // room for the append to join the ack
