@@ -1,6 +1,7 @@
 #include "platform/process_stats.h"
 
 #include <dirent.h>
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <cerrno>
@@ -59,6 +60,14 @@ Result<ProcessStats> ReadProcessStats() {
     st.open_fds = n > 3 ? n - 3 : 0;  // ".", ".." and the DIR's own fd
   }
   return st;
+}
+
+bool ReleaseFreeHeap() {
+#if defined(__GLIBC__)
+  return malloc_trim(0) != 0;
+#else
+  return false;
+#endif
 }
 
 }  // namespace ws

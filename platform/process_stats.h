@@ -21,4 +21,10 @@ struct ProcessStats {
 
 Result<ProcessStats> ReadProcessStats();
 
+// Gives the pages of freed heap memory back to the system (glibc's
+// malloc_trim): after a burst the allocator otherwise keeps them, and they
+// count in RSS until the next burst reuses them. True if anything was
+// released. Costs a walk over the allocator's free lists.
+bool ReleaseFreeHeap();
+
 }  // namespace ws
