@@ -611,6 +611,15 @@ Status OutboxDb::InsertEvent(const NewEventRow& r) {
   return insert_event_.Run();
 }
 
+Result<bool> OutboxDb::InsertEventIfNew(const NewEventRow& r) {
+  Status s = InsertEvent(r);
+  if (s.ok()) return true;
+  // The failed statement undid itself; the transaction goes on. Only the
+  // id's index can refuse a new sequence with valid columns.
+  if (sqlite3_extended_errcode(db_.get()) == SQLITE_CONSTRAINT_UNIQUE) return false;
+  return s;
+}
+
 Result<std::optional<int64_t>> OutboxDb::FindQueuedId(std::string_view id) {
   StatementScope scope(find_queued_id_);
   WS_TRY(find_queued_id_.BindText(1, id));

@@ -174,6 +174,9 @@ class OutboxDb {
   // delivered), if it is there.
   Result<std::optional<int64_t>> FindQueuedId(std::string_view id);
   Status InsertEvent(const NewEventRow& row);
+  // Like InsertEvent, but false (and nothing stored) if an event with this
+  // id is already in the outbox table (its unique index says so).
+  Result<bool> InsertEventIfNew(const NewEventRow& row);
   // False if no such event is in the outbox.
   Result<bool> DeleteEvent(int64_t sequence);
   Result<std::optional<EventHead>> OldestInClass(Priority p);

@@ -720,9 +720,23 @@ class SqliteOutbox::Impl {
                                                   : "event \"" + e.event.id + "\" has an unknown priority class");
       }
       std::string record = EncodeEventRecord(e.event);
+      const uint64_t bytes = StoredBytes(e, record);
+      const int64_t seq = tally->last_sequence + 1;
+      const sqlite::NewEventRow row{seq, e.event.id, e.priority, e.stream, e.topic, now, e.expires_at_us,
+                                    bytes, record, 0};
       // Ids live in three tables; while the dead letters and the delivered
-      // events are empty, only the outbox needs a look.
+      // events are empty, only the outbox's unique index can hold one. Then,
+      // when the event fits without making room, it is inserted at once and
+      // the index answers whether the id is new: a new id (nearly every
+      // event) costs no lookup of its own.
       const bool only_outbox = dlq_count_ == 0 && delivered_empty_;
+      if (only_outbox && DecideAdmission(limits_, tally->usage, e.priority, bytes).action == Admission::kAdmit) {
+        WS_ASSIGN_OR_RETURN(bool inserted, db_->InsertEventIfNew(row));
+        if (inserted) {
+          CountStored(e, bytes, tally, outcomes);
+          continue;
+        }
+      }
       WS_ASSIGN_OR_RETURN(std::optional<sqlite::StoredId> found,
                           only_outbox ? db_->FindIdInOutbox(e.event.id) : db_->FindId(e.event.id));
       if (found.has_value()) {
@@ -734,7 +748,6 @@ class SqliteOutbox::Impl {
         return AlreadyExists("event id \"" + e.event.id + "\" is already stored (sequence " +
                              std::to_string(found->sequence) + ") with different content");
       }
-      const uint64_t bytes = StoredBytes(e, record);
       if (Status admit = Admit(e.priority, bytes, tally, rejected); !admit.ok()) {
         if (!*rejected) return admit;
         {
@@ -743,17 +756,22 @@ class SqliteOutbox::Impl {
         }
         return ResourceExhausted("event \"" + e.event.id + "\" refused: " + admit.message());
       }
-      const int64_t seq = tally->last_sequence + 1;
-      WS_TRY(db_->InsertEvent(
-          sqlite::NewEventRow{seq, e.event.id, e.priority, e.stream, e.topic, now, e.expires_at_us, bytes, record, 0}));
-      tally->last_sequence = seq;
-      tally->new_events += 1;
-      tally->added[p] += 1;
-      tally->usage.classes[p].count += 1;
-      tally->usage.classes[p].bytes += bytes;
-      outcomes->push_back(AppendOutcome{seq, e.event.id, false});
+      WS_TRY(db_->InsertEvent(row));
+      CountStored(e, bytes, tally, outcomes);
     }
     return Status::Ok();
+  }
+
+  // An event of `e`'s class was just stored under the next sequence.
+  static void CountStored(const OutboxEntry& e, uint64_t bytes, BatchTally* tally,
+                          std::vector<AppendOutcome>* outcomes) {
+    const auto p = static_cast<size_t>(e.priority);
+    tally->last_sequence += 1;
+    tally->new_events += 1;
+    tally->added[p] += 1;
+    tally->usage.classes[p].count += 1;
+    tally->usage.classes[p].bytes += bytes;
+    outcomes->push_back(AppendOutcome{tally->last_sequence, e.event.id, false});
   }
 
   void NotifyListener() {

@@ -389,6 +389,33 @@ TEST_F(SqliteOutboxTest, SameIdSameContentAnswersTheFirstSequence) {
   EXPECT_EQ(s.last_sequence, (*twice)[0].sequence);
 }
 
+TEST_F(SqliteOutboxTest, AOneEventCallWithAKnownIdIsAnsweredFromTheIndexAndCountsNothing) {
+  const auto options = Options(dir_, &clock_);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    const int64_t first = AppendOne(*o, Entry("order-1"));
+    for (int i = 0; i < 3; ++i) {
+      AppendResult same = AppendSync(*o, {Entry("order-1")});
+      ASSERT_TRUE(same.ok());
+      EXPECT_TRUE((*same)[0].duplicate);
+      EXPECT_EQ((*same)[0].sequence, first);
+      AppendResult other = AppendSync(*o, {Entry("order-1", Priority::kNormal, "{\"v\":2}")});
+      EXPECT_EQ(other.status().code(), StatusCode::kAlreadyExists);
+    }
+    // The next new event still gets the next sequence.
+    EXPECT_EQ(AppendOne(*o, Entry("order-2")), first + 1);
+    const OutboxStats s = o->Stats();
+    EXPECT_EQ(BacklogCount(s), 2u);
+    EXPECT_EQ(s.appended_events, 2u);
+  }
+  // The totals the triggers keep agree with the rows.
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events"), 2);
+  EXPECT_EQ(QueryFile(options.path, "SELECT sum(count) FROM totals WHERE bucket < 4"), 2);
+  EXPECT_EQ(QueryFile(options.path, "SELECT sum(bytes) FROM totals WHERE bucket < 4"),
+            QueryFile(options.path, "SELECT sum(bytes) FROM events"));
+}
+
 TEST_F(SqliteOutboxTest, SameIdOtherContentFailsTheWholeCallAndWritesNothing) {
   const auto options = Options(dir_, &clock_);
   {
