@@ -112,6 +112,17 @@ CREATE INDEX events_waiting ON events(not_before_us) WHERE not_before_us > 0;
 CREATE INDEX delivered_by_accepted ON delivered(accepted_us);
 )sql";
 
+// Schema version 3: the totals are kept by the store, once per
+// transaction, instead of by a trigger per row (a fifth of the CPU of an
+// append, and a statement journal per insert). Dropping the triggers
+// rewrites nothing: the totals they kept stay exact.
+constexpr const char* kSchemaV3 = R"sql(
+DROP TRIGGER events_total_in;
+DROP TRIGGER events_total_out;
+DROP TRIGGER dlq_total_in;
+DROP TRIGGER dlq_total_out;
+)sql";
+
 constexpr int64_t kDlqBucket = 4;
 
 // Tables a store of the current schema must have; their absence is damage.
@@ -126,8 +137,9 @@ struct Migration {
 constexpr Migration kMigrations[] = {
     {1, kSchemaV1},
     {2, kSchemaV2},
+    {3, kSchemaV3},
 };
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 int64_t MicrosSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
@@ -431,8 +443,10 @@ Status OutboxDb::Prepare() {
       {&copy_to_delivered_,
        "INSERT INTO delivered(seq, id, priority, stream, topic, accepted_us, delivered_us, record)"
        " SELECT seq, id, priority, stream, topic, accepted_us, ?2, record FROM events WHERE seq = ?1"},
-      {&delete_event_, "DELETE FROM events WHERE seq = ?1"},
-      {&delete_event_range_, "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2"},
+      // Every statement that removes events or dead letters returns each
+      // row's bucket and bytes for the totals (RunRemoving).
+      {&delete_event_, "DELETE FROM events WHERE seq = ?1 RETURNING priority, bytes"},
+      {&delete_event_range_, "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2 RETURNING priority, bytes"},
       {&copy_to_dlq_,
        "INSERT INTO dlq(seq, id, priority, stream, topic, accepted_us, attempts, bytes, record, reason,"
        " dead_lettered_us)"
@@ -441,12 +455,12 @@ Status OutboxDb::Prepare() {
       {&any_expired_, "SELECT 1 FROM events WHERE expires_us > 0 AND expires_us <= ?1 LIMIT 1"},
       {&delete_expired_,
        "DELETE FROM events WHERE seq IN"
-       " (SELECT seq FROM events WHERE expires_us > 0 AND expires_us <= ?1 LIMIT ?2)"},
+       " (SELECT seq FROM events WHERE expires_us > 0 AND expires_us <= ?1 LIMIT ?2) RETURNING priority, bytes"},
       {&any_delivered_, "SELECT 1 FROM delivered WHERE delivered_us <= ?1 LIMIT 1"},
       {&purge_delivered_,
        "DELETE FROM delivered WHERE seq IN (SELECT seq FROM delivered WHERE delivered_us <= ?1 LIMIT ?2)"},
       {&class_head_, "SELECT seq, accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT ?2"},
-      {&delete_class_up_to_, "DELETE FROM events WHERE priority = ?1 AND seq <= ?2"},
+      {&delete_class_up_to_, "DELETE FROM events WHERE priority = ?1 AND seq <= ?2 RETURNING priority, bytes"},
       // The time filters below compare a difference, not the column, with
       // the parameter: a column compared with a parameter makes SQLite judge
       // the partial indexes on expires_us and not_before_us by the bound
@@ -466,6 +480,7 @@ Status OutboxDb::Prepare() {
        "SELECT seq, topic, stream, attempts, accepted_us, record, replay_of, priority FROM events"
        " WHERE seq = ?1 AND (expires_us = 0 OR expires_us - ?2 > 0)"},
       {&read_totals_, "SELECT bucket, count, bytes FROM totals"},
+      {&add_to_totals_, "UPDATE totals SET count = count + ?2, bytes = bytes + ?3 WHERE bucket = ?1"},
       {&oldest_in_class_, "SELECT seq, bytes, accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT 1"},
       {&list_dlq_,
        "SELECT seq, id, priority, topic, accepted_us, dead_lettered_us, attempts, reason, record FROM dlq"
@@ -473,9 +488,10 @@ Status OutboxDb::Prepare() {
       {&find_dlq_by_seq_, "SELECT seq, id, priority, stream, topic, bytes, record FROM dlq WHERE seq = ?1"},
       {&find_dlq_by_id_,
        "SELECT seq, id, priority, stream, topic, bytes, record FROM dlq WHERE id = ?1 ORDER BY seq LIMIT 1"},
-      {&delete_dlq_by_seq_, "DELETE FROM dlq WHERE seq = ?1"},
-      {&delete_dlq_by_id_, "DELETE FROM dlq WHERE id = ?1"},
-      {&delete_oldest_dlq_, "DELETE FROM dlq WHERE seq IN (SELECT seq FROM dlq ORDER BY seq LIMIT ?1)"},
+      {&delete_dlq_by_seq_, "DELETE FROM dlq WHERE seq = ?1 RETURNING 4, bytes"},
+      {&delete_dlq_by_id_, "DELETE FROM dlq WHERE id = ?1 RETURNING 4, bytes"},
+      {&delete_oldest_dlq_,
+       "DELETE FROM dlq WHERE seq IN (SELECT seq FROM dlq ORDER BY seq LIMIT ?1) RETURNING 4, bytes"},
       {&delivered_by_seq_, "SELECT seq FROM delivered WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3"},
       {&delivered_by_time_, "SELECT seq FROM delivered WHERE accepted_us BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3"},
       {&read_delivered_, "SELECT id, priority, stream, topic, record FROM delivered WHERE seq = ?1"},
@@ -487,16 +503,32 @@ Status OutboxDb::Prepare() {
 }
 
 Status OutboxDb::Begin() {
+  change_ = TotalsChange{};
   StatementScope scope(begin_);
   return begin_.Run();
 }
 
 Status OutboxDb::Commit() {
+  if (change_.any) {
+    // In the transaction itself, so the totals are exact after any crash.
+    for (int64_t b = 0; b < kBuckets; ++b) {
+      const auto i = static_cast<size_t>(b);
+      if (change_.count[i] == 0 && change_.bytes[i] == 0) continue;
+      StatementScope scope(add_to_totals_);
+      WS_TRY(add_to_totals_.Bind(1, b));
+      WS_TRY(add_to_totals_.Bind(2, change_.count[i]));
+      WS_TRY(add_to_totals_.Bind(3, change_.bytes[i]));
+      WS_TRY(add_to_totals_.Run());
+      if (add_to_totals_.Changes() != 1) return DataLoss("the totals table has no row " + std::to_string(b));
+    }
+    change_ = TotalsChange{};
+  }
   StatementScope scope(commit_);
   return commit_.Run();
 }
 
 void OutboxDb::Rollback() {
+  change_ = TotalsChange{};
   if (!InTransaction()) return;
   StatementScope scope(rollback_);
   Status s = rollback_.Run();
@@ -526,6 +558,7 @@ Status OutboxDb::SyncWal() {
 }
 
 Status OutboxDb::Savepoint() {
+  change_at_savepoint_ = change_;
   StatementScope scope(savepoint_);
   return savepoint_.Run();
 }
@@ -536,8 +569,33 @@ Status OutboxDb::ReleaseSavepoint() {
 }
 
 Status OutboxDb::RollbackToSavepoint() {
+  change_ = change_at_savepoint_;
   StatementScope scope(rollback_to_);
   return rollback_to_.Run();
+}
+
+Status OutboxDb::Count(int64_t bucket, int64_t count, int64_t bytes) {
+  if (bucket < 0 || bucket >= kBuckets || bytes < 0) {
+    return DataLoss("a row has bucket " + std::to_string(bucket) + " and " + std::to_string(bytes) + " bytes");
+  }
+  if (!InTransaction()) return Internal("events changed outside a transaction: the totals would miss it");
+  const auto i = static_cast<size_t>(bucket);
+  change_.count[i] += count;
+  change_.bytes[i] += count * bytes;
+  change_.any = true;
+  return Status::Ok();
+}
+
+Result<int64_t> OutboxDb::RunRemoving(Statement& stmt, int64_t moved_to_bucket) {
+  int64_t rows = 0;
+  for (;;) {
+    WS_ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) return rows;
+    const int64_t bytes = stmt.ColumnInt64(1);
+    WS_TRY(Count(stmt.ColumnInt64(0), -1, bytes));
+    if (moved_to_bucket >= 0) WS_TRY(Count(moved_to_bucket, 1, bytes));
+    ++rows;
+  }
 }
 
 bool OutboxDb::InTransaction() const { return sqlite3_get_autocommit(db_.get()) == 0; }
@@ -608,7 +666,8 @@ Status OutboxDb::InsertEvent(const NewEventRow& r) {
   WS_TRY(insert_event_.Bind(8, static_cast<int64_t>(r.bytes)));
   WS_TRY(insert_event_.BindBlob(9, r.record));
   WS_TRY(insert_event_.Bind(10, r.replay_of));
-  return insert_event_.Run();
+  WS_TRY(insert_event_.Run());
+  return Count(static_cast<int64_t>(r.priority), 1, static_cast<int64_t>(r.bytes));
 }
 
 Result<bool> OutboxDb::InsertEventIfNew(const NewEventRow& r) {
@@ -631,8 +690,8 @@ Result<std::optional<int64_t>> OutboxDb::FindQueuedId(std::string_view id) {
 Result<bool> OutboxDb::DeleteEvent(int64_t sequence) {
   StatementScope scope(delete_event_);
   WS_TRY(delete_event_.Bind(1, sequence));
-  WS_TRY(delete_event_.Run());
-  return delete_event_.Changes() > 0;
+  WS_ASSIGN_OR_RETURN(int64_t rows, RunRemoving(delete_event_));
+  return rows > 0;
 }
 
 Result<std::optional<EventHead>> OutboxDb::OldestInClass(Priority p) {
@@ -662,8 +721,7 @@ Result<int64_t> OutboxDb::DeleteOlderThan(Priority p, int64_t cutoff_us, int64_t
   StatementScope scope(delete_class_up_to_);
   WS_TRY(delete_class_up_to_.Bind(1, static_cast<int64_t>(p)));
   WS_TRY(delete_class_up_to_.Bind(2, last));
-  WS_TRY(delete_class_up_to_.Run());
-  return delete_class_up_to_.Changes();
+  return RunRemoving(delete_class_up_to_);
 }
 
 Result<bool> OutboxDb::RemoveDelivered(int64_t sequence, bool retain, int64_t now_us) {
@@ -673,18 +731,14 @@ Result<bool> OutboxDb::RemoveDelivered(int64_t sequence, bool retain, int64_t no
     WS_TRY(copy_to_delivered_.Bind(2, now_us));
     WS_TRY(copy_to_delivered_.Run());
   }
-  StatementScope scope(delete_event_);
-  WS_TRY(delete_event_.Bind(1, sequence));
-  WS_TRY(delete_event_.Run());
-  return delete_event_.Changes() > 0;
+  return DeleteEvent(sequence);
 }
 
 Result<int64_t> OutboxDb::RemoveDeliveredRange(int64_t first, int64_t last) {
   StatementScope scope(delete_event_range_);
   WS_TRY(delete_event_range_.Bind(1, first));
   WS_TRY(delete_event_range_.Bind(2, last));
-  WS_TRY(delete_event_range_.Run());
-  return static_cast<int64_t>(delete_event_range_.Changes());
+  return RunRemoving(delete_event_range_);
 }
 
 Result<bool> OutboxDb::MoveToDeadLetters(int64_t sequence, std::string_view reason, int64_t now_us) {
@@ -698,7 +752,7 @@ Result<bool> OutboxDb::MoveToDeadLetters(int64_t sequence, std::string_view reas
   }
   StatementScope scope(delete_event_);
   WS_TRY(delete_event_.Bind(1, sequence));
-  WS_TRY(delete_event_.Run());
+  WS_TRY(RunRemoving(delete_event_, kDlqBucket).status());
   return true;
 }
 
@@ -712,8 +766,7 @@ Result<int64_t> OutboxDb::DeleteExpired(int64_t now_us, int64_t limit) {
   StatementScope scope(delete_expired_);
   WS_TRY(delete_expired_.Bind(1, now_us));
   WS_TRY(delete_expired_.Bind(2, limit));
-  WS_TRY(delete_expired_.Run());
-  return delete_expired_.Changes();
+  return RunRemoving(delete_expired_);
 }
 
 Result<bool> OutboxDb::AnyDeliveredUpTo(int64_t cutoff_us) {
@@ -878,15 +931,13 @@ Result<int64_t> OutboxDb::DeleteDeadLetters(int64_t sequence, std::string_view i
   Statement& stmt = sequence != 0 ? delete_dlq_by_seq_ : delete_dlq_by_id_;
   StatementScope scope(stmt);
   WS_TRY(sequence != 0 ? stmt.Bind(1, sequence) : stmt.BindText(1, id));
-  WS_TRY(stmt.Run());
-  return stmt.Changes();
+  return RunRemoving(stmt);
 }
 
 Result<int64_t> OutboxDb::DeleteOldestDeadLetters(int64_t limit) {
   StatementScope scope(delete_oldest_dlq_);
   WS_TRY(delete_oldest_dlq_.Bind(1, limit));
-  WS_TRY(delete_oldest_dlq_.Run());
-  return delete_oldest_dlq_.Changes();
+  return RunRemoving(delete_oldest_dlq_);
 }
 
 Status OutboxDb::SelectDelivered(const ReplayRange& range, size_t limit, std::vector<int64_t>* out) {
@@ -935,8 +986,10 @@ Result<StoreTotals> OutboxDb::ReadTotals() {
       WS_ASSIGN_OR_RETURN(bool row, read_totals_.Step());
       if (!row) break;
       const int64_t bucket = read_totals_.ColumnInt64(0);
-      const int64_t count = read_totals_.ColumnInt64(1);
-      const int64_t bytes = read_totals_.ColumnInt64(2);
+      // Inside a transaction: with what it changed so far.
+      const bool known = bucket >= 0 && bucket < kBuckets;
+      const int64_t count = read_totals_.ColumnInt64(1) + (known ? change_.count[static_cast<size_t>(bucket)] : 0);
+      const int64_t bytes = read_totals_.ColumnInt64(2) + (known ? change_.bytes[static_cast<size_t>(bucket)] : 0);
       if (count < 0 || bytes < 0) {
         return DataLoss("the totals table is inconsistent (bucket " + std::to_string(bucket) + ")");
       }

@@ -7,6 +7,7 @@
 // transactions.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -238,8 +239,11 @@ class OutboxDb {
   Status SelectDelivered(const ReplayRange& range, size_t limit, std::vector<int64_t>* out);
   Result<std::optional<DeliveredRow>> ReadDelivered(int64_t sequence);
 
-  // Counts and bytes per class and of the dead letters, kept by triggers in
-  // the `totals` table, plus the oldest event of each class: no table scan.
+  // Counts and bytes per class and of the dead letters, kept in the
+  // `totals` table (every method that adds or removes rows counts them;
+  // Commit writes the sums in the same transaction), plus the oldest event
+  // of each class: no table scan. Inside a transaction it includes what the
+  // transaction changed so far.
   Result<StoreTotals> ReadTotals();
 
   // How many times SQLite recompiled a prepared statement of this
@@ -247,7 +251,22 @@ class OutboxDb {
   int64_t Recompilations() const;
 
  private:
+  // Buckets of the totals table: the four classes, then the dead letters.
+  static constexpr int64_t kBuckets = 5;
+  // What the open transaction changed in the totals; written into the
+  // totals table by Commit, in the same transaction.
+  struct TotalsChange {
+    std::array<int64_t, kBuckets> count{};
+    std::array<int64_t, kBuckets> bytes{};
+    bool any = false;
+  };
+
   Status Prepare();
+  // Counts `count` rows (negative: removed) of `bytes` each into `bucket`.
+  Status Count(int64_t bucket, int64_t count, int64_t bytes);
+  // Steps a DELETE ... RETURNING bucket, bytes to its end, counting each
+  // row as removed (and as added to `moved_to_bucket` if >= 0). The rows.
+  Result<int64_t> RunRemoving(Statement& stmt, int64_t moved_to_bucket = -1);
 
   // The connection is declared first so it is destroyed last, after every
   // statement prepared on it.
@@ -261,6 +280,9 @@ class OutboxDb {
   Statement add_attempt_, nack_, read_waiting_, read_class_, read_one_, read_totals_, oldest_in_class_;
   Statement list_dlq_, find_dlq_by_seq_, find_dlq_by_id_, delete_dlq_by_seq_, delete_dlq_by_id_, delete_oldest_dlq_;
   Statement delivered_by_seq_, delivered_by_time_, read_delivered_;
+  Statement add_to_totals_;
+  TotalsChange change_;
+  TotalsChange change_at_savepoint_;
 };
 
 }  // namespace ws::sqlite

@@ -1263,7 +1263,7 @@ class SqliteOutbox::Impl {
   }
 
   // After removals: the totals table is exact and tiny, so reading it back
-  // is simpler and safer than mirroring every trigger in memory.
+  // is simpler and safer than mirroring every removal in memory.
   void RefreshTotals() {
     Result<sqlite::StoreTotals> t = db_->ReadTotals();
     if (!t.ok()) {

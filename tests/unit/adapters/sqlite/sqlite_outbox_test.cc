@@ -1660,13 +1660,22 @@ TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
   ExpectQuarantinedAndFresh(dir_, options, bytes);
 }
 
-TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEvents) {
+TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEventsAndTotals) {
   const auto options = Options(dir_, &clock_);
   BuildStore(options, 3);
-  // Back to schema version 1 as an older build left it.
+  // Back to schema version 1 as an older build left it, with the triggers
+  // that kept the totals then.
   ExecFile(options.path,
            "DROP INDEX events_waiting; DROP INDEX delivered_by_accepted;"
            " ALTER TABLE events DROP COLUMN replay_of; ALTER TABLE events DROP COLUMN not_before_us;"
+           " CREATE TRIGGER events_total_in AFTER INSERT ON events BEGIN"
+           "   UPDATE totals SET count = count + 1, bytes = bytes + NEW.bytes WHERE bucket = NEW.priority; END;"
+           " CREATE TRIGGER events_total_out AFTER DELETE ON events BEGIN"
+           "   UPDATE totals SET count = count - 1, bytes = bytes - OLD.bytes WHERE bucket = OLD.priority; END;"
+           " CREATE TRIGGER dlq_total_in AFTER INSERT ON dlq BEGIN"
+           "   UPDATE totals SET count = count + 1, bytes = bytes + NEW.bytes WHERE bucket = 4; END;"
+           " CREATE TRIGGER dlq_total_out AFTER DELETE ON dlq BEGIN"
+           "   UPDATE totals SET count = count - 1, bytes = bytes - OLD.bytes WHERE bucket = 4; END;"
            " PRAGMA user_version = 1;");
   ASSERT_EQ(QueryFile(options.path, "PRAGMA user_version"), 1);
   auto o = OpenStore(options);
@@ -1677,9 +1686,23 @@ TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEvents) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->size(), 3u);
   ASSERT_TRUE(NackSync(*o, {(*r)[0].sequence}, clock_.WallMicros() + 1'000'000).ok());
+  // The totals go on from what the triggers left: append, ack, dead-letter.
+  AppendOne(*o, Entry("after-migration"));
+  ASSERT_TRUE(AckSync(*o, {(*r)[1].sequence}).ok());
+  ASSERT_TRUE(DeadLetterSync(*o, (*r)[2].sequence, "test").ok());
+  EXPECT_EQ(BacklogCount(o->Stats()), 2u);
+  EXPECT_EQ(o->Stats().dlq_count, 1u);
   o.reset();
-  EXPECT_EQ(QueryFile(options.path, "PRAGMA user_version"), 2);
+  EXPECT_EQ(QueryFile(options.path, "PRAGMA user_version"), 3);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 0);
   EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE not_before_us > 0"), 1);
+  EXPECT_EQ(QueryFile(options.path, "SELECT sum(count) FROM totals WHERE bucket < 4"),
+            QueryFile(options.path, "SELECT count(*) FROM events"));
+  EXPECT_EQ(QueryFile(options.path, "SELECT sum(bytes) FROM totals WHERE bucket < 4"),
+            QueryFile(options.path, "SELECT sum(bytes) FROM events"));
+  EXPECT_EQ(QueryFile(options.path, "SELECT count FROM totals WHERE bucket = 4"), 1);
+  EXPECT_EQ(QueryFile(options.path, "SELECT bytes FROM totals WHERE bucket = 4"),
+            QueryFile(options.path, "SELECT sum(bytes) FROM dlq"));
 }
 
 // Not a timed test: it prints how long opening a large backlog takes and how
@@ -1866,6 +1889,91 @@ TEST_F(SqliteOutboxTest, TheSequenceCeilingCoversEverySequenceSoACrashCopyNeverR
   EXPECT_GE(o->Stats().last_sequence, last);
   EXPECT_GT(AppendOne(*o, Entry("after-crash")), last);
   EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"e0", "e1", "e2", "e3", "after-crash"}));
+}
+
+// The totals table against the rows themselves, read from the file (the
+// store may be open: a reader sees what was committed).
+void ExpectTotalsMatchRows(const std::string& path, const char* when) {
+  for (int p = 0; p < kPriorityCount; ++p) {
+    const std::string bucket = Numbered(" WHERE bucket = ", p);
+    const std::string rows = Numbered(" FROM events WHERE priority = ", p);
+    EXPECT_EQ(QueryFile(path, "SELECT count" + std::string(" FROM totals") + bucket),
+              QueryFile(path, "SELECT count(*)" + rows))
+        << when << ", class " << p;
+    EXPECT_EQ(QueryFile(path, "SELECT bytes FROM totals" + bucket), QueryFile(path, "SELECT coalesce(sum(bytes), 0)" + rows))
+        << when << ", class " << p;
+  }
+  EXPECT_EQ(QueryFile(path, "SELECT count FROM totals WHERE bucket = 4"), QueryFile(path, "SELECT count(*) FROM dlq"))
+      << when;
+  EXPECT_EQ(QueryFile(path, "SELECT bytes FROM totals WHERE bucket = 4"),
+            QueryFile(path, "SELECT coalesce(sum(bytes), 0) FROM dlq"))
+      << when;
+}
+
+TEST_F(SqliteOutboxTest, TheTotalsFollowEveryWayRowsComeAndGo) {
+  auto options = Options(dir_, &clock_);
+  options.retain_delivered_s = 3600;
+  Limits(options, Priority::kBulk).max_count = 3;  // drop_oldest
+  Limits(options, Priority::kHigh).max_age_s = 60;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const std::string& path = options.path;
+  const int64_t now = clock_.WallMicros();
+
+  std::vector<OutboxEntry> batch;
+  for (int i = 0; i < 12; ++i) {
+    batch.push_back(Entry(Numbered("e", i), kAllPriorities[static_cast<size_t>(i % 4)],
+                          std::string(static_cast<size_t>(5 + i), 'x'), i == 1 ? now + 1'000'000 : 0));
+  }
+  AppendResult r = AppendSync(*o, batch);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ExpectTotalsMatchRows(path, "after a batch");
+  for (int i = 0; i < 3; ++i) AppendOne(*o, Entry(Numbered("bulk", i), Priority::kBulk));  // drops the oldest bulk
+  EXPECT_GT(o->Stats().removed_dropped_overflow, 0u);
+  ExpectTotalsMatchRows(path, "after drop_oldest");
+  // A refused call (a known id with other content) changes nothing.
+  EXPECT_FALSE(AppendSync(*o, {Entry("new-1"), Entry("e0", Priority::kControl, "{\"v\":9}")}).ok());
+  ExpectTotalsMatchRows(path, "after a refused call");
+
+  LeaseResult leased = LeaseSync(*o, 100);
+  ASSERT_TRUE(leased.ok());
+  ASSERT_GE(leased->size(), 8u);
+  ASSERT_TRUE(AckSync(*o, {(*leased)[0].sequence, (*leased)[1].sequence}).ok());  // kept for replay
+  ExpectTotalsMatchRows(path, "after acks with retention");
+  ASSERT_TRUE(DeadLetterSync(*o, (*leased)[2].sequence, "test").ok());
+  ASSERT_TRUE(DeadLetterSync(*o, (*leased)[3].sequence, "test").ok());
+  ASSERT_TRUE(DeadLetterSync(*o, (*leased)[4].sequence, "test").ok());
+  ExpectTotalsMatchRows(path, "after dead letters");
+  ASSERT_TRUE(RetrySync(*o, (*leased)[2].sequence, "").ok());
+  ExpectTotalsMatchRows(path, "after a retry");
+  ASSERT_TRUE(PurgeSync(*o, (*leased)[3].sequence, "").ok());
+  ExpectTotalsMatchRows(path, "after purging one");
+  ASSERT_TRUE(NackSync(*o, {(*leased)[5].sequence}, now + 5'000'000).ok());
+  ExpectTotalsMatchRows(path, "after a nack");
+  ReplayRange range;
+  range.from_sequence = (*leased)[0].sequence;
+  range.to_sequence = (*leased)[1].sequence;
+  ASSERT_TRUE(ReplaySync(*o, range).ok());
+  ExpectTotalsMatchRows(path, "after a replay");
+
+  clock_.AdvanceMillis(61'000);  // the TTL of e1 and the high class's max_age
+  o->ResetLeases();
+  ASSERT_TRUE(LeaseSync(*o, 100).ok());
+  EXPECT_GT(o->Stats().removed_expired, 0u);
+  ExpectTotalsMatchRows(path, "after expiry");
+  ASSERT_TRUE(PurgeSync(*o, 0, "").ok());
+  ExpectTotalsMatchRows(path, "after purging all");
+
+  // And the store reads the same totals back.
+  const OutboxStats before = o->Stats();
+  o.reset();
+  o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  for (int p = 0; p < kPriorityCount; ++p) {
+    EXPECT_EQ(o->Stats().backlog[p].count, before.backlog[p].count);
+    EXPECT_EQ(o->Stats().backlog[p].bytes, before.backlog[p].bytes);
+  }
+  EXPECT_EQ(o->Stats().dlq_count, 0u);
 }
 
 TEST_F(SqliteOutboxTest, LeaseReadsAreNotRecompiledForEachNewTime) {
