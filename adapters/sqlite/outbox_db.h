@@ -258,7 +258,6 @@ class OutboxDb {
   struct TotalsChange {
     std::array<int64_t, kBuckets> count{};
     std::array<int64_t, kBuckets> bytes{};
-    bool any = false;
   };
 
   Status Prepare();

@@ -655,7 +655,8 @@ TEST_F(PowerCutTest, AnAckIsDurableWithinAboutASecondWithoutAnotherAppend) {
       std::optional<Status> acked = ack.Wait();
       if (!acked || !acked->ok()) return std::nullopt;
       std::this_thread::sleep_for(wait_after_ack);
-      // The next sync is the checkpoint of the close: the power goes there.
+      // The next sync is the close's (the commit of the exact last
+      // sequence, then the checkpoint): the power goes there.
       vfs_->CutPowerAtSync(1, CutTiming::kBeforeSync);
     }
     EXPECT_TRUE(vfs_->Counters().power_lost);
