@@ -51,9 +51,17 @@ Status ValidateEvent(const Event& event);
 // 2026-11-21T10:00:00.123+01:00).
 bool IsRfc3339(std::string_view s);
 
-// The store's compact record of an event (versioned, length-prefixed). Decode
-// rejects truncated or foreign bytes with kDataLoss.
+// The store's compact record of an event (versioned, length-prefixed). The
+// current version leaves the id out: the store keeps it beside the record
+// and hands it back to Decode (a record of the first version carries its
+// own id and ignores `id`). Decode rejects truncated or foreign bytes with
+// kDataLoss.
 std::string EncodeEventRecord(const Event& event);
-Result<Event> DecodeEventRecord(std::string_view record);
+Result<Event> DecodeEventRecord(std::string_view record, std::string_view id);
+
+// Whether the stored record of the event `id` holds the same event as
+// `record` (a fresh EncodeEventRecord), also when `stored` was written in an
+// older version.
+bool SameEventRecord(std::string_view stored, std::string_view id, std::string_view record);
 
 }  // namespace ws

@@ -10,10 +10,12 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -261,6 +263,20 @@ class OutboxDb {
   };
 
   Status Prepare();
+  // The part of Commit that writes the totals and commits.
+  Status CommitTransaction();
+
+  // Topics (schema 4): every row's topic is looked up here, in memory.
+  Status LoadTopics();
+  void Remember(int64_t ref, std::string topic);
+  // Undoes what the open transaction added to the maps.
+  void ForgetNewTopics();
+  // The ref under which `topic` is kept, storing it in the open transaction
+  // if it is new; 0 when the table is full and the row keeps the text.
+  Result<int64_t> TopicRef(std::string_view topic);
+  // The topic of a row: the column's text, or the topic its ref names.
+  Result<std::string> TopicColumn(const Statement& stmt, int column);
+
   // Counts `count` rows (negative: removed) of `bytes` each into `bucket`.
   Status Count(int64_t bucket, int64_t count, int64_t bytes);
   // Steps a DELETE ... RETURNING bucket, bytes to its end, counting each
@@ -280,6 +296,15 @@ class OutboxDb {
   Statement list_dlq_, find_dlq_by_seq_, find_dlq_by_id_, delete_dlq_by_seq_, delete_dlq_by_id_, delete_oldest_dlq_;
   Statement delivered_by_seq_, delivered_by_time_, read_delivered_;
   Statement add_to_totals_;
+  Statement find_topic_, add_topic_, topic_by_ref_;
+  struct TopicHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int64_t, TopicHash, std::equal_to<>> topic_refs_;
+  std::unordered_map<int64_t, std::string> topic_names_;
+  // Added to the maps by the open transaction.
+  std::vector<std::pair<std::string, int64_t>> new_topics_;
   TotalsChange change_;
   TotalsChange change_at_savepoint_;
 };

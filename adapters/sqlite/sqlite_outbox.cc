@@ -741,7 +741,7 @@ class SqliteOutbox::Impl {
       WS_ASSIGN_OR_RETURN(std::optional<sqlite::StoredId> found,
                           only_outbox ? db_->FindIdInOutbox(e.event.id) : db_->FindId(e.event.id));
       if (found.has_value()) {
-        if (found->record == record) {
+        if (SameEventRecord(found->record, e.event.id, record)) {
           outcomes->push_back(AppendOutcome{found->sequence, e.event.id, true});
           continue;
         }

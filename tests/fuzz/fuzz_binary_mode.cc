@@ -47,7 +47,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     ws::Status valid = ws::ValidateEvent(event);
     if (!valid.ok()) ws::fuzz::Fail("accepted event is not valid", valid.message(), req.body);
-    ws::Result<ws::Event> back = ws::DecodeEventRecord(ws::EncodeEventRecord(event));
+    ws::Result<ws::Event> back = ws::DecodeEventRecord(ws::EncodeEventRecord(event), event.id);
     if (!back.ok()) ws::fuzz::Fail("record does not decode", back.status().message(), req.body);
     ws::fuzz::ExpectSameEvent(event, *back, req.body);
   }

@@ -12,14 +12,15 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view in(reinterpret_cast<const char*>(data), size);
-  ws::Result<ws::Event> e = ws::DecodeEventRecord(in);
+  // The id the store would keep beside a current-version record.
+  ws::Result<ws::Event> e = ws::DecodeEventRecord(in, "fuzz-0001");
   if (!e.ok()) {
     if (e.status().code() != ws::StatusCode::kDataLoss)
       ws::fuzz::Fail("unexpected error code", e.status().ToString(), in);
     return 0;
   }
   std::string again = ws::EncodeEventRecord(*e);
-  ws::Result<ws::Event> back = ws::DecodeEventRecord(again);
+  ws::Result<ws::Event> back = ws::DecodeEventRecord(again, e->id);
   if (!back.ok()) ws::fuzz::Fail("re-encoded record does not decode", back.status().message(), in);
   ws::fuzz::ExpectSameEvent(*e, *back, in);
   // The canonical encoding is never longer than what was read.

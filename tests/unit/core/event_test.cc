@@ -199,7 +199,7 @@ TEST(EventTest, ApproximateBytesCountsEverything) {
 
 TEST(EventRecordTest, RoundTripMinimal) {
   Event e = MinimalEvent();
-  Result<Event> back = DecodeEventRecord(EncodeEventRecord(e));
+  Result<Event> back = DecodeEventRecord(EncodeEventRecord(e), e.id);
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   ExpectSameEvent(*back, e);
 }
@@ -211,7 +211,7 @@ TEST(EventRecordTest, RoundTripBinaryDataAndManyAttributes) {
     e.attributes.emplace_back("x" + std::to_string(i), std::string(static_cast<size_t>(i), static_cast<char>('a' + i % 26)));
   }
   e.data += std::string(70'000, '\0');  // three-byte length
-  Result<Event> back = DecodeEventRecord(EncodeEventRecord(e));
+  Result<Event> back = DecodeEventRecord(EncodeEventRecord(e), e.id);
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   ExpectSameEvent(*back, e);
 }
@@ -222,7 +222,7 @@ TEST(EventRecordTest, RoundTripEveryDataKind) {
     e.data_kind = kind;
     if (kind == DataKind::kJson) e.data = R"({"pressure":4.2,"unit":"bar"})";
     if (kind == DataKind::kBinary) e.data = std::string("\0\x01\xff", 3);
-    Result<Event> back = DecodeEventRecord(EncodeEventRecord(e));
+    Result<Event> back = DecodeEventRecord(EncodeEventRecord(e), e.id);
     ASSERT_TRUE(back.ok());
     ExpectSameEvent(*back, e);
   }
@@ -233,18 +233,18 @@ TEST(EventRecordTest, EveryTruncationIsDataLoss) {
   e.SetAttribute("subject", std::string(200, 's'));
   const std::string record = EncodeEventRecord(e);
   for (size_t len = 0; len < record.size(); ++len) {
-    Result<Event> r = DecodeEventRecord(std::string_view(record.data(), len));
+    Result<Event> r = DecodeEventRecord(std::string_view(record.data(), len), e.id);
     ASSERT_FALSE(r.ok()) << "prefix of " << len << " bytes decoded";
     ASSERT_EQ(r.status().code(), StatusCode::kDataLoss) << len;
   }
-  EXPECT_TRUE(DecodeEventRecord(record).ok());
+  EXPECT_TRUE(DecodeEventRecord(record, e.id).ok());
 }
 
 TEST(EventRecordTest, WrongVersionIsDataLoss) {
   std::string record = EncodeEventRecord(MinimalEvent());
-  for (char v : {'\0', '\x02', '\x7f', '\xff'}) {
+  for (char v : {'\0', '\x03', '\x7f', '\xff'}) {
     record[0] = v;
-    Result<Event> r = DecodeEventRecord(record);
+    Result<Event> r = DecodeEventRecord(record, "e-0001");
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
   }
@@ -253,14 +253,14 @@ TEST(EventRecordTest, WrongVersionIsDataLoss) {
 TEST(EventRecordTest, TrailingBytesAreDataLoss) {
   std::string record = EncodeEventRecord(MinimalEvent());
   record.push_back('\0');
-  EXPECT_EQ(DecodeEventRecord(record).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeEventRecord(record, "e-0001").status().code(), StatusCode::kDataLoss);
 }
 
 TEST(EventRecordTest, UnknownDataKindIsDataLoss) {
   std::string record = EncodeEventRecord(MinimalEvent());  // ends with kind byte 0, data length 0
   ASSERT_GE(record.size(), 2u);
   record[record.size() - 2] = '\x03';
-  EXPECT_EQ(DecodeEventRecord(record).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeEventRecord(record, "e-0001").status().code(), StatusCode::kDataLoss);
 }
 
 TEST(EventRecordTest, HugeCountsInShortRecordAreDataLoss) {
@@ -273,11 +273,107 @@ TEST(EventRecordTest, HugeCountsInShortRecordAreDataLoss) {
     header += s;
   }
   std::string huge_count = header + std::string("\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 9);
-  EXPECT_EQ(DecodeEventRecord(huge_count).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeEventRecord(huge_count, "id").status().code(), StatusCode::kDataLoss);
   std::string huge_length = header + std::string("\x01\xff\xff\xff\xff\x0f", 6) + "k";
-  EXPECT_EQ(DecodeEventRecord(huge_length).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeEventRecord(huge_length, "id").status().code(), StatusCode::kDataLoss);
   std::string endless_varint = header + std::string(12, '\xff');
-  EXPECT_EQ(DecodeEventRecord(endless_varint).status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeEventRecord(endless_varint, "id").status().code(), StatusCode::kDataLoss);
+}
+
+// A record of the first version, as stores written before schema 4 hold
+// them: every field in full, the id and specversion included.
+std::string RecordV1(const Event& e) {
+  auto put = [](std::string* out, std::string_view s) {
+    out->push_back(static_cast<char>(s.size()));  // every test string is under 128 bytes
+    out->append(s);
+  };
+  std::string out(1, '\x01');
+  put(&out, e.specversion);
+  put(&out, e.id);
+  put(&out, e.source);
+  put(&out, e.type);
+  out.push_back(static_cast<char>(e.attributes.size()));
+  for (const auto& [k, v] : e.attributes) {
+    put(&out, k);
+    put(&out, v);
+  }
+  out.push_back(static_cast<char>(e.data_kind));
+  put(&out, e.data);
+  return out;
+}
+
+Event ShortRichEvent() {
+  Event e = MinimalEvent();
+  e.SetAttribute("time", "2026-11-21T10:00:00Z");
+  e.SetAttribute("datacontenttype", "application/json");
+  e.SetAttribute("site", "plant-7");
+  e.data_kind = DataKind::kJson;
+  e.data = R"({"n":1})";
+  return e;
+}
+
+TEST(EventRecordTest, FirstVersionRecordsStillDecode) {
+  const Event e = ShortRichEvent();
+  Result<Event> back = DecodeEventRecord(RecordV1(e), "ignored: the record has its own id");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  ExpectSameEvent(*back, e);
+}
+
+TEST(EventRecordTest, CurrentVersionLeavesOutIdSpecversionAndKnownNames) {
+  const Event e = ShortRichEvent();
+  const std::string v1 = RecordV1(e);
+  const std::string v2 = EncodeEventRecord(e);
+  EXPECT_EQ(v2[0], '\x02');
+  EXPECT_EQ(v2.find(e.id), std::string::npos);
+  EXPECT_EQ(v2.find("datacontenttype"), std::string::npos);
+  EXPECT_NE(v2.find("site"), std::string::npos);  // an extension keeps its name
+  // "1.0" and the id with their lengths, and two names less two codes.
+  EXPECT_EQ(v1.size() - v2.size(), 4 + 1 + e.id.size() + (4 + 1 - 2) + (15 + 1 - 2));
+  Result<Event> back = DecodeEventRecord(v2, e.id);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  ExpectSameEvent(*back, e);
+}
+
+TEST(EventRecordTest, WhatTheCurrentVersionCannotSayIsWrittenInTheFirst) {
+  Event e = ShortRichEvent();
+  e.specversion = "0.3";  // only a decoded record can hold this
+  std::string record = EncodeEventRecord(e);
+  EXPECT_EQ(record[0], '\x01');
+  Result<Event> back = DecodeEventRecord(record, "other");
+  ASSERT_TRUE(back.ok());
+  ExpectSameEvent(*back, e);
+
+  e = ShortRichEvent();
+  e.attributes.emplace_back("", "empty name");
+  record = EncodeEventRecord(e);
+  EXPECT_EQ(record[0], '\x01');
+  back = DecodeEventRecord(record, "other");
+  ASSERT_TRUE(back.ok());
+  ExpectSameEvent(*back, e);
+}
+
+TEST(EventRecordTest, UnknownAttributeCodeIsDataLoss) {
+  Event e = MinimalEvent();
+  e.SetAttribute("time", "2026-11-21T10:00:00Z");
+  std::string record = EncodeEventRecord(e);
+  const size_t code = record.find(std::string("\x01\x00\x02", 3));  // count 1, escape, code of "time"
+  ASSERT_NE(code, std::string::npos);
+  for (char bad : {'\0', '\x09', '\xff'}) {
+    record[code + 2] = bad;
+    EXPECT_EQ(DecodeEventRecord(record, e.id).status().code(), StatusCode::kDataLoss) << static_cast<int>(bad);
+  }
+}
+
+TEST(EventRecordTest, SameEventRecordAcrossVersions) {
+  const Event e = ShortRichEvent();
+  const std::string now = EncodeEventRecord(e);
+  EXPECT_TRUE(SameEventRecord(now, e.id, now));
+  EXPECT_TRUE(SameEventRecord(RecordV1(e), e.id, now));
+  Event other = e;
+  other.data = R"({"n":2})";
+  EXPECT_FALSE(SameEventRecord(RecordV1(other), e.id, now));
+  EXPECT_FALSE(SameEventRecord(EncodeEventRecord(other), e.id, now));
+  EXPECT_FALSE(SameEventRecord("\x01garbage", e.id, now));
 }
 
 }  // namespace

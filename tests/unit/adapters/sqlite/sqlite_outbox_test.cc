@@ -1660,24 +1660,64 @@ TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
   ExpectQuarantinedAndFresh(dir_, options, bytes);
 }
 
+// An event's record as builds before schema 4 wrote it (record version 1,
+// every field in full), as an SQL blob literal.
+std::string RecordV1Literal(const Event& e) {
+  std::string record(1, '\x01');
+  auto put = [&record](std::string_view s) {
+    record.push_back(static_cast<char>(s.size()));  // every string here is under 128 bytes
+    record.append(s);
+  };
+  put(e.specversion);
+  put(e.id);
+  put(e.source);
+  put(e.type);
+  record.push_back(static_cast<char>(e.attributes.size()));
+  for (const auto& [k, v] : e.attributes) {
+    put(k);
+    put(v);
+  }
+  record.push_back(static_cast<char>(e.data_kind));
+  put(e.data);
+  std::string hex = "X'";
+  for (char byte : record) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    const auto c = static_cast<unsigned char>(byte);
+    hex += kDigits[c >> 4];
+    hex += kDigits[c & 15];
+  }
+  return hex + "'";
+}
+
 TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEventsAndTotals) {
   const auto options = Options(dir_, &clock_);
-  BuildStore(options, 3);
-  // Back to schema version 1 as an older build left it, with the triggers
-  // that kept the totals then.
-  ExecFile(options.path,
-           "DROP INDEX events_waiting; DROP INDEX delivered_by_accepted;"
-           " ALTER TABLE events DROP COLUMN replay_of; ALTER TABLE events DROP COLUMN not_before_us;"
-           " CREATE TRIGGER events_total_in AFTER INSERT ON events BEGIN"
-           "   UPDATE totals SET count = count + 1, bytes = bytes + NEW.bytes WHERE bucket = NEW.priority; END;"
-           " CREATE TRIGGER events_total_out AFTER DELETE ON events BEGIN"
-           "   UPDATE totals SET count = count - 1, bytes = bytes - OLD.bytes WHERE bucket = OLD.priority; END;"
-           " CREATE TRIGGER dlq_total_in AFTER INSERT ON dlq BEGIN"
-           "   UPDATE totals SET count = count + 1, bytes = bytes + NEW.bytes WHERE bucket = 4; END;"
-           " CREATE TRIGGER dlq_total_out AFTER DELETE ON dlq BEGIN"
-           "   UPDATE totals SET count = count - 1, bytes = bytes - OLD.bytes WHERE bucket = 4; END;"
-           " PRAGMA user_version = 1;");
+  ASSERT_NE(OpenStore(options), nullptr);
+  // Back to schema version 1 as an older build left it: the triggers that
+  // kept the totals then, and three events as it wrote them, with records
+  // of the first version and each topic as text.
+  std::string sql =
+      "DROP TABLE topics; DROP INDEX events_waiting; DROP INDEX delivered_by_accepted;"
+      " ALTER TABLE events DROP COLUMN replay_of; ALTER TABLE events DROP COLUMN not_before_us;"
+      " CREATE TRIGGER events_total_in AFTER INSERT ON events BEGIN"
+      "   UPDATE totals SET count = count + 1, bytes = bytes + NEW.bytes WHERE bucket = NEW.priority; END;"
+      " CREATE TRIGGER events_total_out AFTER DELETE ON events BEGIN"
+      "   UPDATE totals SET count = count - 1, bytes = bytes - OLD.bytes WHERE bucket = OLD.priority; END;"
+      " CREATE TRIGGER dlq_total_in AFTER INSERT ON dlq BEGIN"
+      "   UPDATE totals SET count = count + 1, bytes = bytes + NEW.bytes WHERE bucket = 4; END;"
+      " CREATE TRIGGER dlq_total_out AFTER DELETE ON dlq BEGIN"
+      "   UPDATE totals SET count = count - 1, bytes = bytes - OLD.bytes WHERE bucket = 4; END;"
+      " PRAGMA user_version = 1;";
+  for (int i = 0; i < 3; ++i) {
+    const OutboxEntry e = Entry(Numbered("old-", i));
+    const std::string record = RecordV1Literal(e.event);
+    const size_t bytes = (record.size() - 3) / 2 + e.topic.size() + e.stream.size();
+    sql += "INSERT INTO events(seq, id, priority, stream, topic, accepted_us, expires_us, attempts, bytes, record)"
+           " VALUES (" + std::to_string(i + 1) + ", '" + e.event.id + "', 2, '" + e.stream + "', '" + e.topic +
+           "', 1, 0, 0, " + std::to_string(bytes) + ", " + record + ");";
+  }
+  ExecFile(options.path, sql + "UPDATE meta SET value = 3 WHERE key = 'last_sequence';");
   ASSERT_EQ(QueryFile(options.path, "PRAGMA user_version"), 1);
+  ASSERT_EQ(QueryFile(options.path, "SELECT count FROM totals WHERE bucket = 2"), 3);
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   EXPECT_FALSE(o->Stats().quarantined_at_start);
@@ -1685,6 +1725,22 @@ TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEventsAndTotals) {
   LeaseResult r = LeaseSync(*o, 10);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    const OutboxEntry want = Entry(Numbered("old-", i));
+    const LeasedEvent& got = (*r)[static_cast<size_t>(i)];
+    EXPECT_EQ(got.event.id, want.event.id);
+    EXPECT_EQ(got.topic, want.topic);
+    EXPECT_EQ(got.stream, want.stream);
+    EXPECT_EQ(EncodeEventRecord(got.event), EncodeEventRecord(want.event));
+  }
+  // An old event sent again is the same event in the new record version,
+  // and different content under its id is still a conflict.
+  AppendResult again = AppendSync(*o, {Entry("old-1")});
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE((*again)[0].duplicate);
+  EXPECT_EQ((*again)[0].sequence, 2);
+  EXPECT_EQ(AppendSync(*o, {Entry("old-1", Priority::kNormal, "{\"v\":2}")}).status().code(),
+            StatusCode::kAlreadyExists);
   ASSERT_TRUE(NackSync(*o, {(*r)[0].sequence}, clock_.WallMicros() + 1'000'000).ok());
   // The totals go on from what the triggers left: append, ack, dead-letter.
   AppendOne(*o, Entry("after-migration"));
@@ -1692,10 +1748,18 @@ TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEventsAndTotals) {
   ASSERT_TRUE(DeadLetterSync(*o, (*r)[2].sequence, "test").ok());
   EXPECT_EQ(BacklogCount(o->Stats()), 2u);
   EXPECT_EQ(o->Stats().dlq_count, 1u);
+  ListResult dlq = ListSync(*o, 0, 10);
+  ASSERT_TRUE(dlq.ok()) << dlq.status().ToString();
+  ASSERT_EQ(dlq->size(), 1u);
+  EXPECT_EQ((*dlq)[0].topic, Entry("x").topic);
+  EXPECT_EQ((*dlq)[0].type, "com.acme.order.created");
   o.reset();
-  EXPECT_EQ(QueryFile(options.path, "PRAGMA user_version"), 3);
+  EXPECT_EQ(QueryFile(options.path, "PRAGMA user_version"), 4);
   EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"), 0);
   EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE not_before_us > 0"), 1);
+  // The new event's topic is a ref into the topics table; the old rows keep their text.
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE typeof(topic) = 'blob'"), 1);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM topics"), 1);
   EXPECT_EQ(QueryFile(options.path, "SELECT sum(count) FROM totals WHERE bucket < 4"),
             QueryFile(options.path, "SELECT count(*) FROM events"));
   EXPECT_EQ(QueryFile(options.path, "SELECT sum(bytes) FROM totals WHERE bucket < 4"),
@@ -1855,6 +1919,75 @@ TEST_F(SqliteOutboxTest, AStreamEqualToTheTopicIsStoredOnceAndReadBackEverywhere
   ASSERT_TRUE(ReplaySync(*o, range).ok());
   o->ResetLeases();
   EXPECT_EQ(streams_of(LeaseSync(*o, 10)), (std::vector<std::string>{"same=" + topic, "other=line-3", "empty="}));
+}
+
+OutboxEntry EntryOnTopic(const std::string& id, const std::string& topic) {
+  OutboxEntry e = Entry(id);
+  e.topic = topic;
+  return e;
+}
+
+TEST_F(SqliteOutboxTest, EachTopicIsStoredOnceAndReadBackAfterReopen) {
+  const auto options = Options(dir_, &clock_);
+  const std::string a = "waystation/b/gw/events/com.example.a", b = "waystation/b/gw/events/com.example.b";
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    ASSERT_TRUE(AppendSync(*o, {EntryOnTopic("1", a), EntryOnTopic("2", b), EntryOnTopic("3", a)}).ok());
+    EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM topics"), 2);
+    EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE typeof(topic) = 'blob'"), 3);
+    // A row holds its topic in a byte or two.
+    EXPECT_EQ(QueryFile(options.path, "SELECT max(length(topic)) FROM events"), 1);
+  }
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, EntryOnTopic("4", b));
+  LeaseResult r = LeaseSync(*o, 10);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  std::vector<std::string> topics;
+  for (const LeasedEvent& e : *r) topics.push_back(e.topic);
+  EXPECT_EQ(topics, (std::vector<std::string>{a, b, a, b}));
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM topics"), 2);
+}
+
+TEST_F(SqliteOutboxTest, ATopicFromARefusedCallIsForgottenWithIt) {
+  const auto options = Options(dir_, &clock_);
+  const std::string fresh = "waystation/b/gw/events/com.example.fresh";
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendOne(*o, Entry("taken"));
+    // The new topic is stored, then the call is refused by the conflict
+    // behind it: the topic's row goes with the rest of the call.
+    AppendResult refused = AppendSync(*o, {EntryOnTopic("new", fresh), Entry("taken", Priority::kNormal, "{}")});
+    ASSERT_EQ(refused.status().code(), StatusCode::kAlreadyExists);
+    EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM topics WHERE topic = '" + fresh + "'"), 0);
+    // Stored again, under a ref the table really holds.
+    AppendOne(*o, EntryOnTopic("new", fresh));
+  }
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  LeaseResult r = LeaseSync(*o, 10);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), 2u);
+  EXPECT_EQ((*r)[1].event.id, "new");
+  EXPECT_EQ((*r)[1].topic, fresh);
+}
+
+TEST_F(SqliteOutboxTest, TopicsBeyondTheTablesCapKeepTheirText) {
+  const auto options = Options(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  constexpr int kTopics = 1030;  // the table takes 1,024
+  std::vector<OutboxEntry> entries;
+  for (int i = 0; i < kTopics; ++i) entries.push_back(EntryOnTopic(Numbered("e", i), Numbered("t/", i)));
+  ASSERT_TRUE(AppendSync(*o, entries).ok());
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM topics"), 1024);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE typeof(topic) = 'text'"), kTopics - 1024);
+  LeaseResult r = LeaseSync(*o, kTopics);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), static_cast<size_t>(kTopics));
+  for (int i = 0; i < kTopics; ++i) EXPECT_EQ((*r)[static_cast<size_t>(i)].topic, Numbered("t/", i));
 }
 
 TEST_F(SqliteOutboxTest, TheSequenceCeilingCoversEverySequenceSoACrashCopyNeverReusesOne) {
