@@ -467,6 +467,7 @@ class SqliteOutbox::Impl {
         acks->push_back(std::move(std::get<AckOp>(queue_.front())));
         queue_.pop_front();
       }
+      if (RunLeasesAhead(lock)) continue;
       if (!queue_.empty() || stopping_ || !producers_active || options_.commit_window_us <= 0) return;
       committer_waiting_ = true;
       wake_at_queued_ = 1;
@@ -474,6 +475,26 @@ class SqliteOutbox::Impl {
       committer_waiting_ = false;
       if (!woken) return;
     }
+  }
+
+  // Runs the leases at the head of the queue while a batch is being
+  // gathered, before its transaction begins. A lease may pass appends and
+  // acks that are not committed yet: none of them is acknowledged, so no
+  // caller can expect to see them, and an event in flight is never leased
+  // twice either way. Without this, the link's leases (several per commit
+  // while it forwards) would each close the batch early: with the link up
+  // and 64 producers, commits held 34 events instead of up to 64.
+  bool RunLeasesAhead(std::unique_lock<std::mutex>& lock) {
+    bool ran = false;
+    while (!queue_.empty() && std::holds_alternative<LeaseOp>(queue_.front())) {
+      LeaseOp lease = std::move(std::get<LeaseOp>(queue_.front()));
+      queue_.pop_front();
+      lock.unlock();
+      RunLease(lease);
+      lock.lock();
+      ran = true;
+    }
+    return ran;
   }
 
   // Takes the appends at the head of the queue; if that empties the queue
@@ -489,6 +510,7 @@ class SqliteOutbox::Impl {
   void GatherAppends(std::unique_lock<std::mutex>& lock, std::vector<AppendOp>* batch, std::vector<AckOp>* acks) {
     size_t events = 0;
     TakeAppends(batch, &events, acks);
+    while (RunLeasesAhead(lock)) TakeAppends(batch, &events, acks);
     if (options_.commit_window_us > 0) {
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.commit_window_us);
       while (queue_.empty() && !stopping_ && events < options_.max_batch_events &&
@@ -506,6 +528,7 @@ class SqliteOutbox::Impl {
         });
         committer_waiting_ = false;
         TakeAppends(batch, &events, acks);
+        while (RunLeasesAhead(lock)) TakeAppends(batch, &events, acks);
         if (!woken) break;
       }
     }

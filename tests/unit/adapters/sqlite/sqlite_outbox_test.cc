@@ -2183,5 +2183,31 @@ TEST_F(SqliteOutboxTest, AnAckQueuedBeforeAnAppendFreesItsRoomInTheSameTransacti
   EXPECT_EQ(BacklogCount(o->Stats()), 0u);
 }
 
+TEST_F(SqliteOutboxTest, ALeaseBetweenAppendsDoesNotSplitTheirCommit) {
+  auto o = OpenStore(Options(dir_, &clock_));
+  ASSERT_NE(o, nullptr);
+  // A large call keeps the committer busy while an append, a lease and
+  // another append queue up behind it.
+  std::vector<OutboxEntry> many;
+  for (int i = 0; i < 5000; ++i) many.push_back(Entry(Numbered("m", i)));
+  std::promise<AppendResult> big, first, second;
+  std::promise<LeaseResult> leased;
+  o->Append(std::move(many), [&](AppendResult r) { big.set_value(std::move(r)); });
+  o->Append({Entry("first")}, [&](AppendResult r) { first.set_value(std::move(r)); });
+  o->Lease(3, [&](LeaseResult r) { leased.set_value(std::move(r)); });
+  o->Append({Entry("second")}, [&](AppendResult r) { second.set_value(std::move(r)); });
+  ASSERT_TRUE(big.get_future().get().ok());
+  AppendResult a = first.get_future().get();
+  AppendResult b = second.get_future().get();
+  ASSERT_TRUE(a.ok() && b.ok());
+  LeaseResult r = leased.get_future().get();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), 3u);
+  EXPECT_EQ((*r)[0].event.id, "m0");
+  // The lease ran while the two appends were gathered: one commit for both.
+  EXPECT_EQ(o->Stats().commits, 2u);
+  EXPECT_EQ((*b)[0].sequence, (*a)[0].sequence + 1);
+}
+
 }  // namespace
 }  // namespace ws
