@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -83,6 +84,9 @@ class LocalApi {
   void PostEvent(HttpRequest&& request, HttpResponder respond, const Caller& caller);
   void PostBatch(HttpRequest&& request, HttpResponder respond, const Caller& caller);
   void Append(std::vector<Event> events, bool batch, HttpResponder respond);
+  // On the loop, after the answer for `events` appended events was written:
+  // lets parked requests go on while there is room.
+  void Answered(size_t events);
   void ListDeadLetters(const HttpRequest& request, HttpResponder respond);
   void RetryDeadLetter(std::string id, HttpResponder respond);
   void PurgeDeadLetters(std::string id, HttpResponder respond);
@@ -110,6 +114,19 @@ class LocalApi {
   // Shared with the responders that finish a claimed key, which may run
   // after an outbox commit; they hold it weakly.
   std::shared_ptr<IdempotencyCache> idempotency_;
+
+  // Events handed to the store and not answered yet, and the POSTs that
+  // wait, unparsed, until that number is below kMaxEventsInFlight (loop
+  // thread only). A request waiting here holds its body; a parsed event
+  // waiting for its commit takes about three times that.
+  size_t events_in_flight_ = 0;
+  struct Parked {
+    HttpRequest request;
+    HttpResponder respond;
+    Caller caller;
+    bool batch = false;
+  };
+  std::deque<Parked> parked_;
 };
 
 // check-config: loads the certificate, key and client CA files of every TLS

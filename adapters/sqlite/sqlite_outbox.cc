@@ -743,7 +743,9 @@ class SqliteOutbox::Impl {
         return InvalidArgument(e.event.id.empty() ? "event id must not be empty"
                                                   : "event \"" + e.event.id + "\" has an unknown priority class");
       }
-      std::string record = EncodeEventRecord(e.event);
+      std::string encoded;
+      if (e.record.empty()) encoded = EncodeEventRecord(e.event);
+      const std::string& record = e.record.empty() ? encoded : e.record;
       const uint64_t bytes = StoredBytes(e, record);
       const int64_t seq = tally->last_sequence + 1;
       const sqlite::NewEventRow row{seq, e.event.id, e.priority, e.stream, e.topic, now, e.expires_at_us,

@@ -429,7 +429,11 @@ TEST_F(LocalApiTest, AuthErrorsAndTypeRules) {
   EXPECT_NE(r.body.find("\"field\":\"type\""), std::string::npos);
   ASSERT_EQ(Call(WithToken(Post(), "s3")).status, 202);
   ASSERT_EQ(outbox_.stored.size(), 1u);
-  EXPECT_EQ(*outbox_.stored[0].event.FindAttribute("producer"), "line-3");
+  Result<Event> stored = DecodeEventRecord(outbox_.stored[0].record, outbox_.stored[0].event.id);
+  ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+  const std::string* producer = stored->FindAttribute("producer");
+  ASSERT_NE(producer, nullptr);
+  EXPECT_EQ(*producer, "line-3");
   // Probes stay open.
   EXPECT_EQ(Call(Get("/v1/health")).status, 200);
   EXPECT_EQ(Call(Get("/v1/ready")).status, 200);
@@ -470,6 +474,48 @@ TEST_F(LocalApiTest, SemanticErrorsAre422WithTheFieldWhileMalformedBodiesStay400
                                    {"specversion":"1.0","id":"b","source":"/s","type":"com.acme.t"}])";
   EXPECT_EQ(Call(Post(distinct, "", "/v1/events:batch")).status, 202);
   EXPECT_EQ(outbox_.stored.size(), 4u);
+}
+
+// A batch of `n` events with ids `prefix`0..n-1.
+std::string BatchOf(const std::string& prefix, int n) {
+  std::string body = "[";
+  for (int i = 0; i < n; ++i) {
+    if (i > 0) body += ',';
+    body += R"({"specversion":"1.0","id":")" + prefix + std::to_string(i) +
+            R"(","source":"/s","type":"com.acme.t","data":1})";
+  }
+  return body + "]";
+}
+
+TEST_F(LocalApiTest, PostsWaitUnparsedWhileTooManyEventsAwaitTheirCommit) {
+  outbox_.auto_complete = false;
+  Start();
+  // Three batches of 1,000 reach the store at once (2,048 events may wait
+  // for their commit); the fourth and a single event behind it wait.
+  std::vector<std::shared_ptr<std::optional<HttpResponse>>> answers;
+  for (int b = 0; b < 4; ++b) {
+    answers.push_back(Send(Post(BatchOf("b" + std::to_string(b) + "-", 1000), "", "/v1/events:batch")));
+  }
+  answers.push_back(Send(Post(kEvent)));
+  EXPECT_EQ(outbox_.pending.size(), 3u);
+  // One commit makes room for the fourth batch only; the single event
+  // stays behind it, in arrival order.
+  outbox_.Complete();
+  Drain();
+  ASSERT_TRUE(answers[0]->has_value());
+  EXPECT_EQ((*answers[0])->status, 202);
+  EXPECT_EQ(outbox_.pending.size(), 3u);
+  EXPECT_FALSE(answers[4]->has_value());
+  while (!outbox_.pending.empty()) {
+    outbox_.Complete();
+    Drain();
+  }
+  for (const auto& a : answers) {
+    ASSERT_TRUE(a->has_value());
+    EXPECT_EQ((*a)->status, 202) << (*a)->body;
+  }
+  EXPECT_EQ(outbox_.stored.size(), 4001u);
+  EXPECT_EQ(outbox_.stored.back().event.id, "e-1");
 }
 
 }  // namespace
