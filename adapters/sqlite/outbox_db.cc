@@ -950,7 +950,10 @@ Status OutboxDb::ListDeadLetters(int64_t after, size_t limit, std::vector<DeadLe
     d.sequence = list_dlq_.ColumnInt64(0);
     d.id = std::string(list_dlq_.ColumnText(1));
     WS_ASSIGN_OR_RETURN(d.priority, PriorityColumn(list_dlq_, 2, d.sequence));
-    WS_ASSIGN_OR_RETURN(d.topic, TopicColumn(list_dlq_, 3));
+    // Listed even when its topic cannot be resolved (a damaged row is what
+    // the dead letters are there to show), without one.
+    Result<std::string> topic = TopicColumn(list_dlq_, 3);
+    if (topic.ok()) d.topic = std::move(topic).value();
     d.accepted_at_us = list_dlq_.ColumnInt64(4);
     d.dead_lettered_at_us = list_dlq_.ColumnInt64(5);
     d.attempts = static_cast<int32_t>(list_dlq_.ColumnInt64(6));

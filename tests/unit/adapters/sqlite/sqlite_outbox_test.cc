@@ -1990,6 +1990,31 @@ TEST_F(SqliteOutboxTest, TopicsBeyondTheTablesCapKeepTheirText) {
   for (int i = 0; i < kTopics; ++i) EXPECT_EQ((*r)[static_cast<size_t>(i)].topic, Numbered("t/", i));
 }
 
+TEST_F(SqliteOutboxTest, ARowThatCannotBeReadIsDeadLetteredAndStillListed) {
+  const auto options = Options(dir_, &clock_);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    ASSERT_TRUE(AppendSync(*o, {Entry("good-1"), Entry("bad-record"), Entry("bad-topic"), Entry("good-2")}).ok());
+  }
+  // Damage that passes the integrity check: a record of an unknown version,
+  // and a topic ref the topics table does not hold.
+  ExecFile(options.path,
+           "UPDATE events SET record = X'09' WHERE id = 'bad-record';"
+           " UPDATE events SET topic = X'7f' WHERE id = 'bad-topic';");
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"good-1", "good-2"}));
+  ListResult dlq = ListSync(*o, 0, 10);
+  ASSERT_TRUE(dlq.ok()) << dlq.status().ToString();
+  ASSERT_EQ(dlq->size(), 2u);
+  EXPECT_EQ((*dlq)[0].id, "bad-record");
+  EXPECT_NE((*dlq)[0].reason.find("record unreadable"), std::string::npos) << (*dlq)[0].reason;
+  EXPECT_EQ((*dlq)[1].id, "bad-topic");
+  EXPECT_NE((*dlq)[1].reason.find("topic 127"), std::string::npos) << (*dlq)[1].reason;
+  EXPECT_EQ((*dlq)[1].topic, "");
+}
+
 TEST_F(SqliteOutboxTest, TheSequenceCeilingCoversEverySequenceSoACrashCopyNeverReusesOne) {
   const auto options = Options(dir_, &clock_);
   ws::testing::TempDir crash_dir;
