@@ -539,12 +539,6 @@ Status OutboxDb::Begin() {
 }
 
 Status OutboxDb::Commit() {
-  WS_TRY(CommitTransaction());
-  new_topics_.clear();  // now in the file for good
-  return Status::Ok();
-}
-
-Status OutboxDb::CommitTransaction() {
   // In the transaction itself, so the totals are exact after any crash.
   for (int64_t b = 0; b < kBuckets; ++b) {
     const auto i = static_cast<size_t>(b);
@@ -558,7 +552,9 @@ Status OutboxDb::CommitTransaction() {
   }
   change_ = TotalsChange{};
   StatementScope scope(commit_);
-  return commit_.Run();
+  WS_TRY(commit_.Run());
+  new_topics_.clear();  // in the file for good
+  return Status::Ok();
 }
 
 void OutboxDb::Rollback() {

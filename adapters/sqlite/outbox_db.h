@@ -263,9 +263,6 @@ class OutboxDb {
   };
 
   Status Prepare();
-  // The part of Commit that writes the totals and commits.
-  Status CommitTransaction();
-
   // Topics (schema 4): every row's topic is looked up here, in memory.
   Status LoadTopics();
   void Remember(int64_t ref, std::string topic);

@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "tests/support/event_record_v1.h"
+
 namespace ws {
 namespace {
 
@@ -280,27 +282,7 @@ TEST(EventRecordTest, HugeCountsInShortRecordAreDataLoss) {
   EXPECT_EQ(DecodeEventRecord(endless_varint, "id").status().code(), StatusCode::kDataLoss);
 }
 
-// A record of the first version, as stores written before schema 4 hold
-// them: every field in full, the id and specversion included.
-std::string RecordV1(const Event& e) {
-  auto put = [](std::string* out, std::string_view s) {
-    out->push_back(static_cast<char>(s.size()));  // every test string is under 128 bytes
-    out->append(s);
-  };
-  std::string out(1, '\x01');
-  put(&out, e.specversion);
-  put(&out, e.id);
-  put(&out, e.source);
-  put(&out, e.type);
-  out.push_back(static_cast<char>(e.attributes.size()));
-  for (const auto& [k, v] : e.attributes) {
-    put(&out, k);
-    put(&out, v);
-  }
-  out.push_back(static_cast<char>(e.data_kind));
-  put(&out, e.data);
-  return out;
-}
+using ws::testing::EventRecordV1;
 
 Event ShortRichEvent() {
   Event e = MinimalEvent();
@@ -314,14 +296,14 @@ Event ShortRichEvent() {
 
 TEST(EventRecordTest, FirstVersionRecordsStillDecode) {
   const Event e = ShortRichEvent();
-  Result<Event> back = DecodeEventRecord(RecordV1(e), "ignored: the record has its own id");
+  Result<Event> back = DecodeEventRecord(EventRecordV1(e), "ignored: the record has its own id");
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   ExpectSameEvent(*back, e);
 }
 
 TEST(EventRecordTest, CurrentVersionLeavesOutIdSpecversionAndKnownNames) {
   const Event e = ShortRichEvent();
-  const std::string v1 = RecordV1(e);
+  const std::string v1 = EventRecordV1(e);
   const std::string v2 = EncodeEventRecord(e);
   EXPECT_EQ(v2[0], '\x02');
   EXPECT_EQ(v2.find(e.id), std::string::npos);
@@ -368,10 +350,10 @@ TEST(EventRecordTest, SameEventRecordAcrossVersions) {
   const Event e = ShortRichEvent();
   const std::string now = EncodeEventRecord(e);
   EXPECT_TRUE(SameEventRecord(now, e.id, now));
-  EXPECT_TRUE(SameEventRecord(RecordV1(e), e.id, now));
+  EXPECT_TRUE(SameEventRecord(EventRecordV1(e), e.id, now));
   Event other = e;
   other.data = R"({"n":2})";
-  EXPECT_FALSE(SameEventRecord(RecordV1(other), e.id, now));
+  EXPECT_FALSE(SameEventRecord(EventRecordV1(other), e.id, now));
   EXPECT_FALSE(SameEventRecord(EncodeEventRecord(other), e.id, now));
   EXPECT_FALSE(SameEventRecord("\x01garbage", e.id, now));
 }

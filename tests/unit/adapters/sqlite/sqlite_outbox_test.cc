@@ -24,6 +24,7 @@
 #include "adapters/sqlite/outbox_db.h"
 #include "platform/clock.h"
 #include "platform/process_stats.h"
+#include "tests/support/event_record_v1.h"
 #include "tests/support/test_support.h"
 
 namespace ws {
@@ -1660,27 +1661,11 @@ TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
   ExpectQuarantinedAndFresh(dir_, options, bytes);
 }
 
-// An event's record as builds before schema 4 wrote it (record version 1,
-// every field in full), as an SQL blob literal.
+// An event's record as builds before schema 4 wrote it, as an SQL blob
+// literal.
 std::string RecordV1Literal(const Event& e) {
-  std::string record(1, '\x01');
-  auto put = [&record](std::string_view s) {
-    record.push_back(static_cast<char>(s.size()));  // every string here is under 128 bytes
-    record.append(s);
-  };
-  put(e.specversion);
-  put(e.id);
-  put(e.source);
-  put(e.type);
-  record.push_back(static_cast<char>(e.attributes.size()));
-  for (const auto& [k, v] : e.attributes) {
-    put(k);
-    put(v);
-  }
-  record.push_back(static_cast<char>(e.data_kind));
-  put(e.data);
   std::string hex = "X'";
-  for (char byte : record) {
+  for (char byte : ws::testing::EventRecordV1(e)) {
     static constexpr char kDigits[] = "0123456789abcdef";
     const auto c = static_cast<unsigned char>(byte);
     hex += kDigits[c >> 4];
