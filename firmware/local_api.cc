@@ -427,6 +427,11 @@ void LocalApi::Handle(HttpRequest&& req, HttpResponder respond) {
           .Sample("", stats_.idempotent_replays.load(std::memory_order_relaxed));
       m.Family("waystation_api_idempotency_keys", "gauge", "Idempotency-Keys remembered now.")
           .Sample("", static_cast<uint64_t>(idempotency_->size()));
+      m.Family("waystation_api_events_awaiting_commit", "gauge", "Events handed to the store and not answered yet.")
+          .Sample("", static_cast<uint64_t>(events_in_flight_));
+      m.Family("waystation_api_requests_waiting", "gauge",
+               "POSTs waiting, unparsed, for fewer events to await their commit.")
+          .Sample("", static_cast<uint64_t>(parked_.size()));
       r.body += m.text();
       AppendTlsMetrics(&r.body);
       return respond(std::move(r));

@@ -498,6 +498,9 @@ TEST_F(LocalApiTest, PostsWaitUnparsedWhileTooManyEventsAwaitTheirCommit) {
   }
   answers.push_back(Send(Post(kEvent)));
   EXPECT_EQ(outbox_.pending.size(), 3u);
+  const HttpResponse metrics = Call(Get("/metrics"));
+  EXPECT_NE(metrics.body.find("waystation_api_events_awaiting_commit 3000\n"), std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("waystation_api_requests_waiting 2\n"), std::string::npos) << metrics.body;
   // One commit makes room for the fourth batch only; the single event
   // stays behind it, in arrival order.
   outbox_.Complete();
