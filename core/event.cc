@@ -9,8 +9,8 @@ namespace {
 // Record versions. 1: every field in full. 2 (written since schema 4): no
 // specversion (always "1.0"), no id (the store keeps it in its own column
 // beside the record), and the well-known attribute names as one-byte codes.
-// A 200-byte event with a UUID id is about a quarter smaller in version 2,
-// and so is every page the store writes for it.
+// The benchmark's 200-byte event (a 3-byte id) takes 126 bytes instead of
+// 148; a UUID id saves 37 bytes more.
 constexpr uint8_t kRecordV1 = 1;
 constexpr uint8_t kRecordV2 = 2;
 

@@ -229,10 +229,14 @@ std::string ListenerLabel(const std::string& address) {
 }
 
 // Outbox completions run on the store's thread; answers are written on the
-// loop thread.
-void AnswerOnLoop(EventLoop* loop, LocalApiStats* stats, HttpResponder respond, HttpResponse r) {
+// loop thread, and `then` runs there after the answer.
+void AnswerOnLoop(EventLoop* loop, LocalApiStats* stats, HttpResponder respond, HttpResponse r,
+                  std::function<void()> then = {}) {
   if (r.status >= 400) stats->requests_rejected.fetch_add(1, std::memory_order_relaxed);
-  loop->Post([respond = std::move(respond), r = std::move(r)]() mutable { respond(std::move(r)); });
+  loop->Post([respond = std::move(respond), r = std::move(r), then = std::move(then)]() mutable {
+    respond(std::move(r));
+    if (then) then();
+  });
 }
 
 }  // namespace
@@ -731,11 +735,7 @@ void LocalApi::Append(std::vector<Event> events, bool batch, HttpResponder respo
           break;
       }
     }
-    if (r.status >= 400) stats->requests_rejected.fetch_add(1, std::memory_order_relaxed);
-    loop->Post([api, n, respond = std::move(respond), r = std::move(r)]() mutable {
-      respond(std::move(r));
-      api->Answered(n);
-    });
+    AnswerOnLoop(loop, stats, std::move(respond), std::move(r), [api, n] { api->Answered(n); });
   });
 }
 

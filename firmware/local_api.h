@@ -117,8 +117,8 @@ class LocalApi {
 
   // Events handed to the store and not answered yet, and the POSTs that
   // wait, unparsed, until that number is below kMaxEventsInFlight (loop
-  // thread only). A request waiting here holds its body; a parsed event
-  // waiting for its commit takes about three times that.
+  // thread only). A request waiting here holds only its body, less than
+  // the same events parsed and waiting for their commit.
   size_t events_in_flight_ = 0;
   struct Parked {
     HttpRequest request;
