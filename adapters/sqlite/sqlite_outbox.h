@@ -29,7 +29,7 @@ struct SqliteOutboxOptions {
   uint64_t control_reserve_bytes = 0;                    // the top of max_bytes that only control events may fill
   ClassLimitsArray classes = DefaultClassLimitsArray();  // per class, see core/outbox_policy.h
   int64_t retain_delivered_s = 0;
-  int64_t commit_window_us = 2000;  // how long a batch may wait for more appends (only while smaller than recent ones)
+  int64_t commit_window_us = 5000;  // how long a batch may wait for more appends (see GatherAppends)
   size_t max_batch_events = 4096;   // a batch closes at this many events
   int64_t cache_kib = 2048;         // SQLite page cache cap (keeps RSS small with any backlog)
   Clock* clock = nullptr;           // nullptr = SystemClock()

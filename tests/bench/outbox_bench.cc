@@ -8,7 +8,7 @@
 // append outstanding and sends the next when the store's answer was posted
 // back to the loop. Prints one `name value unit` line per figure. Bounded by
 // count and by time. Usage:
-//   ws_outbox_bench DIR [producers=64] [events=200000] [backlog=1000000] [commit_window_us=2000]
+//   ws_outbox_bench DIR [producers=64] [events=200000] [backlog=1000000] [commit_window_us=5000]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -103,7 +103,7 @@ uint64_t RssBytes() {
   return st.ok() ? st->rss_bytes : 0;
 }
 
-int64_t g_commit_window_us = 2000;
+int64_t g_commit_window_us = 5000;
 
 std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* open_ms) {
   ws::SqliteOutboxOptions o;

@@ -2219,5 +2219,41 @@ TEST_F(SqliteOutboxTest, ALeaseBetweenAppendsDoesNotSplitTheirCommit) {
   EXPECT_EQ((*b)[0].sequence, (*a)[0].sequence + 1);
 }
 
+// Events that arrive on their own, not as answers come back (sensors, a
+// trickle from many producers), share a commit when one comes within the
+// window: each commit writes whole pages, however few events it holds.
+TEST_F(SqliteOutboxTest, AnEventThatArrivesWithinTheWindowSharesTheWaitingCommit) {
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.commit_window_us = 500'000;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  std::promise<AppendResult> first, second;
+  o->Append({Entry("first")}, [&](AppendResult r) { first.set_value(std::move(r)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  o->Append({Entry("second")}, [&](AppendResult r) { second.set_value(std::move(r)); });
+  ASSERT_TRUE(first.get_future().get().ok());
+  ASSERT_TRUE(second.get_future().get().ok());
+  EXPECT_EQ(o->Stats().commits, 1u);
+}
+
+// A wait that gained nothing (a lone producer waits for its answer) is not
+// repeated for the next batch: that one commits at once, and an event sent
+// after it gets a commit of its own.
+TEST_F(SqliteOutboxTest, AfterAWaitThatGainedNothingTheNextBatchCommitsAtOnce) {
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.commit_window_us = 500'000;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  ASSERT_TRUE(AppendSync(*o, {Entry("alone")}).ok());  // waits the window out for nothing
+  ASSERT_EQ(o->Stats().commits, 1u);
+  std::promise<AppendResult> second, third;
+  o->Append({Entry("second")}, [&](AppendResult r) { second.set_value(std::move(r)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  o->Append({Entry("third")}, [&](AppendResult r) { third.set_value(std::move(r)); });
+  ASSERT_TRUE(second.get_future().get().ok());
+  ASSERT_TRUE(third.get_future().get().ok());
+  EXPECT_EQ(o->Stats().commits, 3u);
+}
+
 }  // namespace
 }  // namespace ws
