@@ -281,6 +281,7 @@ class SqliteOutbox::Impl {
       // While the committer gathers a batch it is woken only when the batch
       // is complete or something else must run; not by every producer.
       constexpr bool gathered = std::is_same_v<T, AppendOp> || std::is_same_v<T, AckOp>;
+      if (!gathered) ++others_queued_;
       wake = committer_waiting_ && (!gathered || queue_.size() >= wake_at_queued_);
     }
     if (wake) cv_.notify_one();
@@ -403,6 +404,7 @@ class SqliteOutbox::Impl {
       } else {
         Op op = std::move(queue_.front());
         queue_.pop_front();
+        --others_queued_;
         lock.unlock();
         RunOne(op);
         lock.lock();
@@ -491,6 +493,7 @@ class SqliteOutbox::Impl {
     while (!queue_.empty() && std::holds_alternative<LeaseOp>(queue_.front())) {
       LeaseOp lease = std::move(std::get<LeaseOp>(queue_.front()));
       queue_.pop_front();
+      --others_queued_;
       lock.unlock();
       RunLease(lease);
       lock.lock();
@@ -522,12 +525,13 @@ class SqliteOutbox::Impl {
         committer_waiting_ = true;
         wake_at_queued_ = missing;
         // Woken early only by the missing appends or by another operation
-        // than an append or ack (which ends the batch: appends never
-        // overtake it).
+        // than an append or ack (a lease runs at once; anything else ends
+        // the batch: appends never overtake it). Counted, not looked for at
+        // the back of the queue: an append queued right behind a lease
+        // would hide it, and the lease would wait for the window to end
+        // (2.3 ms for one lease in thirty at 1,000 events/s).
         const bool woken = cv_.wait_until(lock, deadline, [this, missing] {
-          return stopping_ || queue_.size() >= missing ||
-                 (!queue_.empty() && !std::holds_alternative<AppendOp>(queue_.back()) &&
-                  !std::holds_alternative<AckOp>(queue_.back()));
+          return stopping_ || queue_.size() >= missing || others_queued_ > 0;
         });
         committer_waiting_ = false;
         TakeAppends(batch, &events, acks);
@@ -1384,6 +1388,7 @@ class SqliteOutbox::Impl {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Op> queue_;
+  size_t others_queued_ = 0;  // operations in queue_ other than appends and acks
   bool stopping_ = false;
   uint64_t dlq_count_ = 0;        // dead letters, as of the last totals (or more)
   bool delivered_empty_ = false;  // no delivered events can be in the file
