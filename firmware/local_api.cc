@@ -21,7 +21,9 @@ constexpr size_t kMaxBatchEvents = 1000;
 // over waits unparsed). Bounds the daemon's memory under a flood of batches:
 // 64 connections posting batches of 100 had 6,400 events in the store's
 // queue and the daemon peaked at 16.2-16.4 MiB; with this bound 13.0-13.2
-// MiB at about the same rate (4,096 gave 14.6 MiB).
+// MiB at about the same rate (4,096 gave 14.6 MiB). The store's batches
+// hold at most half of this (SqliteOutboxOptions::max_batch_events), so
+// one commits while the next gathers.
 constexpr size_t kMaxEventsInFlight = 2048;
 constexpr size_t kMaxIdempotencyKeyBytes = 255;
 constexpr size_t kDefaultDlqPage = 100;

@@ -2219,6 +2219,24 @@ TEST_F(SqliteOutboxTest, ALeaseBetweenAppendsDoesNotSplitTheirCommit) {
   EXPECT_EQ((*b)[0].sequence, (*a)[0].sequence + 1);
 }
 
+// A batch closes at max_batch_events: calls queued behind a busy committer
+// are split over as many commits as that takes.
+TEST_F(SqliteOutboxTest, ABatchClosesAtMaxBatchEvents) {
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.max_batch_events = 2;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  std::vector<OutboxEntry> many;
+  for (int i = 0; i < 5000; ++i) many.push_back(Entry(Numbered("m", i)));
+  std::vector<std::promise<AppendResult>> done(5);
+  o->Append(std::move(many), [&](AppendResult r) { done[0].set_value(std::move(r)); });  // goes alone
+  for (int i = 1; i <= 4; ++i) {
+    o->Append({Entry(Numbered("one", i))}, [&, i](AppendResult r) { done[static_cast<size_t>(i)].set_value(std::move(r)); });
+  }
+  for (auto& d : done) ASSERT_TRUE(d.get_future().get().ok());
+  EXPECT_EQ(o->Stats().commits, 3u);
+}
+
 // Events that arrive on their own, not as answers come back (sensors, a
 // trickle from many producers), share a commit when one comes within the
 // window: each commit writes whole pages, however few events it holds.
