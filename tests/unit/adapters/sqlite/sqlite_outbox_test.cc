@@ -2244,13 +2244,13 @@ void PassTheFirstBatches(Outbox& o) {
   for (int i = 0; i < 16; ++i) ASSERT_TRUE(AppendSync(o, {Entry(Numbered("warm", i))}).ok());
 }
 
-// One event appended 100 ms after another, without waiting for its answer,
-// in a store with a window of 500 ms: the number of commits tells whether
-// the first batch waited for the second event.
+// One event appended 250 ms after another, without waiting for its answer,
+// in a store with a window of 1 s: the number of commits tells whether the
+// first batch waited for the second event.
 uint64_t CommitsForTwoEventsApart(Outbox& o) {
   std::promise<AppendResult> first, second;
   o.Append({Entry("first")}, [&](AppendResult r) { first.set_value(std::move(r)); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
   o.Append({Entry("second")}, [&](AppendResult r) { second.set_value(std::move(r)); });
   EXPECT_TRUE(first.get_future().get().ok());
   EXPECT_TRUE(second.get_future().get().ok());
@@ -2259,7 +2259,7 @@ uint64_t CommitsForTwoEventsApart(Outbox& o) {
 
 TEST_F(SqliteOutboxTest, ANewStoreCommitsItsFirstBatchesAtOnce) {
   SqliteOutboxOptions options = Options(dir_, &clock_);
-  options.commit_window_us = 500'000;
+  options.commit_window_us = 1'000'000;
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   EXPECT_EQ(CommitsForTwoEventsApart(*o), 2u);
@@ -2270,7 +2270,7 @@ TEST_F(SqliteOutboxTest, ANewStoreCommitsItsFirstBatchesAtOnce) {
 // window: each commit writes whole pages, however few events it holds.
 TEST_F(SqliteOutboxTest, AnEventThatArrivesWithinTheWindowSharesTheWaitingCommit) {
   SqliteOutboxOptions options = Options(dir_, &clock_);
-  options.commit_window_us = 500'000;
+  options.commit_window_us = 1'000'000;
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   PassTheFirstBatches(*o);
@@ -2282,7 +2282,7 @@ TEST_F(SqliteOutboxTest, AnEventThatArrivesWithinTheWindowSharesTheWaitingCommit
 // after it gets a commit of its own.
 TEST_F(SqliteOutboxTest, AfterAWaitThatGainedNothingTheNextBatchCommitsAtOnce) {
   SqliteOutboxOptions options = Options(dir_, &clock_);
-  options.commit_window_us = 500'000;
+  options.commit_window_us = 1'000'000;
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   PassTheFirstBatches(*o);
