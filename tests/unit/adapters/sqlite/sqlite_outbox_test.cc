@@ -2193,16 +2193,22 @@ TEST_F(SqliteOutboxTest, AnAckQueuedBeforeAnAppendFreesItsRoomInTheSameTransacti
   EXPECT_EQ(BacklogCount(o->Stats()), 0u);
 }
 
+// One call large enough to keep the committer busy while the test queues
+// more calls behind it.
+std::vector<OutboxEntry> ManyEntries() {
+  std::vector<OutboxEntry> many;
+  for (int i = 0; i < 5000; ++i) many.push_back(Entry(Numbered("m", i)));
+  return many;
+}
+
 TEST_F(SqliteOutboxTest, ALeaseBetweenAppendsDoesNotSplitTheirCommit) {
   auto o = OpenStore(Options(dir_, &clock_));
   ASSERT_NE(o, nullptr);
   // A large call keeps the committer busy while an append, a lease and
   // another append queue up behind it.
-  std::vector<OutboxEntry> many;
-  for (int i = 0; i < 5000; ++i) many.push_back(Entry(Numbered("m", i)));
   std::promise<AppendResult> big, first, second;
   std::promise<LeaseResult> leased;
-  o->Append(std::move(many), [&](AppendResult r) { big.set_value(std::move(r)); });
+  o->Append(ManyEntries(), [&](AppendResult r) { big.set_value(std::move(r)); });
   o->Append({Entry("first")}, [&](AppendResult r) { first.set_value(std::move(r)); });
   o->Lease(3, [&](LeaseResult r) { leased.set_value(std::move(r)); });
   o->Append({Entry("second")}, [&](AppendResult r) { second.set_value(std::move(r)); });
@@ -2226,10 +2232,8 @@ TEST_F(SqliteOutboxTest, ABatchClosesAtMaxBatchEvents) {
   options.max_batch_events = 2;
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
-  std::vector<OutboxEntry> many;
-  for (int i = 0; i < 5000; ++i) many.push_back(Entry(Numbered("m", i)));
   std::vector<std::promise<AppendResult>> done(5);
-  o->Append(std::move(many), [&](AppendResult r) { done[0].set_value(std::move(r)); });  // goes alone
+  o->Append(ManyEntries(), [&](AppendResult r) { done[0].set_value(std::move(r)); });  // goes alone
   for (int i = 1; i <= 4; ++i) {
     o->Append({Entry(Numbered("one", i))}, [&, i](AppendResult r) { done[static_cast<size_t>(i)].set_value(std::move(r)); });
   }
