@@ -2248,6 +2248,13 @@ void PassTheFirstBatches(Outbox& o) {
   for (int i = 0; i < 16; ++i) ASSERT_TRUE(AppendSync(o, {Entry(Numbered("warm", i))}).ok());
 }
 
+// A store whose batches may wait up to 1 s for more events.
+std::unique_ptr<SqliteOutbox> OpenWithLongWindow(const ws::testing::TempDir& dir, Clock* clock) {
+  SqliteOutboxOptions options = Options(dir, clock);
+  options.commit_window_us = 1'000'000;
+  return OpenStore(options);
+}
+
 // One event appended 250 ms after another, without waiting for its answer,
 // in a store with a window of 1 s: the number of commits tells whether the
 // first batch waited for the second event.
@@ -2262,9 +2269,7 @@ uint64_t CommitsForTwoEventsApart(Outbox& o) {
 }
 
 TEST_F(SqliteOutboxTest, ANewStoreCommitsItsFirstBatchesAtOnce) {
-  SqliteOutboxOptions options = Options(dir_, &clock_);
-  options.commit_window_us = 1'000'000;
-  auto o = OpenStore(options);
+  auto o = OpenWithLongWindow(dir_, &clock_);
   ASSERT_NE(o, nullptr);
   EXPECT_EQ(CommitsForTwoEventsApart(*o), 2u);
 }
@@ -2273,9 +2278,7 @@ TEST_F(SqliteOutboxTest, ANewStoreCommitsItsFirstBatchesAtOnce) {
 // trickle from many producers), share a commit when one comes within the
 // window: each commit writes whole pages, however few events it holds.
 TEST_F(SqliteOutboxTest, AnEventThatArrivesWithinTheWindowSharesTheWaitingCommit) {
-  SqliteOutboxOptions options = Options(dir_, &clock_);
-  options.commit_window_us = 1'000'000;
-  auto o = OpenStore(options);
+  auto o = OpenWithLongWindow(dir_, &clock_);
   ASSERT_NE(o, nullptr);
   PassTheFirstBatches(*o);
   EXPECT_EQ(CommitsForTwoEventsApart(*o), 16u + 1u);
@@ -2285,9 +2288,7 @@ TEST_F(SqliteOutboxTest, AnEventThatArrivesWithinTheWindowSharesTheWaitingCommit
 // repeated for the next batch: that one commits at once, and an event sent
 // after it gets a commit of its own.
 TEST_F(SqliteOutboxTest, AfterAWaitThatGainedNothingTheNextBatchCommitsAtOnce) {
-  SqliteOutboxOptions options = Options(dir_, &clock_);
-  options.commit_window_us = 1'000'000;
-  auto o = OpenStore(options);
+  auto o = OpenWithLongWindow(dir_, &clock_);
   ASSERT_NE(o, nullptr);
   PassTheFirstBatches(*o);
   ASSERT_TRUE(AppendSync(*o, {Entry("alone")}).ok());  // waits the window out for nothing
