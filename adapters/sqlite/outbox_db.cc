@@ -866,8 +866,9 @@ Status OutboxDb::ReadWaiting(int64_t now_us, std::vector<WaitingRow>* out) {
   }
 }
 
-Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t now_us, size_t limit, std::vector<LeasedEvent>* out,
-                              std::vector<std::pair<int64_t, Status>>* unreadable, int64_t* last_seen) {
+Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t up_to, int64_t now_us, size_t limit,
+                              std::vector<LeasedEvent>* out, std::vector<std::pair<int64_t, Status>>* unreadable,
+                              int64_t* last_seen) {
   StatementScope scope(read_class_);
   WS_TRY(read_class_.Bind(1, static_cast<int64_t>(p)));
   WS_TRY(read_class_.Bind(2, after));
@@ -877,6 +878,7 @@ Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t now_us, size_t 
     WS_ASSIGN_OR_RETURN(bool row, read_class_.Step());
     if (!row) return Status::Ok();
     const int64_t seq = read_class_.ColumnInt64(0);
+    if (seq > up_to) return Status::Ok();  // in sequence order: the rest are too
     *last_seen = seq;
     Result<Event> event = DecodeEventRecord(read_class_.ColumnBlob(5), read_class_.ColumnText(7));
     Result<std::string> topic = event.ok() ? TopicColumn(read_class_, 1) : event.status();

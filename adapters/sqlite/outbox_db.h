@@ -218,11 +218,13 @@ class OutboxDb {
   Status ReadWaiting(int64_t now_us, std::vector<WaitingRow>* out);
 
   // Appends up to `limit` unexpired events of class `p` with a sequence above
-  // `after`, in sequence order, to `out`. Rows whose record cannot be decoded
-  // go to `unreadable` instead. `*last_seen` is the highest sequence read.
-  // Rows whose retry time is after `now_us` are skipped.
-  Status ReadLeasable(Priority p, int64_t after, int64_t now_us, size_t limit, std::vector<LeasedEvent>* out,
-                      std::vector<std::pair<int64_t, Status>>* unreadable, int64_t* last_seen);
+  // `after` and at most `up_to`, in sequence order, to `out`. Rows whose
+  // record cannot be decoded go to `unreadable` instead. `*last_seen` is the
+  // highest sequence read. Rows whose retry time is after `now_us` are
+  // skipped.
+  Status ReadLeasable(Priority p, int64_t after, int64_t up_to, int64_t now_us, size_t limit,
+                      std::vector<LeasedEvent>* out, std::vector<std::pair<int64_t, Status>>* unreadable,
+                      int64_t* last_seen);
   // The one event `sequence`, if it is there and unexpired, like ReadLeasable.
   Status ReadLeasableBySequence(int64_t sequence, int64_t now_us, std::vector<LeasedEvent>* out,
                                 std::vector<std::pair<int64_t, Status>>* unreadable);

@@ -17,6 +17,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -47,6 +48,11 @@ constexpr int64_t kSequenceReserve = 1024;
 // gained nothing (see Linger).
 constexpr size_t kMinLingerBackoff = 16;
 constexpr size_t kMaxLingerBackoff = 1024;
+// While a batch gathers, the committer wakes to store the calls that came
+// in whenever this many (or all that are missing) are queued: often enough
+// that storing overlaps the producers' way back, rarely enough that wakes
+// stay a small part of a commit.
+constexpr size_t kStoreWhileGathering = 16;
 
 // One Replay re-sends at most this many events: one transaction, so its WAL
 // (about 200 bytes per event) stays a few tens of MiB.
@@ -196,6 +202,29 @@ struct BatchTally {
   uint64_t new_events = 0;
   uint64_t dropped = 0;  // removed by drop_oldest
   std::array<uint64_t, kPriorityCount> added{};
+};
+
+// An append batch whose transaction is open while it gathers: each call is
+// stored as soon as the committer takes it, so the inserts overlap the
+// producers' way back with their next events, and the commit follows the
+// last arrival at once.
+struct OpenBatch {
+  std::vector<AppendOp> ops;
+  std::vector<AckOp> acks;
+  size_t events = 0;        // events in ops
+  size_t stored = 0;        // ops stored in the transaction so far
+  size_t acks_applied = 0;  // acks removed in the transaction so far
+  int64_t now = 0;          // the accepted time of every event in it
+  BatchTally tally;
+  // A storage failure (disk full, I/O error) dooms the whole transaction;
+  // a request's own rejection (duplicate id with other content, store
+  // full) is undone by its savepoint and the others still commit.
+  Status storage;
+  bool begun = false;
+  size_t failed_at = SIZE_MAX;  // the request during which storage failed, if any
+  std::vector<Result<std::vector<AppendOutcome>>> results;  // one per stored op
+  int64_t acked_removed = 0;
+  std::optional<sqlite::StoreTotals> after_acks;
 };
 
 }  // namespace
@@ -391,18 +420,15 @@ class SqliteOutbox::Impl {
         continue;
       }
       if (std::holds_alternative<AppendOp>(queue_.front()) || std::holds_alternative<AckOp>(queue_.front())) {
-        std::vector<AppendOp> batch;
         std::vector<AckOp> acks;
         if (std::holds_alternative<AckOp>(queue_.front())) WaitForAppendAfterAcks(lock, &acks);
         if (!queue_.empty() && std::holds_alternative<AppendOp>(queue_.front())) {
-          GatherAppends(lock, &batch, &acks);
-          lock.unlock();
-          RunAppendBatch(batch, acks);
+          RunAppendBatch(lock, std::move(acks));
         } else {
           lock.unlock();
           RunAcks(acks);
+          lock.lock();
         }
-        lock.lock();
       } else {
         Op op = std::move(queue_.front());
         queue_.pop_front();
@@ -490,7 +516,13 @@ class SqliteOutbox::Impl {
   // twice either way. Without this, the link's leases (several per commit
   // while it forwards) would each close the batch early: with the link up
   // and 64 producers, commits held 34 events instead of up to 64.
+  //
+  // Inside an open batch transaction a lease reads only committed events
+  // (see RunLease). A batch that dropped events to make room ends before
+  // the next lease: the drop is not committed yet, and a lease that passed
+  // the dropped rows would never come back for them if the batch failed.
   bool RunLeasesAhead(std::unique_lock<std::mutex>& lock) {
+    if (open_batch_ != nullptr && open_batch_->tally.dropped > 0) return false;
     bool ran = false;
     while (!queue_.empty() && std::holds_alternative<LeaseOp>(queue_.front())) {
       LeaseOp lease = std::move(std::get<LeaseOp>(queue_.front()));
@@ -514,37 +546,64 @@ class SqliteOutbox::Impl {
   // maximum larger than most batches, so they still share fsyncs. The window is measured on the real steady
   // clock: it trades latency for fewer fsyncs and is no policy a test needs
   // to move by hand.
-  void GatherAppends(std::unique_lock<std::mutex>& lock, std::vector<AppendOp>* batch, std::vector<AckOp>* acks) {
-    size_t events = 0;
-    TakeAppends(batch, &events, acks);
-    while (RunLeasesAhead(lock)) TakeAppends(batch, &events, acks);
+  //
+  // The batch's transaction is already open: what is taken is stored at
+  // once (TakeAndStore), while the other producers are still on their way.
+  void GatherAppends(std::unique_lock<std::mutex>& lock, OpenBatch* b) {
     if (options_.commit_window_us > 0) {
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(options_.commit_window_us);
       const size_t crowd = last_batch_requests_;
-      while (queue_.empty() && !stopping_ && events < options_.max_batch_events &&
-             batch->size() < last_batch_requests_) {
-        const size_t missing = last_batch_requests_ - batch->size();
+      while (Gathering(*b) && b->ops.size() < last_batch_requests_) {
+        if (!queue_.empty()) {
+          // Came in while the last ones were stored. Anything but an append,
+          // ack or lease ends the batch.
+          if (!TakeAndStore(lock, b)) break;
+          continue;
+        }
+        const size_t missing = last_batch_requests_ - b->ops.size();
+        // Woken by a part of the missing appends (to store them while the
+        // rest are on their way) or by another operation than an append or
+        // ack (a lease runs at once; anything else ends the batch: appends
+        // never overtake it). Counted, not looked for at the back of the
+        // queue: an append queued right behind a lease would hide it, and
+        // the lease would wait for the window to end (2.3 ms for one lease
+        // in thirty at 1,000 events/s).
+        const size_t wake_at = std::min(missing, kStoreWhileGathering);
         committer_waiting_ = true;
-        wake_at_queued_ = missing;
-        // Woken early only by the missing appends or by another operation
-        // than an append or ack (a lease runs at once; anything else ends
-        // the batch: appends never overtake it). Counted, not looked for at
-        // the back of the queue: an append queued right behind a lease
-        // would hide it, and the lease would wait for the window to end
-        // (2.3 ms for one lease in thirty at 1,000 events/s).
-        const bool woken = cv_.wait_until(lock, deadline, [this, missing] {
-          return stopping_ || queue_.size() >= missing || others_queued_ > 0;
+        wake_at_queued_ = wake_at;
+        const bool woken = cv_.wait_until(lock, deadline, [this, wake_at] {
+          return stopping_ || queue_.size() >= wake_at || others_queued_ > 0;
         });
         committer_waiting_ = false;
-        TakeAppends(batch, &events, acks);
-        while (RunLeasesAhead(lock)) TakeAppends(batch, &events, acks);
         if (!woken) break;
       }
-      if (batch->size() >= crowd) Linger(lock, deadline, batch, &events, acks);
+      if (b->ops.size() >= crowd) Linger(lock, deadline, b);
     }
     // A maximum that decays by 1/8 per batch: follows a growing crowd at
     // once and a shrinking one within a few commits.
-    last_batch_requests_ = std::max<size_t>({batch->size(), last_batch_requests_ - last_batch_requests_ / 8 - 1, 1});
+    last_batch_requests_ = std::max<size_t>({b->ops.size(), last_batch_requests_ - last_batch_requests_ / 8 - 1, 1});
+  }
+
+  // Whether the open batch may still take more.
+  bool Gathering(const OpenBatch& b) const {
+    return !stopping_ && b.storage.ok() && b.events < options_.max_batch_events;
+  }
+
+  // Takes what the queue holds for the open batch, runs the leases that
+  // come first, and stores the new calls and acks (without the lock).
+  // False when it could do none of that: another operation is first.
+  bool TakeAndStore(std::unique_lock<std::mutex>& lock, OpenBatch* b) {
+    TakeAppends(&b->ops, &b->events, &b->acks);
+    bool leased = false;
+    while (RunLeasesAhead(lock)) {
+      leased = true;
+      TakeAppends(&b->ops, &b->events, &b->acks);
+    }
+    if (b->stored == b->ops.size() && b->acks_applied == b->acks.size()) return leased;
+    lock.unlock();
+    StoreTaken(b);
+    lock.lock();
+    return true;
   }
 
   // A batch as large as the recent ones may still gain from waiting: events
@@ -561,25 +620,27 @@ class SqliteOutbox::Impl {
   // 1,024 batches do not wait (for a lone producer one wasted window per
   // 1,025 events, 1-2 % of its rate), and the first wait that gains resets
   // that. The first 16 batches of a new store skip it too.
-  void Linger(std::unique_lock<std::mutex>& lock, std::chrono::steady_clock::time_point deadline,
-              std::vector<AppendOp>* batch, size_t* events, std::vector<AckOp>* acks) {
-    // Another operation waiting, or a full batch: nothing to wait for.
-    if (!queue_.empty() || stopping_ || *events >= options_.max_batch_events) return;
+  void Linger(std::unique_lock<std::mutex>& lock, std::chrono::steady_clock::time_point deadline, OpenBatch* b) {
+    // A full batch, a doomed transaction or another operation waiting:
+    // nothing to wait for.
+    if (!Gathering(*b) || others_queued_ > 0) return;
     if (linger_skip_ > 0) {
       --linger_skip_;
       return;
     }
-    const size_t before = batch->size();
-    while (queue_.empty() && !stopping_ && *events < options_.max_batch_events) {
+    const size_t before = b->ops.size();
+    while (Gathering(*b)) {
+      if (!queue_.empty()) {
+        if (!TakeAndStore(lock, b)) break;
+        continue;
+      }
       committer_waiting_ = true;
       wake_at_queued_ = 1;
       const bool woken = cv_.wait_until(lock, deadline, [this] { return stopping_ || !queue_.empty(); });
       committer_waiting_ = false;
       if (!woken) break;
-      TakeAppends(batch, events, acks);
-      while (RunLeasesAhead(lock)) TakeAppends(batch, events, acks);
     }
-    if (batch->size() > before) {
+    if (b->ops.size() > before) {
       linger_backoff_ = 0;
     } else {
       linger_backoff_ = std::min<size_t>(std::max<size_t>(linger_backoff_ * 4, kMinLingerBackoff), kMaxLingerBackoff);
@@ -624,46 +685,77 @@ class SqliteOutbox::Impl {
     if (t.dropped > 0) RefreshTotals();
   }
 
-  // Stores `batch` in one transaction, after removing the events `acks`
-  // acknowledged, so that the limits see the room they free.
-  void RunAppendBatch(std::vector<AppendOp>& batch, std::vector<AckOp>& acks) {
-    const int64_t now = clock_->WallMicros();
-    last_append_batch_ = std::chrono::steady_clock::now();
-    std::vector<Result<std::vector<AppendOutcome>>> results;
-    results.reserve(batch.size());
-    BatchTally tally = StartTally();
+  // Gathers and stores one append batch in one transaction, with the acks
+  // taken before and with it. Acks are removed before the calls taken after
+  // them, so that the limits see the room they free. Called, and returns,
+  // with `lock` held.
+  void RunAppendBatch(std::unique_lock<std::mutex>& lock, std::vector<AckOp> acks) {
+    OpenBatch b;
+    b.acks = std::move(acks);
+    TakeAppends(&b.ops, &b.events, &b.acks);
+    // Before the transaction: these leases may still sweep and dead-letter.
+    while (RunLeasesAhead(lock)) TakeAppends(&b.ops, &b.events, &b.acks);
+    lock.unlock();
+    BeginBatch(&b);
+    lock.lock();
+    GatherAppends(lock, &b);
+    lock.unlock();
+    FinishBatch(b);
+    lock.lock();
+  }
 
-    // A storage failure (disk full, I/O error) dooms the whole transaction;
-    // a request's own rejection (duplicate id with other content, store
-    // full) is undone by its savepoint and the others still commit.
-    Status storage = durable_commits_broken_ ? RestoreDurableCommits() : Status::Ok();
-    if (storage.ok()) storage = db_->Begin();
-    int64_t acked_removed = 0;
-    std::optional<sqlite::StoreTotals> after_acks;
-    if (storage.ok() && !acks.empty()) {
-      storage = RemoveAcked(acks, now, &acked_removed);
-      if (storage.ok() && acked_removed > 0) {
+  void BeginBatch(OpenBatch* b) {
+    b->now = clock_->WallMicros();
+    last_append_batch_ = std::chrono::steady_clock::now();
+    b->tally = StartTally();
+    b->storage = durable_commits_broken_ ? RestoreDurableCommits() : Status::Ok();
+    if (b->storage.ok()) b->storage = db_->Begin();
+    if (!b->storage.ok()) return;
+    b->begun = true;
+    open_batch_ = b;
+    StoreTaken(b);
+  }
+
+  // Inside the batch's transaction: removes what the acks taken since the
+  // last call acknowledged, then stores the calls taken since.
+  void StoreTaken(OpenBatch* b) {
+    if (!b->begun || !b->storage.ok()) return;
+    if (b->acks_applied < b->acks.size()) {
+      int64_t removed = 0;
+      b->storage = RemoveAcked(std::span<const AckOp>(b->acks).subspan(b->acks_applied), b->now, &removed);
+      b->acks_applied = b->acks.size();
+      if (b->storage.ok() && removed > 0) {
+        b->acked_removed += removed;
+        // With what the transaction stored so far (ReadTotals counts it).
         Result<sqlite::StoreTotals> t = db_->ReadTotals();
         if (t.ok()) {
-          after_acks = *t;
-          tally.usage = UsageOf(*t);
+          b->after_acks = *t;
+          b->tally.usage = UsageOf(*t);
         } else {
-          storage = t.status();
+          b->storage = t.status();
         }
       }
+      if (!b->storage.ok()) return;
     }
-    size_t failed_at = batch.size();  // the request during which storage failed, if any
-    if (storage.ok()) {
-      for (AppendOp& op : batch) {
-        results.push_back(RunAppendRequest(op, now, &tally, &storage));
-        if (!storage.ok()) {
-          failed_at = results.size() - 1;
-          break;
-        }
+    while (b->stored < b->ops.size()) {
+      b->results.push_back(RunAppendRequest(b->ops[b->stored], b->now, &b->tally, &b->storage));
+      ++b->stored;
+      if (!b->storage.ok()) {
+        b->failed_at = b->results.size() - 1;
+        return;
       }
     }
-    if (storage.ok()) storage = CoverSequences(&tally);
+  }
+
+  // Commits the batch (or rolls it back), then answers every call and ack.
+  void FinishBatch(OpenBatch& b) {
+    StoreTaken(&b);  // nothing is left untaken; a no-op unless a path forgot it
+    Status storage = b.storage;
+    if (storage.ok()) storage = CoverSequences(&b.tally);
     if (storage.ok()) storage = db_->Commit();
+    open_batch_ = nullptr;
+    std::vector<Result<std::vector<AppendOutcome>>>& results = b.results;
+    std::vector<AppendOp>& batch = b.ops;
 
     if (!storage.ok()) {
       db_->Rollback();
@@ -674,19 +766,19 @@ class SqliteOutbox::Impl {
       failed.reserve(batch.size());
       for (size_t i = 0; i < batch.size(); ++i) {
         // A request that was refused on its own keeps its precise reason.
-        const bool own_rejection = i < results.size() && i != failed_at && !results[i].ok();
+        const bool own_rejection = i < results.size() && i != b.failed_at && !results[i].ok();
         failed.push_back(own_rejection ? std::move(results[i]) : Result<std::vector<AppendOutcome>>(storage));
       }
       results = std::move(failed);
     } else {
       unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
-      if (after_acks.has_value()) ApplyTotals(*after_acks);
-      CommitTally(tally, now);
+      if (b.after_acks.has_value()) ApplyTotals(*b.after_acks);
+      CommitTally(b.tally, b.now);
       const auto committed = std::chrono::steady_clock::now();
       std::lock_guard<std::mutex> lock(stats_mu_);
-      if (tally.new_events > 0) {
+      if (b.tally.new_events > 0) {
         ++stats_.commits;
-        stats_.appended_events += tally.new_events;
+        stats_.appended_events += b.tally.new_events;
       }
       for (size_t i = 0; i < batch.size(); ++i) {
         if (!results[i].ok()) continue;
@@ -695,19 +787,23 @@ class SqliteOutbox::Impl {
       }
     }
 
-    if (!acks.empty()) {
+    if (!b.acks.empty()) {
       if (storage.ok()) {
-        FinishAcks(acks, acked_removed, Status::Ok());
+        FinishAcks(b.acks, b.acked_removed, Status::Ok());
       } else {
         // On their own the acks may still commit (a disk too full for new
         // events usually has room for deletes), and they are what frees it.
-        RunAcks(acks);
+        RunAcks(b.acks);
       }
     }
+    // Records that leases inside the transaction found unreadable.
+    std::vector<DeadLetterOp> unreadable = std::move(deferred_dead_letters_);
+    deferred_dead_letters_.clear();
+    for (DeadLetterOp& dead : unreadable) RunDeadLetter(dead);
     for (size_t i = 0; i < batch.size(); ++i) {
       if (batch[i].done) batch[i].done(std::move(results[i]));
     }
-    if (storage.ok() && tally.new_events > 0) NotifyListener();
+    if (storage.ok() && b.tally.new_events > 0) NotifyListener();
   }
 
   // One Append call inside the batch transaction, under its own savepoint.
@@ -903,7 +999,7 @@ class SqliteOutbox::Impl {
 
   // Inside a transaction: removes (or, with retention, moves) the events the
   // acks name; `*removed` counts those that were there.
-  Status RemoveAcked(const std::vector<AckOp>& acks, int64_t now, int64_t* removed) {
+  Status RemoveAcked(std::span<const AckOp> acks, int64_t now, int64_t* removed) {
     if (options_.retain_delivered_s > 0) {
       for (const AckOp& a : acks) {
         for (int64_t seq : a.sequences) {
@@ -948,10 +1044,19 @@ class SqliteOutbox::Impl {
     }
   }
 
+  // While an append batch's transaction is open (a lease that runs ahead
+  // of it), the lease reads only events committed before it (the batch's
+  // own are not acknowledged yet, and a failed batch takes them back), and
+  // leaves sweeping and dead-lettering, which need transactions of their
+  // own, to later.
   void RunLease(LeaseOp& op) {
     const int64_t now = clock_->WallMicros();
-    SweepExpired(now);
-    PurgeDelivered(now);
+    const bool in_batch = open_batch_ != nullptr;
+    if (!in_batch) {
+      SweepExpired(now);
+      PurgeDelivered(now);
+    }
+    const int64_t committed = in_batch ? last_sequence_ : INT64_MAX;
 
     std::vector<LeasedEvent> out;
     std::vector<std::pair<int64_t, Status>> unreadable;
@@ -984,7 +1089,8 @@ class SqliteOutbox::Impl {
         ++it;
       }
       if (out.size() < op.max_events) {
-        Status s = db_->ReadLeasable(p, cursor[i], now, op.max_events - out.size(), &out, &unreadable, &cursor[i]);
+        Status s = db_->ReadLeasable(p, cursor[i], committed, now, op.max_events - out.size(), &out, &unreadable,
+                                     &cursor[i]);
         if (!s.ok()) {
           if (op.done) op.done(s.WithContext("lease"));
           return;
@@ -1002,7 +1108,11 @@ class SqliteOutbox::Impl {
       WS_LOG_ERROR(kComponent, "stored event cannot be decoded; dead-lettering it",
                    {{"sequence", std::to_string(seq)}, {"error", why.ToString()}});
       DeadLetterOp dead{seq, "record unreadable: " + why.message(), nullptr};
-      RunDeadLetter(dead);
+      if (in_batch) {
+        deferred_dead_letters_.push_back(std::move(dead));
+      } else {
+        RunDeadLetter(dead);
+      }
     }
     if (op.done) op.done(std::move(out));
   }
@@ -1399,6 +1509,8 @@ class SqliteOutbox::Impl {
   // Whether the Append call being stored has its savepoint yet: one-event
   // calls take it only at their first write (committer thread only).
   bool savepoint_taken_ = false;
+  OpenBatch* open_batch_ = nullptr;  // the append batch whose transaction is open
+  std::vector<DeadLetterOp> deferred_dead_letters_;  // found by leases inside it
   bool committer_waiting_ = false;  // the committer sleeps on cv_ ...
   size_t wake_at_queued_ = 1;       // ... until this many operations are queued
   std::shared_ptr<const std::function<void()>> listener_;

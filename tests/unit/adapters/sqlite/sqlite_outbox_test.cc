@@ -2141,7 +2141,7 @@ TEST_F(SqliteOutboxTest, LeaseReadsAreNotRecompiledForEachNewTime) {
     std::vector<LeasedEvent> out;
     std::vector<std::pair<int64_t, Status>> unreadable;
     int64_t last_seen = 0;
-    ASSERT_TRUE((*db)->ReadLeasable(Priority::kNormal, 0, now, 10, &out, &unreadable, &last_seen).ok());
+    ASSERT_TRUE((*db)->ReadLeasable(Priority::kNormal, 0, INT64_MAX, now, 10, &out, &unreadable, &last_seen).ok());
     ASSERT_TRUE((*db)->ReadLeasableBySequence(2, now, &out, &unreadable).ok());
     EXPECT_EQ(out.size(), 4u);
   }
@@ -2149,7 +2149,7 @@ TEST_F(SqliteOutboxTest, LeaseReadsAreNotRecompiledForEachNewTime) {
   std::vector<LeasedEvent> out;
   std::vector<std::pair<int64_t, Status>> unreadable;
   int64_t last_seen = 0;
-  ASSERT_TRUE((*db)->ReadLeasable(Priority::kNormal, 0, 6000, 10, &out, &unreadable, &last_seen).ok());
+  ASSERT_TRUE((*db)->ReadLeasable(Priority::kNormal, 0, INT64_MAX, 6000, 10, &out, &unreadable, &last_seen).ok());
   ASSERT_TRUE((*db)->ReadLeasableBySequence(2, 6000, &out, &unreadable).ok());
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0].sequence, 1);
@@ -2294,6 +2294,104 @@ TEST_F(SqliteOutboxTest, AfterAWaitThatGainedNothingTheNextBatchCommitsAtOnce) {
   ASSERT_TRUE(AppendSync(*o, {Entry("alone")}).ok());  // waits the window out for nothing
   ASSERT_EQ(o->Stats().commits, 17u);
   EXPECT_EQ(CommitsForTwoEventsApart(*o), 17u + 2u);
+}
+
+// Appends `id` without waiting for the answer, in a store whose batch then
+// waits (up to its window of 1 s) for more events, and gives the batch
+// time to open its transaction and store the event.
+std::future<AppendResult> AppendIntoWaitingBatch(Outbox& o, std::promise<AppendResult>& answer, OutboxEntry e) {
+  o.Append({std::move(e)}, [&answer](AppendResult r) { answer.set_value(std::move(r)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  return answer.get_future();
+}
+
+// A batch stores each event as it takes it, in a transaction that stays
+// open while the batch waits for more. A lease in that time runs at once
+// but sees only committed events: the batch's own are not acknowledged,
+// and would be gone again if its commit failed.
+TEST_F(SqliteOutboxTest, ALeaseWhileABatchWaitsSeesOnlyCommittedEvents) {
+  auto o = OpenWithLongWindow(dir_, &clock_);
+  ASSERT_NE(o, nullptr);
+  PassTheFirstBatches(*o);
+  std::promise<AppendResult> answer;
+  std::future<AppendResult> waiting = AppendIntoWaitingBatch(*o, answer, Entry("waiting"));
+  const std::vector<std::string> during = LeaseIds(*o, 100);
+  // Answered while the batch still waits, without "waiting".
+  EXPECT_EQ(waiting.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+  EXPECT_EQ(during.size(), 16u);
+  for (const std::string& id : during) EXPECT_NE(id, "waiting");
+  ASSERT_TRUE(waiting.get().ok());
+  EXPECT_EQ(LeaseIds(*o, 100), std::vector<std::string>{"waiting"});
+  EXPECT_EQ(o->Stats().commits, 16u + 1u);  // the lease did not end the batch
+}
+
+// An ack that comes while a batch waits is applied in its transaction and
+// answered after its commit.
+TEST_F(SqliteOutboxTest, AnAckWhileABatchWaitsCommitsWithIt) {
+  auto o = OpenWithLongWindow(dir_, &clock_);
+  ASSERT_NE(o, nullptr);
+  PassTheFirstBatches(*o);
+  LeaseResult leased = LeaseSync(*o, 1);
+  ASSERT_TRUE(leased.ok() && leased->size() == 1u);
+  std::promise<AppendResult> answer;
+  std::future<AppendResult> waiting = AppendIntoWaitingBatch(*o, answer, Entry("waiting"));
+  std::promise<Status> acked;
+  o->Ack({(*leased)[0].sequence}, [&](Status s) { acked.set_value(std::move(s)); });
+  ASSERT_TRUE(waiting.get().ok());
+  ASSERT_TRUE(acked.get_future().get().ok());
+  const OutboxStats s = o->Stats();
+  EXPECT_EQ(s.commits, 16u + 1u);
+  EXPECT_EQ(s.removed_delivered, 1u);
+  EXPECT_EQ(Backlog(s, Priority::kNormal).count, 16u);
+  ExpectTotalsMatchRows(dir_.File("outbox.db"), "after an ack inside a waiting batch");
+}
+
+// A batch that dropped events to make room ends before a lease: the lease
+// must not pass rows whose removal is not committed yet.
+TEST_F(SqliteOutboxTest, ALeaseEndsABatchThatDroppedEvents) {
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.commit_window_us = 1'000'000;
+  Limits(options, Priority::kNormal).max_count = 16;
+  Limits(options, Priority::kNormal).overflow = OverflowPolicy::kDropOldest;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  PassTheFirstBatches(*o);
+  std::promise<AppendResult> answer;
+  std::future<AppendResult> waiting = AppendIntoWaitingBatch(*o, answer, Entry("waiting"));  // drops warm0
+  const std::vector<std::string> ids = LeaseIds(*o, 100);
+  ASSERT_TRUE(waiting.get().ok());
+  ASSERT_EQ(ids.size(), 16u);
+  EXPECT_EQ(ids.front(), "warm1");
+  EXPECT_EQ(ids.back(), "waiting");
+  EXPECT_EQ(o->Stats().removed_dropped_overflow, 1u);
+}
+
+// Dead-lettering needs a transaction of its own: a damaged row that a lease
+// finds while a batch waits is parked right after that batch.
+TEST_F(SqliteOutboxTest, ARowFoundUnreadableWhileABatchWaitsIsDeadLetteredAfterIt) {
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.commit_window_us = 1'000'000;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    ASSERT_TRUE(AppendSync(*o, {Entry("good"), Entry("bad-record")}).ok());
+  }
+  ExecFile(options.path, "UPDATE events SET record = X'09' WHERE id = 'bad-record';");
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  PassTheFirstBatches(*o);
+  std::promise<AppendResult> answer;
+  std::future<AppendResult> waiting = AppendIntoWaitingBatch(*o, answer, Entry("waiting"));
+  const std::vector<std::string> ids = LeaseIds(*o, 100);
+  EXPECT_EQ(waiting.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
+  ASSERT_EQ(ids.size(), 17u);
+  EXPECT_EQ(ids.front(), "good");
+  ASSERT_TRUE(waiting.get().ok());
+  ListResult dlq = ListSync(*o, 0, 10);
+  ASSERT_TRUE(dlq.ok()) << dlq.status().ToString();
+  ASSERT_EQ(dlq->size(), 1u);
+  EXPECT_EQ((*dlq)[0].id, "bad-record");
+  EXPECT_NE((*dlq)[0].reason.find("record unreadable"), std::string::npos) << (*dlq)[0].reason;
 }
 
 }  // namespace
