@@ -621,9 +621,9 @@ class SqliteOutbox::Impl {
   // 1,025 events, 1-2 % of its rate), and the first wait that gains resets
   // that. The first 16 batches of a new store skip it too.
   void Linger(std::unique_lock<std::mutex>& lock, std::chrono::steady_clock::time_point deadline, OpenBatch* b) {
-    // A full batch, a doomed transaction or another operation waiting:
-    // nothing to wait for.
-    if (!Gathering(*b) || others_queued_ > 0) return;
+    // A full batch, a doomed transaction or more already queued (they make
+    // the next batch): nothing to wait for.
+    if (!Gathering(*b) || !queue_.empty()) return;
     if (linger_skip_ > 0) {
       --linger_skip_;
       return;
