@@ -106,6 +106,11 @@ struct OutboxStats {
   uint64_t replayed = 0;             // delivered events re-enqueued by Replay
   uint64_t dead_letters_retried = 0;  // dead letters moved back by RetryDeadLetter
   uint64_t nacked = 0;               // events made leasable again by Nack
+  // Checkpoints that copied WAL frames into the database file: on the
+  // store's own checkpoint thread, and by the committer itself (the last
+  // frames of a WAL, or all of them when that thread could not keep up).
+  uint64_t checkpoints_background = 0;
+  uint64_t checkpoints_committer = 0;
   // Append-to-commit latency, one observation per event of each successful
   // Append call: per-bucket counts (not cumulative; bounds in
   // kAckLatencyBoundsUs, last = +Inf), their sum and count.

@@ -297,6 +297,10 @@ class Node::Impl {
         .Sample("", st.nacked);
     m.Family("waystation_store_replayed_total", "counter", "Delivered events queued again by replay.")
         .Sample("", st.replayed);
+    m.Family("waystation_store_checkpoints_total", "counter",
+             "WAL checkpoints that copied frames into the database file, by the thread that ran them.")
+        .Sample("by=\"background\"", st.checkpoints_background)
+        .Sample("by=\"committer\"", st.checkpoints_committer);
     m.Family("waystation_dlq_retried_total", "counter", "Dead letters queued again by an operator.")
         .Sample("", st.dead_letters_retried);
     m.Family("waystation_store_quarantined", "gauge", "1 if a damaged store was moved aside at start.")

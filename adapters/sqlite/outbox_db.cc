@@ -286,7 +286,7 @@ Status ConfigureConnection(Connection& db, int64_t cache_kib) {
   WS_TRY(db.Exec("PRAGMA secure_delete=FAST", "set secure_delete"));
   // After a checkpoint the -wal file is cut back to 4 MiB, so one large
   // batch does not keep its flash space forever.
-  WS_TRY(db.Exec("PRAGMA journal_size_limit=4194304", "set journal_size_limit"));
+  WS_TRY(db.Exec(("PRAGMA journal_size_limit=" + std::to_string(kWalCheckpointBytes)).c_str(), "set journal_size_limit"));
   WS_TRY(db.Exec("PRAGMA trusted_schema=OFF", "set trusted_schema"));
   // Checkpoint when the WAL holds 4 MiB (the size it is cut back to), not
   // after SQLite's default 1,000 pages (1 MiB with 1 KiB pages): a page the
@@ -295,7 +295,7 @@ Status ConfigureConnection(Connection& db, int64_t cache_kib) {
   // checkpoints write less.
   WS_ASSIGN_OR_RETURN(int64_t page_size, QueryInt(db, "PRAGMA page_size"));
   if (page_size <= 0) return Internal("page_size is " + std::to_string(page_size));
-  const std::string checkpoint = "PRAGMA wal_autocheckpoint=" + std::to_string(4194304 / page_size);
+  const std::string checkpoint = "PRAGMA wal_autocheckpoint=" + std::to_string(kWalCheckpointBytes / page_size);
   WS_TRY(db.Exec(checkpoint.c_str(), "set wal_autocheckpoint"));
   return Status::Ok();
 }
@@ -401,6 +401,55 @@ Status FullCheckOnOwnConnection(const std::string& path, const std::string& vfs,
   return QuickCheck(db);
 }
 
+namespace {
+
+Result<CheckpointResult> PassiveCheckpoint(const Connection& db) {
+  int log = 0, copied = 0;
+  const int rc = sqlite3_wal_checkpoint_v2(db.get(), "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+  // Another connection's checkpoint is running: it does the same work.
+  if (rc == SQLITE_BUSY) return CheckpointResult{};
+  if (rc != SQLITE_OK) return db.Error(rc, "checkpoint the WAL");
+  return CheckpointResult{std::max(log, 0), std::max(copied, 0)};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<CheckpointConnection>> CheckpointConnection::Open(const std::string& path,
+                                                                         const std::string& vfs) {
+  WS_ASSIGN_OR_RETURN(Connection db, Connection::Open(path, vfs));
+  // The committer's connection closes last and checkpoints then; this one
+  // must not, nor change anything but the file's copy of the WAL.
+  WS_TRY(SetCheckpointOnClose(db, false));
+  WS_TRY(db.Exec("PRAGMA mmap_size=0", "set mmap_size"));
+  WS_TRY(db.Exec("PRAGMA cache_size=-64", "set cache_size"));
+  // The checkpoint fsyncs the database file before the WAL may be reused
+  // only when synchronous is not OFF: read back, not assumed.
+  WS_TRY(db.Exec("PRAGMA synchronous=FULL", "set synchronous=FULL"));
+  WS_ASSIGN_OR_RETURN(int64_t sync, QueryInt(db, "PRAGMA synchronous"));
+  if (sync != 2) return Internal("synchronous is " + std::to_string(sync) + " after setting FULL");
+  return std::make_unique<CheckpointConnection>(std::move(db));
+}
+
+Result<CheckpointResult> CheckpointConnection::Run() { return PassiveCheckpoint(db_); }
+
+void OutboxDb::SetWalHook(std::function<void(int frames)> hook) {
+  wal_hook_ = std::move(hook);
+  if (!wal_hook_) {
+    // Back to SQLite's own checkpoints, at the size ConfigureConnection set.
+    sqlite3_wal_autocheckpoint(db_.get(), static_cast<int>(kWalCheckpointBytes / page_size_));
+    return;
+  }
+  sqlite3_wal_hook(
+      db_.get(),
+      [](void* self, sqlite3*, const char*, int frames) -> int {
+        static_cast<OutboxDb*>(self)->wal_hook_(frames);
+        return SQLITE_OK;
+      },
+      this);
+}
+
+Result<CheckpointResult> OutboxDb::Checkpoint() { return PassiveCheckpoint(db_); }
+
 Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options, OpenReport* report) {
   auto store = std::make_unique<OutboxDb>(PrivateTag{});
   // Before SQLite touches the file: SQLite reads a truncated file without
@@ -421,6 +470,7 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
   WS_TRY(SetCheckpointOnClose(store->db_, true));
 
   WS_TRY(ConfigureConnection(store->db_, options.cache_kib));
+  WS_ASSIGN_OR_RETURN(store->page_size_, QueryInt(store->db_, "PRAGMA page_size"));
   WS_TRY(Migrate(store->db_, report->schema_version_found));
   WS_TRY(store->Prepare());
   WS_TRY(store->LoadTopics());

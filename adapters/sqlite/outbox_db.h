@@ -118,6 +118,33 @@ Status CheckDatabaseHeader(std::string_view header, uint64_t file_size);
 Status FullCheckOnOwnConnection(const std::string& path, const std::string& vfs, int64_t cache_kib,
                                 std::atomic<bool>* stop);
 
+// The WAL is copied into the database file (checkpointed) once it holds
+// this much, and cut back to this size after a checkpoint.
+constexpr int64_t kWalCheckpointBytes = int64_t{4} << 20;
+
+// How far a checkpoint got: the frames the WAL held, and how many of them
+// are now in the database file (both 0 when another checkpoint was running).
+struct CheckpointResult {
+  int wal_frames = 0;
+  int copied_frames = 0;
+};
+
+// A connection of its own that copies the WAL into the database file while
+// the committer goes on committing (SQLite lets one checkpoint run beside
+// the writer). For one thread other than the committer's.
+class CheckpointConnection {
+ public:
+  static Result<std::unique_ptr<CheckpointConnection>> Open(const std::string& path, const std::string& vfs);
+  explicit CheckpointConnection(Connection db) : db_(std::move(db)) {}
+
+  // A PASSIVE checkpoint: copies what no reader still needs, waits for
+  // nothing, and fsyncs the file before the WAL may be reused.
+  Result<CheckpointResult> Run();
+
+ private:
+  Connection db_;
+};
+
 class OutboxDb {
  public:
   // Opens or creates the file, checks it (options.full_check), switches to
@@ -160,6 +187,12 @@ class OutboxDb {
   Status SetDurableCommits(bool durable);
   // fsyncs the WAL file, making every commit so far durable.
   Status SyncWal();
+  // Called after each commit with the number of frames in the WAL. Setting
+  // it replaces SQLite's automatic checkpoints: the caller runs them.
+  void SetWalHook(std::function<void(int frames)> hook);
+  // A PASSIVE checkpoint on this connection (see CheckpointConnection::Run).
+  Result<CheckpointResult> Checkpoint();
+  int64_t PageSize() const { return page_size_; }
 
   // The highest sequence ever assigned: the meta counter, or a higher
   // sequence found in a table.
@@ -285,6 +318,8 @@ class OutboxDb {
   // The connection is declared first so it is destroyed last, after every
   // statement prepared on it.
   Connection db_;
+  int64_t page_size_ = 1024;
+  std::function<void(int)> wal_hook_;
   Statement begin_, commit_, rollback_, savepoint_, release_, rollback_to_;
   Statement last_sequence_, set_last_sequence_;
   Statement find_id_, find_id_in_outbox_, find_queued_id_, insert_event_, any_delivered_row_;

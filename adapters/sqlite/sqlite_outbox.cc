@@ -298,7 +298,90 @@ class SqliteOutbox::Impl {
     check_stop_ = true;
     if (check_thread_.joinable()) check_thread_.join();
     if (thread_.joinable()) thread_.join();
+    {
+      std::lock_guard<std::mutex> lock(ckpt_mu_);
+      ckpt_stop_ = true;
+    }
+    ckpt_cv_.notify_all();
+    if (ckpt_thread_.joinable()) ckpt_thread_.join();
+    // Closed first: the committer's connection, closing last, checkpoints
+    // what is left and removes the WAL.
+    checkpointer_.reset();
     CloseDatabase();
+  }
+
+  // Checkpoints on a connection and thread of their own, so that copying
+  // the WAL into the file (reading back blocks the page cache dropped,
+  // writing, an fsync of the file) does not stop the commits: with 64
+  // producers posting batches of 100, about 15 % of the committer's time
+  // went into checkpoints of 5-20 ms. The committer copies only the last
+  // frames itself, which lets the next transaction start the WAL over; a
+  // WAL that grows past four times the checkpoint size (the background
+  // cannot keep up) is copied by the committer at once. Without a second
+  // connection the committer checkpoints as SQLite does by default.
+  void StartCheckpoints() {
+    Result<std::unique_ptr<sqlite::CheckpointConnection>> c =
+        sqlite::CheckpointConnection::Open(options_.path, options_.vfs);
+    if (!c.ok()) {
+      WS_LOG_WARN(kComponent, "no connection for background checkpoints; the committer runs them",
+                  {{"error", c.status().ToString()}});
+      return;
+    }
+    checkpointer_ = std::move(c).value();
+    const int soft = static_cast<int>(std::max<int64_t>(sqlite::kWalCheckpointBytes / db_->PageSize(), 1));
+    db_->SetWalHook([this, soft](int frames) { OnWalFrames(frames, soft); });
+    ckpt_thread_ = std::thread([this] { RunCheckpoints(); });
+    static_cast<void>(pthread_setname_np(ckpt_thread_.native_handle(), "ws-outbox-ckpt"));
+  }
+
+  // After each commit (the committer thread, inside SQLite's commit).
+  void OnWalFrames(int frames, int soft) {
+    std::unique_lock<std::mutex> lock(ckpt_mu_);
+    if (frames < ckpt_copied_) ckpt_copied_ = 0;  // the WAL started over
+    if (frames < soft) return;
+    const bool finish = frames >= 4 * soft || (!ckpt_running_ && frames - ckpt_copied_ <= soft / 4);
+    if (!finish) {
+      if (!ckpt_running_ && !ckpt_stop_) {
+        ckpt_running_ = true;
+        ckpt_wanted_ = true;
+        lock.unlock();
+        ckpt_cv_.notify_one();
+      }
+      return;
+    }
+    lock.unlock();
+    Result<sqlite::CheckpointResult> r = db_->Checkpoint();
+    lock.lock();
+    NoteCheckpoint(r, false);
+  }
+
+  void RunCheckpoints() {
+    std::unique_lock<std::mutex> lock(ckpt_mu_);
+    for (;;) {
+      ckpt_cv_.wait(lock, [this] { return ckpt_stop_ || ckpt_wanted_; });
+      if (ckpt_stop_) return;
+      ckpt_wanted_ = false;
+      lock.unlock();
+      Result<sqlite::CheckpointResult> r = checkpointer_->Run();
+      lock.lock();
+      NoteCheckpoint(r, true);
+      ckpt_running_ = false;
+    }
+  }
+
+  // Under ckpt_mu_. A failed checkpoint loses nothing (the WAL keeps the
+  // frames and grows); it is logged once until one succeeds again.
+  void NoteCheckpoint(const Result<sqlite::CheckpointResult>& r, bool background) {
+    if (!r.ok()) {
+      if (!ckpt_failing_) WS_LOG_WARN(kComponent, "checkpoint failed", {{"error", r.status().ToString()}});
+      ckpt_failing_ = true;
+      return;
+    }
+    ckpt_failing_ = false;
+    if (r->wal_frames == 0) return;  // another checkpoint was running
+    ckpt_copied_ = r->copied_frames;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++(background ? stats_.checkpoints_background : stats_.checkpoints_committer);
   }
 
   // Queues `op`; false (and `op` untouched) once shutdown has begun.
@@ -335,6 +418,7 @@ class SqliteOutbox::Impl {
 
   void CloseDatabase() {
     if (db_ == nullptr) return;
+    db_->SetWalHook(nullptr);  // the checkpoint thread is gone
     // The exact last sequence instead of the ceiling, so that a clean
     // restart goes on without a gap. If this fails the ceiling stands.
     if (sequence_ceiling_ != last_sequence_) {
@@ -1519,8 +1603,19 @@ class SqliteOutbox::Impl {
   OutboxStats stats_;
 
   std::atomic<bool> check_stop_{false};
+
+  // Background checkpoints (see StartCheckpoints).
+  std::unique_ptr<sqlite::CheckpointConnection> checkpointer_;  // null: the committer checkpoints
+  std::mutex ckpt_mu_;
+  std::condition_variable ckpt_cv_;
+  bool ckpt_wanted_ = false;   // the thread has a checkpoint to run
+  bool ckpt_running_ = false;  // asked for and not finished
+  bool ckpt_stop_ = false;
+  bool ckpt_failing_ = false;
+  int ckpt_copied_ = 0;  // frames of the current WAL known to be in the file
   // Last: they start after everything above exists.
   std::thread check_thread_;
+  std::thread ckpt_thread_;
   std::thread thread_;
 };
 
@@ -1593,6 +1688,7 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
   auto impl = std::make_unique<Impl>(std::move(options), clock, std::move(db).value(), report, quarantined);
   WS_TRY(impl->LoadWaiting().WithContext("open outbox: read retry times"));
   WS_TRY(impl->LoadDeliveredState().WithContext("open outbox: look for delivered events"));
+  impl->StartCheckpoints();
   impl->Start(background);
   // The constructor is private, so make_unique cannot reach it; the pointer
   // is owned the moment it exists.

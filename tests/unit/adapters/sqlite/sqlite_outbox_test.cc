@@ -2394,5 +2394,29 @@ TEST_F(SqliteOutboxTest, ARowFoundUnreadableWhileABatchWaitsIsDeadLetteredAfterI
   EXPECT_NE((*dlq)[0].reason.find("record unreadable"), std::string::npos) << (*dlq)[0].reason;
 }
 
+// Past its checkpoint size the WAL is copied into the file by the store's
+// own checkpoint thread while commits go on; the committer copies the last
+// frames (or, should that thread fall behind, everything once the WAL holds
+// four times the size), so the WAL starts over instead of growing with
+// what was written.
+TEST_F(SqliteOutboxTest, CheckpointsRunBesideTheCommitsAndTheWalStartsOver) {
+  const SqliteOutboxOptions options = Options(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const std::string data = "{\"pad\":\"" + std::string(1000, 'x') + "\"}";
+  constexpr int kCalls = 48, kPerCall = 500;  // about 6 times the checkpoint size
+  for (int c = 0; c < kCalls; ++c) {
+    std::vector<OutboxEntry> entries;
+    for (int i = 0; i < kPerCall; ++i) entries.push_back(Entry(Numbered("c", c, i), Priority::kNormal, data));
+    ASSERT_TRUE(AppendSync(*o, std::move(entries)).ok());
+  }
+  const OutboxStats s = o->Stats();
+  EXPECT_GT(s.checkpoints_background, 0u);
+  EXPECT_GT(s.checkpoints_committer, 0u);
+  const auto wal = std::filesystem::file_size(options.path + "-wal");
+  EXPECT_LE(wal, static_cast<uintmax_t>(4 * sqlite::kWalCheckpointBytes + (int64_t{1} << 20)));
+  EXPECT_EQ(Backlog(s, Priority::kNormal).count, static_cast<uint64_t>(kCalls * kPerCall));
+}
+
 }  // namespace
 }  // namespace ws
