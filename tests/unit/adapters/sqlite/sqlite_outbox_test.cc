@@ -2305,6 +2305,24 @@ std::future<AppendResult> AppendIntoWaitingBatch(Outbox& o, std::promise<AppendR
   return answer.get_future();
 }
 
+// After the first batches of a new store: what a lease of up to 100 events
+// answered while a batch holding "waiting" still waited for more.
+struct LeaseDuringBatch {
+  std::vector<std::string> ids;
+  bool before_commit = false;  // the lease was answered before the batch committed
+  AppendResult waiting = Status(StatusCode::kInternal, "no answer");  // after the commit
+};
+LeaseDuringBatch LeaseWhileABatchWaits(Outbox& o) {
+  PassTheFirstBatches(o);
+  std::promise<AppendResult> answer;
+  std::future<AppendResult> waiting = AppendIntoWaitingBatch(o, answer, Entry("waiting"));
+  LeaseDuringBatch r;
+  r.ids = LeaseIds(o, 100);
+  r.before_commit = waiting.wait_for(std::chrono::seconds(0)) == std::future_status::timeout;
+  r.waiting = waiting.get();
+  return r;
+}
+
 // A batch stores each event as it takes it, in a transaction that stays
 // open while the batch waits for more. A lease in that time runs at once
 // but sees only committed events: the batch's own are not acknowledged,
@@ -2312,15 +2330,12 @@ std::future<AppendResult> AppendIntoWaitingBatch(Outbox& o, std::promise<AppendR
 TEST_F(SqliteOutboxTest, ALeaseWhileABatchWaitsSeesOnlyCommittedEvents) {
   auto o = OpenWithLongWindow(dir_, &clock_);
   ASSERT_NE(o, nullptr);
-  PassTheFirstBatches(*o);
-  std::promise<AppendResult> answer;
-  std::future<AppendResult> waiting = AppendIntoWaitingBatch(*o, answer, Entry("waiting"));
-  const std::vector<std::string> during = LeaseIds(*o, 100);
+  const LeaseDuringBatch during = LeaseWhileABatchWaits(*o);
   // Answered while the batch still waits, without "waiting".
-  EXPECT_EQ(waiting.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
-  EXPECT_EQ(during.size(), 16u);
-  for (const std::string& id : during) EXPECT_NE(id, "waiting");
-  ASSERT_TRUE(waiting.get().ok());
+  EXPECT_TRUE(during.before_commit);
+  EXPECT_EQ(during.ids.size(), 16u);
+  for (const std::string& id : during.ids) EXPECT_NE(id, "waiting");
+  ASSERT_TRUE(during.waiting.ok());
   EXPECT_EQ(LeaseIds(*o, 100), std::vector<std::string>{"waiting"});
   EXPECT_EQ(o->Stats().commits, 16u + 1u);  // the lease did not end the batch
 }
@@ -2355,11 +2370,9 @@ TEST_F(SqliteOutboxTest, ALeaseEndsABatchThatDroppedEvents) {
   Limits(options, Priority::kNormal).overflow = OverflowPolicy::kDropOldest;
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
-  PassTheFirstBatches(*o);
-  std::promise<AppendResult> answer;
-  std::future<AppendResult> waiting = AppendIntoWaitingBatch(*o, answer, Entry("waiting"));  // drops warm0
-  const std::vector<std::string> ids = LeaseIds(*o, 100);
-  ASSERT_TRUE(waiting.get().ok());
+  const LeaseDuringBatch during = LeaseWhileABatchWaits(*o);  // "waiting" drops warm0
+  ASSERT_TRUE(during.waiting.ok());
+  const std::vector<std::string>& ids = during.ids;
   ASSERT_EQ(ids.size(), 16u);
   EXPECT_EQ(ids.front(), "warm1");
   EXPECT_EQ(ids.back(), "waiting");
@@ -2379,14 +2392,11 @@ TEST_F(SqliteOutboxTest, ARowFoundUnreadableWhileABatchWaitsIsDeadLetteredAfterI
   ExecFile(options.path, "UPDATE events SET record = X'09' WHERE id = 'bad-record';");
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
-  PassTheFirstBatches(*o);
-  std::promise<AppendResult> answer;
-  std::future<AppendResult> waiting = AppendIntoWaitingBatch(*o, answer, Entry("waiting"));
-  const std::vector<std::string> ids = LeaseIds(*o, 100);
-  EXPECT_EQ(waiting.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
-  ASSERT_EQ(ids.size(), 17u);
-  EXPECT_EQ(ids.front(), "good");
-  ASSERT_TRUE(waiting.get().ok());
+  const LeaseDuringBatch during = LeaseWhileABatchWaits(*o);
+  EXPECT_TRUE(during.before_commit);
+  ASSERT_EQ(during.ids.size(), 17u);
+  EXPECT_EQ(during.ids.front(), "good");
+  ASSERT_TRUE(during.waiting.ok());
   ListResult dlq = ListSync(*o, 0, 10);
   ASSERT_TRUE(dlq.ok()) << dlq.status().ToString();
   ASSERT_EQ(dlq->size(), 1u);
