@@ -253,7 +253,8 @@ Status StructuralCheck(const Connection& db, int version) {
 
 int StopRequested(void* flag) { return static_cast<std::atomic<bool>*>(flag)->load() ? 1 : 0; }
 
-Status ConfigureConnection(Connection& db, int64_t cache_kib) {
+// Returns the page size the file uses.
+Result<int64_t> ConfigureConnection(Connection& db, int64_t cache_kib) {
   // A second process (an operator's sqlite3 shell) may hold a read lock
   // briefly; waiting a little beats failing a commit.
   const int rc = sqlite3_busy_timeout(db.get(), 2000);
@@ -286,7 +287,8 @@ Status ConfigureConnection(Connection& db, int64_t cache_kib) {
   WS_TRY(db.Exec("PRAGMA secure_delete=FAST", "set secure_delete"));
   // After a checkpoint the -wal file is cut back to 4 MiB, so one large
   // batch does not keep its flash space forever.
-  WS_TRY(db.Exec(("PRAGMA journal_size_limit=" + std::to_string(kWalCheckpointBytes)).c_str(), "set journal_size_limit"));
+  const std::string size_limit = "PRAGMA journal_size_limit=" + std::to_string(kWalCheckpointBytes);
+  WS_TRY(db.Exec(size_limit.c_str(), "set journal_size_limit"));
   WS_TRY(db.Exec("PRAGMA trusted_schema=OFF", "set trusted_schema"));
   // Checkpoint when the WAL holds 4 MiB (the size it is cut back to), not
   // after SQLite's default 1,000 pages (1 MiB with 1 KiB pages): a page the
@@ -297,7 +299,7 @@ Status ConfigureConnection(Connection& db, int64_t cache_kib) {
   if (page_size <= 0) return Internal("page_size is " + std::to_string(page_size));
   const std::string checkpoint = "PRAGMA wal_autocheckpoint=" + std::to_string(kWalCheckpointBytes / page_size);
   WS_TRY(db.Exec(checkpoint.c_str(), "set wal_autocheckpoint"));
-  return Status::Ok();
+  return page_size;
 }
 
 // Whether a damaged file's bytes stay exactly as found: SQLite normally
@@ -469,8 +471,7 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
   report->check_us = MicrosSince(check_start);
   WS_TRY(SetCheckpointOnClose(store->db_, true));
 
-  WS_TRY(ConfigureConnection(store->db_, options.cache_kib));
-  WS_ASSIGN_OR_RETURN(store->page_size_, QueryInt(store->db_, "PRAGMA page_size"));
+  WS_ASSIGN_OR_RETURN(store->page_size_, ConfigureConnection(store->db_, options.cache_kib));
   WS_TRY(Migrate(store->db_, report->schema_version_found));
   WS_TRY(store->Prepare());
   WS_TRY(store->LoadTopics());

@@ -313,8 +313,9 @@ class SqliteOutbox::Impl {
   // Checkpoints on a connection and thread of their own, so that copying
   // the WAL into the file (reading back blocks the page cache dropped,
   // writing, an fsync of the file) does not stop the commits: with 64
-  // producers posting batches of 100, about 15 % of the committer's time
-  // went into checkpoints of 5-20 ms. The committer copies only the last
+  // producers posting 1.5 million events in batches of 100, 149 commits
+  // that checkpointed (longer than 3 ms, up to 22.5 ms) took 1.4 s of a
+  // 9.3 s run. The committer copies only the last
   // frames itself, which lets the next transaction start the WAL over; a
   // WAL that grows past four times the checkpoint size (the background
   // cannot keep up) is copied by the committer at once. Without a second

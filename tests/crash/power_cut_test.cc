@@ -751,7 +751,8 @@ TEST_F(PowerCutTest, NoAcknowledgedEventIsLostWhereverThePowerIsCut) {
   ASSERT_GT(sync_points, 0);
   const int64_t stride = Stride();
   std::printf("[power cut] the clean runs have at least %lld sync points; cutting at %s%s\n",
-              static_cast<long long>(sync_points), stride == 1 ? "each in turn" : ("every " + std::to_string(stride) + "th").c_str(),
+              static_cast<long long>(sync_points),
+              stride == 1 ? "each in turn" : ("every " + std::to_string(stride) + "th").c_str(),
               UnderEmulator() ? " (reduced under the emulator)" : "");
 
   for (CutTiming timing : {CutTiming::kBeforeSync, CutTiming::kAfterSync}) {

@@ -2235,7 +2235,8 @@ TEST_F(SqliteOutboxTest, ABatchClosesAtMaxBatchEvents) {
   std::vector<std::promise<AppendResult>> done(5);
   o->Append(ManyEntries(), [&](AppendResult r) { done[0].set_value(std::move(r)); });  // goes alone
   for (int i = 1; i <= 4; ++i) {
-    o->Append({Entry(Numbered("one", i))}, [&, i](AppendResult r) { done[static_cast<size_t>(i)].set_value(std::move(r)); });
+    o->Append({Entry(Numbered("one", i))},
+              [&, i](AppendResult r) { done[static_cast<size_t>(i)].set_value(std::move(r)); });
   }
   for (auto& d : done) ASSERT_TRUE(d.get_future().get().ok());
   EXPECT_EQ(o->Stats().commits, 3u);
