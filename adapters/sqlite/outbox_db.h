@@ -119,8 +119,11 @@ Status FullCheckOnOwnConnection(const std::string& path, const std::string& vfs,
                                 std::atomic<bool>* stop);
 
 // The WAL is copied into the database file (checkpointed) once it holds
-// this much, and cut back to this size after a checkpoint.
+// this much.
 constexpr int64_t kWalCheckpointBytes = int64_t{4} << 20;
+// After a checkpoint a larger -wal file is cut back to this size: the most
+// the checkpoints let it reach (the committer copies everything at 4 x).
+constexpr int64_t kWalSizeLimitBytes = 4 * kWalCheckpointBytes;
 
 // How far a checkpoint got: the frames the WAL held, and how many of them
 // are now in the database file (both 0 when another checkpoint was running).
