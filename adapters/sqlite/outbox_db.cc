@@ -11,6 +11,7 @@
 #include <string>
 
 #include "adapters/sqlite/sqlite_status.h"
+#include "adapters/sqlite/wal_write_vfs.h"
 #include "core/outbox_policy.h"
 #include "platform/file_system.h"
 #include "platform/log.h"
@@ -462,7 +463,10 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
   // Before SQLite touches the file: SQLite reads a truncated file without
   // complaint until it needs a page that is not there.
   if (!options.full_check && PathExists(options.path)) WS_TRY(CheckFileHeader(options.path));
-  WS_ASSIGN_OR_RETURN(store->db_, Connection::Open(options.path, options.vfs));
+  // The committer's connection gathers its WAL writes (wal_write_vfs.h)
+  // once ConfigureConnection below has made every commit sync.
+  WS_ASSIGN_OR_RETURN(std::string vfs, WalWriteVfs(options.vfs));
+  WS_ASSIGN_OR_RETURN(store->db_, Connection::Open(options.path, vfs));
 
   // Until the file has passed every check, nothing may write to it.
   WS_TRY(SetCheckpointOnClose(store->db_, false));
@@ -477,6 +481,7 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
   WS_TRY(SetCheckpointOnClose(store->db_, true));
 
   WS_ASSIGN_OR_RETURN(store->page_size_, ConfigureConnection(store->db_, options.cache_kib));
+  WS_TRY(store->SetWalGathering(true));  // ConfigureConnection made every commit sync
   WS_TRY(Migrate(store->db_, report->schema_version_found));
   WS_TRY(store->Prepare());
   WS_TRY(store->LoadTopics());
@@ -629,9 +634,22 @@ void OutboxDb::Rollback() {
 
 // Not a prepared statement: SQLite applies PRAGMA synchronous while it
 // compiles the statement, so a prepared one would act once, at Prepare.
+// WAL writes are gathered only while every commit syncs (wal_write_vfs.h).
 Status OutboxDb::SetDurableCommits(bool durable) {
-  return durable ? db_.Exec("PRAGMA synchronous=FULL", "set synchronous=FULL")
-                 : db_.Exec("PRAGMA synchronous=NORMAL", "set synchronous=NORMAL");
+  if (!durable) {
+    WS_TRY(SetWalGathering(false));
+    return db_.Exec("PRAGMA synchronous=NORMAL", "set synchronous=NORMAL");
+  }
+  WS_TRY(db_.Exec("PRAGMA synchronous=FULL", "set synchronous=FULL"));
+  return SetWalGathering(true);
+}
+
+Status OutboxDb::SetWalGathering(bool on) {
+  int arg = on ? 1 : 0;
+  const int rc = sqlite3_file_control(db_.get(), "main", kWalGatherControl, &arg);
+  // NOTFOUND: a VFS that does not gather; its writes go straight through.
+  if (rc != SQLITE_OK && rc != SQLITE_NOTFOUND) return SqliteStatus(rc, db_.get(), "set WAL write gathering");
+  return Status::Ok();
 }
 
 Status OutboxDb::SyncWal() {

@@ -41,13 +41,11 @@ Result<Connection> Connection::OpenReadOnly(const std::string& path, const std::
   return OpenFlags(path, vfs, SQLITE_OPEN_READONLY);
 }
 
-namespace {
-
 // SQLite counts every allocation under a global mutex unless told not to
 // before it initializes; nothing here reads those counts. Once SQLite is
 // initialized (a test registered a VFS first) the call is refused and the
 // counting stays: slower, not wrong.
-void ConfigureLibraryOnce() {
+void ConfigureLibrary() {
   static std::once_flag once;
   std::call_once(once, [] {
     const int rc = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
@@ -58,10 +56,8 @@ void ConfigureLibraryOnce() {
   });
 }
 
-}  // namespace
-
 Result<Connection> Connection::OpenFlags(const std::string& path, const std::string& vfs, int flags) {
-  ConfigureLibraryOnce();
+  ConfigureLibrary();
   flags |= SQLITE_OPEN_NOMUTEX;
 #ifdef SQLITE_OPEN_EXRESCODE
   flags |= SQLITE_OPEN_EXRESCODE;

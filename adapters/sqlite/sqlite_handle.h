@@ -15,6 +15,10 @@
 
 namespace ws::sqlite {
 
+// Settings SQLite takes only before it initializes; idempotent. Opening a
+// Connection calls it; call it first wherever SQLite may initialize before.
+void ConfigureLibrary();
+
 class Connection {
  public:
   Connection() = default;
