@@ -313,8 +313,9 @@ Result<std::string> WalWriteVfs(const std::string& base) {
   // a test's VFS may be unregistered and another registered under its name.
   // A wrapper whose VFS has gone stays registered, unused (SQLite finds VFSes
   // only by name), until another VFS turns up at that address.
+  // Never destroyed: SQLite keeps pointers into them until the process ends.
   static std::mutex mu;
-  static std::map<const sqlite3_vfs*, std::unique_ptr<WrapperVfs>> registered;
+  static auto& registered = *new std::map<const sqlite3_vfs*, std::unique_ptr<WrapperVfs>>();
   static uint64_t made = 0;
   std::lock_guard<std::mutex> lock(mu);
   sqlite3_vfs* real = sqlite3_vfs_find(base.empty() ? nullptr : base.c_str());
