@@ -2429,5 +2429,34 @@ TEST_F(SqliteOutboxTest, CheckpointsRunBesideTheCommitsAndTheWalStartsOver) {
   EXPECT_EQ(Backlog(s, Priority::kNormal).count, static_cast<uint64_t>(kCalls * kPerCall));
 }
 
+// After a checkpoint the WAL starts over and SQLite cuts the -wal file back
+// to journal_size_limit. At 4 MiB, where checkpoints start, a WAL that
+// peaked a little above it was cut back and regrown in every cycle; the
+// limit is 16 MiB, so a file of 5-6 MiB is overwritten in place.
+TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowSixteenMiB) {
+  const SqliteOutboxOptions options = Options(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const std::string data = "{\"pad\":\"" + std::string(1000, 'x') + "\"}";
+  std::vector<OutboxEntry> entries;
+  for (int i = 0; i < 5000; ++i) entries.push_back(Entry(Numbered("big", i), Priority::kNormal, data));
+  ASSERT_TRUE(AppendSync(*o, std::move(entries)).ok());  // one transaction
+  const std::string wal = options.path + "-wal";
+  const auto peak = std::filesystem::file_size(wal);
+  ASSERT_GT(peak, static_cast<uintmax_t>(sqlite::kWalCheckpointBytes));
+  // Small commits until the committer has finished a checkpoint, then a
+  // few more: the WAL has started over, and the first commit after that is
+  // where SQLite cuts the file back.
+  int n = 0;
+  for (; n < 500 && o->Stats().checkpoints_committer == 0; ++n) {
+    ASSERT_GT(AppendOne(*o, Entry(Numbered("small", n))), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(o->Stats().checkpoints_committer, 0u);
+  for (int i = 0; i < 3; ++i) ASSERT_GT(AppendOne(*o, Entry(Numbered("after", i))), 0);
+  EXPECT_GE(std::filesystem::file_size(wal), peak);
+  EXPECT_LE(std::filesystem::file_size(wal), static_cast<uintmax_t>(sqlite::kWalSizeLimitBytes));
+}
+
 }  // namespace
 }  // namespace ws
