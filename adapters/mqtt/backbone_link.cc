@@ -222,8 +222,9 @@ class BackboneLink::Impl {
   size_t used_window() const { return inflight_.size() + control_mids_.size() + acks_unconfirmed_; }
   // Leasing ahead of the window lets a PUBACK be followed by the next
   // PUBLISH in the same loop turn. The library walks its whole list of
-  // unacknowledged messages on every PUBACK, so a small window refilled at
-  // once forwards faster than a large one.
+  // unacknowledged messages on every publish and every PUBACK while its
+  // send quota is above zero, so a small window refilled at once forwards
+  // faster than a large one.
   size_t lease_budget() const { return std::max<size_t>(window_, options_.lease_ahead); }
   // What the link holds: the window's events plus those waiting in ready_.
   size_t leased_held() const { return used_window() + ready_count_; }
