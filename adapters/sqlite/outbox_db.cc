@@ -296,11 +296,10 @@ Result<int64_t> ConfigureConnection(Connection& db, int64_t cache_kib) {
   const std::string size_limit = "PRAGMA journal_size_limit=" + std::to_string(kWalSizeLimitBytes);
   WS_TRY(db.Exec(size_limit.c_str(), "set journal_size_limit"));
   WS_TRY(db.Exec("PRAGMA trusted_schema=OFF", "set trusted_schema"));
-  // Checkpoint when the WAL holds 4 MiB (the size it is cut back to), not
-  // after SQLite's default 1,000 pages (1 MiB with 1 KiB pages): a page the
-  // outbox rewrites again and again (the tail of the table, the indexes)
-  // is copied into the database file once per checkpoint, so rarer
-  // checkpoints write less.
+  // Checkpoint when the WAL holds 4 MiB, not after SQLite's default 1,000
+  // pages (1 MiB with 1 KiB pages): a page the outbox rewrites again and
+  // again (the tail of the table, the indexes) is copied into the database
+  // file once per checkpoint, so rarer checkpoints write less.
   WS_ASSIGN_OR_RETURN(int64_t page_size, QueryInt(db, "PRAGMA page_size"));
   if (page_size <= 0) return Internal("page_size is " + std::to_string(page_size));
   const std::string checkpoint = "PRAGMA wal_autocheckpoint=" + std::to_string(kWalCheckpointBytes / page_size);

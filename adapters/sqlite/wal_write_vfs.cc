@@ -69,10 +69,10 @@ int Flush(WalFile* f) {
   return f->real->pMethods->xWrite(f->real, f->buf, n, f->offset);
 }
 
-// Before anything on a main database file: a commit that does not sync
-// (synchronous=NORMAL, or a transaction that asked for none) publishes its
-// frames through the WAL index right after writing them, and readers must
-// find them in the file.
+// Before anything on a main database file: nothing gathered may get past a
+// call on the WAL index, a lock or the database file. While gathering, each
+// commit's sync has passed its frames on already; this is the second line,
+// should SQLite ever publish frames it has not synced.
 int FlushPartner(WalFile* f) { return (!f->wal && f->partner != nullptr) ? Flush(f->partner) : SQLITE_OK; }
 
 // What every call but a gathered write does first: a WAL's own bytes, or
