@@ -91,8 +91,7 @@ void Unlink(WalFile* f) {
 
 int Close(sqlite3_file* p) {
   WalFile* f = Self(p);
-  int flushed = Flush(f);
-  if (flushed == SQLITE_OK) flushed = FlushPartner(f);
+  const int flushed = PassOn(f);
   Unlink(f);
   const int closed = f->real->pMethods != nullptr ? f->real->pMethods->xClose(f->real) : SQLITE_OK;
   sqlite3_free(f->buf);
