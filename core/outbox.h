@@ -111,6 +111,10 @@ struct OutboxStats {
   // frames of a WAL, or all of them when that thread could not keep up).
   uint64_t checkpoints_background = 0;
   uint64_t checkpoints_committer = 0;
+  // Rewrites of the file without its free pages once a backlog drained,
+  // and the free bytes they gave back.
+  uint64_t compactions = 0;
+  uint64_t compacted_bytes = 0;
   // Append-to-commit latency, one observation per event of each successful
   // Append call: per-bucket counts (not cumulative; bounds in
   // kAckLatencyBoundsUs, last = +Inf), their sum and count.

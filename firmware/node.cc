@@ -301,6 +301,11 @@ class Node::Impl {
              "WAL checkpoints that copied frames into the database file, by the thread that ran them.")
         .Sample("by=\"background\"", st.checkpoints_background)
         .Sample("by=\"committer\"", st.checkpoints_committer);
+    m.Family("waystation_store_compactions_total", "counter",
+             "Rewrites of the store file without its free pages after a backlog drained.")
+        .Sample("", st.compactions);
+    m.Family("waystation_store_compacted_bytes_total", "counter", "Free bytes the compactions gave back to the disk.")
+        .Sample("", st.compacted_bytes);
     m.Family("waystation_dlq_retried_total", "counter", "Dead letters queued again by an operator.")
         .Sample("", st.dead_letters_retried);
     m.Family("waystation_store_quarantined", "gauge", "1 if a damaged store was moved aside at start.")

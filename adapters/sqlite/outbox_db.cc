@@ -457,6 +457,25 @@ void OutboxDb::SetWalHook(std::function<void(int frames)> hook) {
 
 Result<CheckpointResult> OutboxDb::Checkpoint() { return PassiveCheckpoint(db_); }
 
+Result<FileSpace> OutboxDb::Space() {
+  FileSpace space;
+  space.page_size = page_size_;
+  for (auto [stmt, out] : {std::pair{&page_count_, &space.pages}, std::pair{&freelist_count_, &space.free_pages}}) {
+    StatementScope scope(*stmt);
+    WS_ASSIGN_OR_RETURN(bool row, stmt->Step());
+    if (!row) return Internal("a page count pragma returned no row");
+    *out = stmt->ColumnInt64(0);
+  }
+  return space;
+}
+
+Status OutboxDb::Compact() {
+  if (InTransaction()) return FailedPrecondition("the store cannot be compacted inside a transaction");
+  WS_TRY(db_.Exec("VACUUM", "compact the database"));
+  WS_TRY(PassiveCheckpoint(db_).status());
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options, OpenReport* report) {
   auto store = std::make_unique<OutboxDb>(PrivateTag{});
   // Before SQLite touches the file: SQLite reads a truncated file without
@@ -571,6 +590,8 @@ Status OutboxDb::Prepare() {
        "SELECT seq, topic, stream, attempts, accepted_us, record, replay_of, priority, id FROM events"
        " WHERE seq = ?1 AND (expires_us = 0 OR expires_us - ?2 > 0)"},
       {&read_totals_, "SELECT bucket, count, bytes FROM totals"},
+      {&page_count_, "PRAGMA page_count"},
+      {&freelist_count_, "PRAGMA freelist_count"},
       {&add_to_totals_, "UPDATE totals SET count = count + ?2, bytes = bytes + ?3 WHERE bucket = ?1"},
       {&oldest_in_class_, "SELECT seq, bytes, accepted_us FROM events WHERE priority = ?1 ORDER BY seq LIMIT 1"},
       {&list_dlq_,

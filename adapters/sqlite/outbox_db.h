@@ -132,6 +132,17 @@ struct CheckpointResult {
   int copied_frames = 0;
 };
 
+// The database's pages as the committer's connection sees them: all of
+// them (the file's size once checkpointed) and those on the freelist, which
+// the store left behind as its backlog shrank.
+struct FileSpace {
+  int64_t page_size = 0;
+  int64_t pages = 0;
+  int64_t free_pages = 0;
+  int64_t FreeBytes() const { return free_pages * page_size; }
+  int64_t LiveBytes() const { return (pages - free_pages) * page_size; }
+};
+
 // A connection of its own that copies the WAL into the database file while
 // the committer goes on committing (SQLite lets one checkpoint run beside
 // the writer). For one thread other than the committer's.
@@ -199,6 +210,13 @@ class OutboxDb {
   // A PASSIVE checkpoint on this connection (see CheckpointConnection::Run).
   Result<CheckpointResult> Checkpoint();
   int64_t PageSize() const { return page_size_; }
+  Result<FileSpace> Space();
+  // Rewrites the database without its free pages (VACUUM) in one durable
+  // transaction: a failure or a power cut leaves it as it was, and every
+  // row keeps its sequence. Outside a transaction only; it costs about
+  // twice the live pages in writes. The file shrinks once a checkpoint has
+  // copied the rewrite; Compact runs one (a reader can hold it back).
+  Status Compact();
 
   // The highest sequence ever assigned: the meta counter, or a higher
   // sequence found in a table.
@@ -336,6 +354,7 @@ class OutboxDb {
   Statement list_dlq_, find_dlq_by_seq_, find_dlq_by_id_, delete_dlq_by_seq_, delete_dlq_by_id_, delete_oldest_dlq_;
   Statement delivered_by_seq_, delivered_by_time_, read_delivered_;
   Statement add_to_totals_;
+  Statement page_count_, freelist_count_;
   Statement find_topic_, add_topic_, topic_by_ref_;
   struct TopicHash {
     using is_transparent = void;

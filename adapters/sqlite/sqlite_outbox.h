@@ -47,6 +47,15 @@ struct SqliteOutboxOptions {
   // shutdown or when a background check asked for it; otherwise open runs
   // the structural check and the full one follows on a background thread.
   uint64_t full_check_max_bytes = 64 * 1024 * 1024;
+  // Gives disk space back once a backlog has drained: when at least
+  // compact_min_free_bytes of the file are free pages and at most
+  // compact_max_live_bytes are in use, the once-a-second maintenance
+  // rewrites the file without the free pages. A drained outage backlog
+  // otherwise keeps its size on the card, and a new backlog is written
+  // into those old pages, which the kernel has to read back first unless
+  // they are still cached. 0 in either = never.
+  uint64_t compact_min_free_bytes = 32 * 1024 * 1024;
+  uint64_t compact_max_live_bytes = 2 * 1024 * 1024;
 };
 
 // Meanings specific to this store:

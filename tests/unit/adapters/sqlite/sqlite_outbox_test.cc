@@ -2458,5 +2458,146 @@ TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowSixteenMiB) {
   EXPECT_LE(std::filesystem::file_size(wal), static_cast<uintmax_t>(sqlite::kWalSizeLimitBytes));
 }
 
+// ---- compaction ----
+
+// Small limits, so that a few thousand events make a backlog worth
+// compacting once it drains.
+SqliteOutboxOptions CompactingOptions(const ws::testing::TempDir& dir, Clock* clock) {
+  SqliteOutboxOptions o = Options(dir, clock);
+  o.compact_min_free_bytes = 512 * 1024;
+  o.compact_max_live_bytes = 256 * 1024;
+  return o;
+}
+
+// Appends `n` events of about 700 bytes ("<prefix>-<i>") in calls of 500;
+// their sequences in order.
+std::vector<int64_t> AppendMany(Outbox& o, const char* prefix, int n) {
+  std::vector<int64_t> seqs;
+  for (int done = 0; done < n;) {
+    std::vector<OutboxEntry> entries;
+    for (; done < n && entries.size() < 500; ++done) {
+      entries.push_back(Entry(Numbered(prefix, done), Priority::kNormal, std::string(700, 'x')));
+    }
+    AppendResult r = AppendSync(o, std::move(entries));
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (!r.ok()) return seqs;
+    for (const AppendOutcome& a : *r) seqs.push_back(a.sequence);
+  }
+  return seqs;
+}
+
+// Leases everything and acks the first `n` of `seqs`.
+void DeliverFirst(Outbox& o, const std::vector<int64_t>& seqs, size_t n) {
+  LeaseResult leased = LeaseSync(o, seqs.size());
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  ASSERT_EQ(leased->size(), seqs.size());
+  ASSERT_TRUE(AckSync(o, std::vector<int64_t>(seqs.begin(), seqs.begin() + static_cast<std::ptrdiff_t>(n))).ok());
+}
+
+// Waits (up to `limit`) for the once-a-second maintenance to compact.
+uint64_t WaitForCompactions(Outbox& o, uint64_t want, std::chrono::milliseconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (o.Stats().compactions < want && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return o.Stats().compactions;
+}
+
+// A drained backlog leaves its pages free in the file. Once few are in use,
+// maintenance rewrites the file without them: the disk gets the space
+// back, and what is still stored keeps its sequences, its order, its ids.
+TEST_F(SqliteOutboxTest, ADrainedBacklogGivesItsDiskSpaceBackAndKeepsWhatIsLeft) {
+  const SqliteOutboxOptions options = CompactingOptions(dir_, &clock_);
+  int64_t last = 0;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    const std::vector<int64_t> drained = AppendMany(*o, "drained-", 3000);
+    std::vector<int64_t> kept;
+    for (int i = 0; i < 5; ++i) kept.push_back(AppendOne(*o, Entry(Numbered("kept-", i))));
+    std::vector<int64_t> all = drained;
+    all.insert(all.end(), kept.begin(), kept.end());
+    last = all.back();
+    DeliverFirst(*o, all, drained.size());
+    ASSERT_EQ(WaitForCompactions(*o, 1, std::chrono::seconds(10)), 1u) << "no compaction within 10 s";
+    const OutboxStats s = o->Stats();
+    EXPECT_GE(s.compacted_bytes, options.compact_min_free_bytes);
+    EXPECT_EQ(BacklogCount(s), 5u);
+    // The rewrite was checkpointed: the file itself is small again.
+    EXPECT_LT(std::filesystem::file_size(options.path), options.compact_max_live_bytes);
+    // Still the same store: the next sequence, and a known id is known.
+    EXPECT_EQ(AppendOne(*o, Entry("after")), last + 1);
+    AppendResult again = AppendSync(*o, {Entry(Numbered("kept-", 0))});
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    EXPECT_TRUE((*again)[0].duplicate);
+    EXPECT_EQ((*again)[0].sequence, kept[0]);
+  }
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_FALSE(o->Stats().quarantined_at_start);
+  EXPECT_EQ(LeaseIds(*o, 100),
+            (std::vector<std::string>{"kept-0", "kept-1", "kept-2", "kept-3", "kept-4", "after"}));
+  EXPECT_EQ(o->Stats().last_sequence, last + 1);
+}
+
+// While more than compact_max_live_bytes is stored the file is left alone
+// (a rewrite would copy all of it); once that is delivered too, it is
+// compacted (which shows the wait below was long enough to see one).
+TEST_F(SqliteOutboxTest, NoCompactionWhileMoreThanTheLiveLimitIsStored) {
+  const SqliteOutboxOptions options = CompactingOptions(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const std::vector<int64_t> seqs = AppendMany(*o, "ev-", 3000);
+  ASSERT_EQ(seqs.size(), 3000u);
+  DeliverFirst(*o, seqs, 1500);
+  const auto size = std::filesystem::file_size(options.path);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(o->Stats().compactions, 0u);
+  EXPECT_GE(std::filesystem::file_size(options.path), size);
+  ASSERT_TRUE(AckSync(*o, std::vector<int64_t>(seqs.begin() + 1500, seqs.end())).ok());
+  EXPECT_EQ(WaitForCompactions(*o, 1, std::chrono::seconds(10)), 1u);
+  EXPECT_EQ(BacklogCount(o->Stats()), 0u);
+}
+
+// Either limit at 0 turns compaction off.
+TEST_F(SqliteOutboxTest, CompactionCanBeTurnedOff) {
+  SqliteOutboxOptions options = CompactingOptions(dir_, &clock_);
+  options.compact_min_free_bytes = 0;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const std::vector<int64_t> seqs = AppendMany(*o, "ev-", 3000);
+  DeliverFirst(*o, seqs, seqs.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(o->Stats().compactions, 0u);
+}
+
+// A disk that is full during the rewrite: the compaction fails and changes
+// nothing; the store goes on, and what it held is still there.
+TEST_F(SqliteOutboxTest, AFailedCompactionChangesNothing) {
+  RegisterFaultyVfs();
+  SqliteOutboxOptions options = CompactingOptions(dir_, &clock_);
+  options.vfs = kFaultyVfs;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    std::vector<int64_t> seqs = AppendMany(*o, "ev-", 3000);
+    seqs.push_back(AppendOne(*o, Entry("kept")));
+    // The disk fills up right after the acks (a compaction in the
+    // microseconds between would show as one below).
+    DeliverFirst(*o, seqs, seqs.size() - 1);
+    g_disk_full = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    g_disk_full = false;
+    EXPECT_EQ(o->Stats().compactions, 0u);
+    EXPECT_EQ(BacklogCount(o->Stats()), 1u);
+    EXPECT_EQ(AppendOne(*o, Entry("after")), seqs.back() + 1);
+  }
+  options.vfs.clear();
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_FALSE(o->Stats().quarantined_at_start);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"kept", "after"}));
+}
+
 }  // namespace
 }  // namespace ws
