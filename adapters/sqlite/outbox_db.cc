@@ -471,9 +471,7 @@ Result<FileSpace> OutboxDb::Space() {
 
 Status OutboxDb::Compact() {
   if (InTransaction()) return FailedPrecondition("the store cannot be compacted inside a transaction");
-  WS_TRY(db_.Exec("VACUUM", "compact the database"));
-  WS_TRY(PassiveCheckpoint(db_).status());
-  return Status::Ok();
+  return db_.Exec("VACUUM", "compact the database");
 }
 
 Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options, OpenReport* report) {

@@ -215,7 +215,7 @@ class OutboxDb {
   // transaction: a failure or a power cut leaves it as it was, and every
   // row keeps its sequence. Outside a transaction only; it costs about
   // twice the live pages in writes. The file shrinks once a checkpoint has
-  // copied the rewrite; Compact runs one (a reader can hold it back).
+  // copied the whole rewrite.
   Status Compact();
 
   // The highest sequence ever assigned: the meta counter, or a higher

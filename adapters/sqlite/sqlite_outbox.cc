@@ -1502,6 +1502,13 @@ class SqliteOutbox::Impl {
       compact_not_before_ = start + kCompactRetry;
       return;
     }
+    // Cuts the file back unless another checkpoint is running (it does the
+    // same) or a reader still needs frames (a later checkpoint does it).
+    Result<sqlite::CheckpointResult> ckpt = db_->Checkpoint();
+    if (!ckpt.ok()) {
+      WS_LOG_WARN(kComponent, "checkpoint after compacting failed; a later one cuts the file back",
+                  {{"error", ckpt.status().ToString()}});
+    }
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
       ++stats_.compactions;
