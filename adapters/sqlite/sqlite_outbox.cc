@@ -1478,8 +1478,8 @@ class SqliteOutbox::Impl {
   // changes nothing: it is logged and tried again after kCompactRetry.
   void MaybeCompact() {
     if (options_.compact_min_free_bytes == 0 || options_.compact_max_live_bytes == 0) return;
-    // Only after a synced commit: VACUUM must not make unsynced acks durable
-    // under synchronous=NORMAL, nor run with it.
+    // Only once the acks are synced and synchronous=FULL is back: the
+    // rewrite's commit must sync like any append's.
     if (unsynced_acks_ || durable_commits_broken_) return;
     const auto start = std::chrono::steady_clock::now();
     if (start < compact_not_before_) return;
