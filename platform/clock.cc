@@ -24,8 +24,10 @@ class RealClock final : public Clock {
 }  // namespace
 
 Clock& SystemClock() {
-  static RealClock clock;
-  return clock;
+  // Never destroyed: threads that outlive main (a store a test never shut
+  // down) may still read it while static destructors run.
+  static RealClock* const clock = new RealClock;
+  return *clock;
 }
 
 void FormatRfc3339(int64_t wall_micros, char (&out)[48]) {
