@@ -33,7 +33,10 @@ struct OutboxEntry {
   std::string topic;        // backbone topic, fully expanded
   std::string stream;       // ordering key: events of one stream leave in acknowledgement order
   Priority priority = Priority::kNormal;
-  int64_t expires_at_us = 0;  // wall clock; 0 = never
+  // Time to live from the moment the store accepts the event (its commit's
+  // time): counted there, so that a wall clock set between this entry being
+  // made and stored cannot shorten it. 0 = never expires.
+  int64_t ttl_us = 0;
 };
 
 // The answer for one appended event.
@@ -126,6 +129,11 @@ struct OutboxStats {
   // checked in full (and quarantined if still damaged) at the next start.
   bool integrity_failed = false;
   bool integrity_check_running = false;  // that background check has not finished yet
+  // Steps of the wall clock carried into the stored times (and times found
+  // stamped before the clock was set), and whether such a move has not
+  // finished (an alarm: nothing is removed for its age meanwhile).
+  uint64_t clock_steps = 0;
+  bool clock_shift_pending = false;
 };
 
 class Outbox {

@@ -692,7 +692,7 @@ void LocalApi::Append(std::vector<Event> events, bool batch, HttpResponder respo
     entry.topic = std::move(route.topic);
     entry.stream = std::move(route.stream);
     entry.priority = route.priority;
-    entry.expires_at_us = route.ttl_s > 0 ? ctx_.clock->WallMicros() + route.ttl_s * 1'000'000 : 0;
+    entry.ttl_us = route.ttl_s > 0 ? route.ttl_s * 1'000'000 : 0;
     entry.record = EncodeEventRecord(e);
     entry.event.id = std::move(e.id);
     entries.push_back(std::move(entry));

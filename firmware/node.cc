@@ -260,6 +260,7 @@ class Node::Impl {
     w.BeginArray("alarms");
     if (st.quarantined_at_start) w.String("", "store_quarantined");
     if (st.integrity_failed) w.String("", "store_integrity_failed");
+    if (st.clock_shift_pending) w.String("", "store_clock_shift_pending");
     if (api_->tls_reload_failed()) w.String("", "api_tls_reload_failed");
     w.End();
     return w.Finish();
@@ -308,6 +309,12 @@ class Node::Impl {
         .Sample("", st.compacted_bytes);
     m.Family("waystation_dlq_retried_total", "counter", "Dead letters queued again by an operator.")
         .Sample("", st.dead_letters_retried);
+    m.Family("waystation_store_clock_steps_total", "counter",
+             "Changes of the wall clock (and times found stamped before it was set) carried into the stored times.")
+        .Sample("", st.clock_steps);
+    m.Family("waystation_store_clock_shift_pending", "gauge",
+             "1 while stored times could not yet follow a change of the wall clock (nothing expires meanwhile).")
+        .Sample("", uint64_t{st.clock_shift_pending ? 1u : 0u});
     m.Family("waystation_store_quarantined", "gauge", "1 if a damaged store was moved aside at start.")
         .Sample("", uint64_t{st.quarantined_at_start ? 1u : 0u});
     m.Family("waystation_store_integrity_failed", "gauge",

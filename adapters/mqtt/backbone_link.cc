@@ -36,7 +36,7 @@ constexpr int kQos1 = 1;
 constexpr int kVerifyPeer = 1;                // SSL_VERIFY_PEER, without including OpenSSL
 constexpr int64_t kMinProbeIntervalMs = 50;
 constexpr int64_t kNackPollMs = 1000;         // a short lease while nacked events are due: look again after this
-constexpr int64_t kNackPollWindowUs = 60'000'000;  // ... for this long past the last not-before time
+constexpr int64_t kNackPollWindowMs = 60'000;  // ... for this long past the last not-before time
 constexpr size_t kMaxLibraryErrors = 4;       // TLS library messages kept to explain a failed connect
 // Debian's system trust store as a CA directory: libmosquitto 2.0 takes a
 // client certificate only together with a CA file or directory.
@@ -296,7 +296,9 @@ class BackboneLink::Impl {
   uint32_t retry_attempt_ = 0;
   int64_t retry_resume_us_ = 0;                  // wall clock at which the current pause ends
   size_t nacks_outstanding_ = 0;
-  int64_t nack_poll_until_us_ = 0;               // wall clock; nacked events may come due until then
+  // Steady clock (ms): nacked events may come due until then. Not the wall
+  // clock, which may be set meanwhile (the outbox moves its retry times).
+  int64_t nack_poll_until_ms_ = 0;
 
   std::vector<std::function<void()>> stop_done_;
   int offline_mid_ = -1;
@@ -1087,17 +1089,17 @@ void BackboneLink::Impl::OnLeased(uint64_t attempt, size_t requested, Result<std
     if (events.size() < requested) outbox_may_have_more_ = false;
     if (events.size() < requested || events.back().priority == Priority::kBulk) higher_may_be_waiting_ = false;
   }
-  if (!outbox_may_have_more_ && nack_poll_until_us_ != 0 && lease_retry_timer_ == 0) {
+  if (!outbox_may_have_more_ && nack_poll_until_ms_ != 0 && lease_retry_timer_ == 0) {
     // Nacked events come due on the wall clock, and no append announces
     // them: look again shortly while any may still be waiting.
-    if (SystemClock().WallMicros() < nack_poll_until_us_) {
+    if (SystemClock().MonotonicMillis() < nack_poll_until_ms_) {
       lease_retry_timer_ = loop_->AddTimer(kNackPollMs, [this] {
         lease_retry_timer_ = 0;
         outbox_may_have_more_ = true;
         MaybeLease();
       });
     } else {
-      nack_poll_until_us_ = 0;
+      nack_poll_until_ms_ = 0;
     }
   }
   if (retry_pending_) {
@@ -1337,7 +1339,9 @@ void BackboneLink::Impl::OnNacked(uint64_t attempt, int64_t sequence, int64_t no
   if (nacks_outstanding_ > 0) --nacks_outstanding_;
   if (s.ok()) {
     ++stats_.nacked;
-    nack_poll_until_us_ = std::max(nack_poll_until_us_, not_before_us + kNackPollWindowUs);
+    const int64_t due_in_ms = std::max<int64_t>((not_before_us - SystemClock().WallMicros()) / 1000, 0);
+    const int64_t until_ms = SystemClock().MonotonicMillis() + due_in_ms + kNackPollWindowMs;
+    nack_poll_until_ms_ = std::max(nack_poll_until_ms_, until_ms);
   } else {
     // Without a Nack the event stays leased: after the backoff, start again
     // from the oldest undelivered event so that it goes out again.

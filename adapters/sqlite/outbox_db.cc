@@ -457,6 +457,85 @@ void OutboxDb::SetWalHook(std::function<void(int frames)> hook) {
 
 Result<CheckpointResult> OutboxDb::Checkpoint() { return PassiveCheckpoint(db_); }
 
+Result<std::optional<ClockShift>> OutboxDb::ReadClockShift() {
+  StatementScope scope(read_shift_);
+  ClockShift shift;
+  int found = 0;
+  for (;;) {
+    WS_ASSIGN_OR_RETURN(bool row, read_shift_.Step());
+    if (!row) break;
+    const std::string_view key = read_shift_.ColumnText(0);
+    const int64_t value = read_shift_.ColumnInt64(1);
+    if (key == "clock_shift_delta_us") {
+      shift.delta_us = value;
+    } else if (key == "clock_shift_up_to") {
+      shift.up_to = value;
+    } else if (key == "clock_shift_done_up_to") {
+      shift.done_up_to = value;
+    } else {
+      shift.only_before_us = value;
+    }
+    ++found;
+  }
+  if (found == 0) return std::optional<ClockShift>();
+  if (found != 4) return DataLoss("the meta rows of an unfinished clock shift are incomplete");
+  return std::optional<ClockShift>(shift);
+}
+
+Result<int64_t> OutboxDb::ShiftTimes(const ClockShift& shift, int64_t last) {
+  int64_t changed = 0;
+  for (Statement* stmt : {&shift_events_, &shift_delivered_, &shift_dlq_}) {
+    StatementScope scope(*stmt);
+    WS_TRY(stmt->Bind(1, shift.done_up_to));
+    WS_TRY(stmt->Bind(2, last));
+    WS_TRY(stmt->Bind(3, shift.delta_us));
+    WS_TRY(stmt->Bind(4, shift.only_before_us));
+    WS_TRY(stmt->Run());
+    changed += stmt->Changes();
+  }
+  if (last >= shift.up_to) {
+    StatementScope scope(clear_shift_);
+    WS_TRY(clear_shift_.Run());
+    return changed;
+  }
+  StatementScope scope(write_shift_);
+  WS_TRY(write_shift_.Bind(1, shift.delta_us));
+  WS_TRY(write_shift_.Bind(2, shift.up_to));
+  WS_TRY(write_shift_.Bind(3, last));
+  WS_TRY(write_shift_.Bind(4, shift.only_before_us));
+  WS_TRY(write_shift_.Run());
+  return changed;
+}
+
+Result<int64_t> OutboxDb::FirstSequence() {
+  StatementScope scope(first_sequence_);
+  WS_ASSIGN_OR_RETURN(bool row, first_sequence_.Step());
+  if (!row) return Internal("first sequence query returned no row");
+  const int64_t first = first_sequence_.ColumnInt64(0);
+  return first == INT64_MAX ? 0 : first;
+}
+
+Result<std::optional<EarlyTimes>> OutboxDb::FindAcceptedBefore(int64_t floor_us) {
+  {
+    StatementScope scope(table_ends_);
+    WS_TRY(table_ends_.Bind(1, floor_us));
+    WS_ASSIGN_OR_RETURN(bool row, table_ends_.Step());
+    if (!row || table_ends_.ColumnInt64(0) == 0) return std::optional<EarlyTimes>();
+  }
+  EarlyTimes early;
+  {
+    StatementScope scope(accepted_before_);
+    WS_TRY(accepted_before_.Bind(1, floor_us));
+    WS_ASSIGN_OR_RETURN(bool row, accepted_before_.Step());
+    if (!row) return Internal("early times query returned no row");
+    early.last_sequence = accepted_before_.ColumnInt64(0);
+    early.newest_us = accepted_before_.ColumnInt64(1);
+  }
+  if (early.last_sequence <= 0) return std::optional<EarlyTimes>();
+  WS_ASSIGN_OR_RETURN(early.first_sequence, FirstSequence());
+  return std::optional<EarlyTimes>(early);
+}
+
 Result<FileSpace> OutboxDb::Space() {
   FileSpace space;
   space.page_size = page_size_;
@@ -588,6 +667,54 @@ Status OutboxDb::Prepare() {
        "SELECT seq, topic, stream, attempts, accepted_us, record, replay_of, priority, id FROM events"
        " WHERE seq = ?1 AND (expires_us = 0 OR expires_us - ?2 > 0)"},
       {&read_totals_, "SELECT bucket, count, bytes FROM totals"},
+      {&read_shift_,
+       "SELECT key, value FROM meta WHERE key IN"
+       " ('clock_shift_delta_us', 'clock_shift_up_to', 'clock_shift_done_up_to', 'clock_shift_only_before_us')"},
+      {&write_shift_,
+       "INSERT OR REPLACE INTO meta(key, value) VALUES ('clock_shift_delta_us', ?1), ('clock_shift_up_to', ?2),"
+       " ('clock_shift_done_up_to', ?3), ('clock_shift_only_before_us', ?4)"},
+      {&clear_shift_,
+       "DELETE FROM meta WHERE key IN"
+       " ('clock_shift_delta_us', 'clock_shift_up_to', 'clock_shift_done_up_to', 'clock_shift_only_before_us')"},
+      // ?1 < seq <= ?2, by ?3; with ?4 > 0 only the times below ?4. The
+      // SET expressions all read the row as it was.
+      {&shift_events_,
+       "UPDATE events SET"
+       " accepted_us = CASE WHEN ?4 = 0 OR accepted_us < ?4 THEN max(accepted_us + ?3, 1) ELSE accepted_us END,"
+       " expires_us = CASE WHEN expires_us > 0 AND (?4 = 0 OR accepted_us < ?4)"
+       "   THEN max(expires_us + ?3, 1) ELSE expires_us END,"
+       " not_before_us = CASE WHEN not_before_us > 0 AND (?4 = 0 OR not_before_us < ?4)"
+       "   THEN max(not_before_us + ?3, 1) ELSE not_before_us END"
+       " WHERE seq > ?1 AND seq <= ?2 AND (?4 = 0 OR accepted_us < ?4 OR (not_before_us > 0 AND not_before_us < ?4))"},
+      {&shift_delivered_,
+       "UPDATE delivered SET"
+       " accepted_us = CASE WHEN ?4 = 0 OR accepted_us < ?4 THEN max(accepted_us + ?3, 1) ELSE accepted_us END,"
+       " delivered_us = CASE WHEN ?4 = 0 OR delivered_us < ?4 THEN max(delivered_us + ?3, 1) ELSE delivered_us END"
+       " WHERE seq > ?1 AND seq <= ?2 AND (?4 = 0 OR accepted_us < ?4 OR delivered_us < ?4)"},
+      {&shift_dlq_,
+       "UPDATE dlq SET"
+       " accepted_us = CASE WHEN ?4 = 0 OR accepted_us < ?4 THEN max(accepted_us + ?3, 1) ELSE accepted_us END,"
+       " dead_lettered_us = CASE WHEN ?4 = 0 OR dead_lettered_us < ?4"
+       "   THEN max(dead_lettered_us + ?3, 1) ELSE dead_lettered_us END"
+       " WHERE seq > ?1 AND seq <= ?2 AND (?4 = 0 OR accepted_us < ?4 OR dead_lettered_us < ?4)"},
+      {&first_sequence_,
+       "SELECT min(coalesce((SELECT min(seq) FROM events), 0x7fffffffffffffff),"
+       " coalesce((SELECT min(seq) FROM dlq), 0x7fffffffffffffff),"
+       " coalesce((SELECT min(seq) FROM delivered), 0x7fffffffffffffff))"},
+      // Times rise with the sequence except where the clock was set: the
+      // ends of each table tell whether a scan is needed.
+      {&table_ends_,
+       "SELECT coalesce((SELECT accepted_us FROM events ORDER BY seq LIMIT 1), ?1) < ?1"
+       " OR coalesce((SELECT accepted_us FROM events ORDER BY seq DESC LIMIT 1), ?1) < ?1"
+       " OR coalesce((SELECT accepted_us FROM delivered ORDER BY seq LIMIT 1), ?1) < ?1"
+       " OR coalesce((SELECT accepted_us FROM delivered ORDER BY seq DESC LIMIT 1), ?1) < ?1"
+       " OR coalesce((SELECT accepted_us FROM dlq ORDER BY seq LIMIT 1), ?1) < ?1"
+       " OR coalesce((SELECT accepted_us FROM dlq ORDER BY seq DESC LIMIT 1), ?1) < ?1"},
+      {&accepted_before_,
+       "SELECT max(seq), max(accepted_us) FROM ("
+       "SELECT seq, accepted_us FROM events WHERE accepted_us < ?1"
+       " UNION ALL SELECT seq, accepted_us FROM delivered WHERE accepted_us < ?1"
+       " UNION ALL SELECT seq, accepted_us FROM dlq WHERE accepted_us < ?1)"},
       {&page_count_, "PRAGMA page_count"},
       {&freelist_count_, "PRAGMA freelist_count"},
       {&add_to_totals_, "UPDATE totals SET count = count + ?2, bytes = bytes + ?3 WHERE bucket = ?1"},

@@ -91,6 +91,25 @@ struct DeliveredRow {
   std::string record;
 };
 
+// A step of the wall clock being carried into the stored times: in each
+// table, the rows with done_up_to < seq <= up_to have their times moved by
+// delta_us; with only_before_us > 0, only the times below it (stamped
+// before the clock was set), an accepted time taking its TTL along. Kept in
+// `meta` while unfinished, so a restart finishes it.
+struct ClockShift {
+  int64_t delta_us = 0;
+  int64_t up_to = 0;
+  int64_t done_up_to = 0;
+  int64_t only_before_us = 0;
+};
+
+// The times in the store that lie before a given wall time.
+struct EarlyTimes {
+  int64_t last_sequence = 0;  // the highest sequence with such an accepted time
+  int64_t newest_us = 0;      // the latest such accepted time
+  int64_t first_sequence = 0;  // the lowest sequence in the store
+};
+
 struct NewEventRow {
   int64_t sequence = 0;
   std::string_view id;
@@ -300,6 +319,20 @@ class OutboxDb {
   Status SelectDelivered(const ReplayRange& range, size_t limit, std::vector<int64_t>* out);
   Result<std::optional<DeliveredRow>> ReadDelivered(int64_t sequence);
 
+  // The unfinished clock shift, if any.
+  Result<std::optional<ClockShift>> ReadClockShift();
+  // Moves the times of the rows with shift.done_up_to < seq <= last (see
+  // ClockShift), and records the shift as done up to `last` (or, at
+  // shift.up_to, as finished). Returns how many rows changed. In a
+  // transaction.
+  Result<int64_t> ShiftTimes(const ClockShift& shift, int64_t last);
+  // The lowest sequence in the store (0 when it holds none).
+  Result<int64_t> FirstSequence();
+  // Whether any event, delivered event or dead letter was accepted before
+  // `floor_us`; the oldest and newest row of each table are read first, and
+  // only if one of them was are the tables scanned.
+  Result<std::optional<EarlyTimes>> FindAcceptedBefore(int64_t floor_us);
+
   // Counts and bytes per class and of the dead letters, kept in the
   // `totals` table (every method that adds or removes rows counts them;
   // Commit writes the sums in the same transaction), plus the oldest event
@@ -355,6 +388,8 @@ class OutboxDb {
   Statement delivered_by_seq_, delivered_by_time_, read_delivered_;
   Statement add_to_totals_;
   Statement page_count_, freelist_count_;
+  Statement read_shift_, write_shift_, clear_shift_, shift_events_, shift_delivered_, shift_dlq_, first_sequence_;
+  Statement table_ends_, accepted_before_;
   Statement find_topic_, add_topic_, topic_by_ref_;
   struct TopicHash {
     using is_transparent = void;

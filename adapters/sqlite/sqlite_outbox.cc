@@ -39,6 +39,9 @@ constexpr int64_t kSweepChunk = 2048;
 
 // How often the store looks for expired events and stale deliveries.
 constexpr auto kMaintenanceInterval = std::chrono::seconds(1);
+// A clock shift (see Now) moves the times of this many sequences per
+// transaction, so a shift over a large backlog never builds one huge WAL.
+constexpr int64_t kClockShiftChunk = 8192;
 // After a failed compaction (a full disk, say), the next try.
 constexpr auto kCompactRetry = std::chrono::minutes(10);
 // The meta row holds a ceiling over every sequence handed out, raised this
@@ -266,9 +269,52 @@ class SqliteOutbox::Impl {
     return Status::Ok();
   }
 
+  // At open: finishes a shift a restart interrupted, or, once the clock is
+  // plausible, moves times stamped while it was not (a gateway that booted
+  // without the time, took events, and restarted after the time was set)
+  // so that the newest of them is now. Never fails the open.
+  void PrepareClockShift() {
+    Result<std::optional<sqlite::ClockShift>> pending = db_->ReadClockShift();
+    if (!pending.ok()) {
+      WS_LOG_ERROR(kComponent, "reading an unfinished clock shift failed", {{"error", pending.status().ToString()}});
+      return;
+    }
+    const Clock::Reading r = clock_->ReadBoth();
+    const int64_t now = r.wall_us;
+    clock_watch_.Observe(now, r.mono_ns / 1000);
+    if (pending->has_value()) {
+      shift_ = **pending;
+      WS_LOG_WARN(kComponent, "finishing the move of stored times after a clock change",
+                  {{"step_s", std::to_string(static_cast<double>(shift_->delta_us) / 1e6)},
+                   {"from_sequence", std::to_string(shift_->done_up_to + 1)},
+                   {"up_to_sequence", std::to_string(shift_->up_to)}});
+    } else {
+      const int64_t floor = options_.earliest_plausible_wall_us;
+      if (floor <= 0 || now < floor) return;
+      Result<std::optional<sqlite::EarlyTimes>> early = db_->FindAcceptedBefore(floor);
+      if (!early.ok()) {
+        WS_LOG_ERROR(kComponent, "looking for times stamped before the clock was set failed",
+                     {{"error", early.status().ToString()}});
+        return;
+      }
+      if (!early->has_value()) return;
+      const sqlite::EarlyTimes& e = **early;
+      shift_ = sqlite::ClockShift{now - e.newest_us, e.last_sequence, std::max<int64_t>(e.first_sequence - 1, 0),
+                                  floor};
+      {
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        ++stats_.clock_steps;
+      }
+      WS_LOG_WARN(kComponent, "events were stored while the wall clock was not set; their times move to now",
+                  {{"newest_stamp_us", std::to_string(e.newest_us)},
+                   {"up_to_sequence", std::to_string(e.last_sequence)}});
+    }
+    FinishClockShift();
+  }
+
   Status LoadWaiting() {
     std::vector<sqlite::WaitingRow> rows;
-    WS_TRY(db_->ReadWaiting(clock_->WallMicros(), &rows));
+    WS_TRY(db_->ReadWaiting(JudgeTime(clock_->WallMicros()), &rows));
     for (const sqlite::WaitingRow& r : rows) waiting_[static_cast<size_t>(r.priority)][r.sequence] = r.not_before_us;
     return Status::Ok();
   }
@@ -792,7 +838,7 @@ class SqliteOutbox::Impl {
   }
 
   void BeginBatch(OpenBatch* b) {
-    b->now = clock_->WallMicros();
+    b->now = Now();
     last_append_batch_ = std::chrono::steady_clock::now();
     b->tally = StartTally();
     b->storage = durable_commits_broken_ ? RestoreDurableCommits() : Status::Ok();
@@ -981,8 +1027,8 @@ class SqliteOutbox::Impl {
       const std::string& record = e.record.empty() ? encoded : e.record;
       const uint64_t bytes = StoredBytes(e, record);
       const int64_t seq = tally->last_sequence + 1;
-      const sqlite::NewEventRow row{seq, e.event.id, e.priority, e.stream, e.topic, now, e.expires_at_us,
-                                    bytes, record, 0};
+      const int64_t expires_us = e.ttl_us > 0 ? now + e.ttl_us : 0;
+      const sqlite::NewEventRow row{seq, e.event.id, e.priority, e.stream, e.topic, now, expires_us, bytes, record, 0};
       // Ids live in three tables; while the dead letters and the delivered
       // events are empty, only the outbox's unique index can hold one. Then,
       // when the event fits without making room, it is inserted at once and
@@ -1067,7 +1113,7 @@ class SqliteOutbox::Impl {
     Status s;
     int64_t removed = 0;
     if (wanted > 0) {
-      const int64_t now = clock_->WallMicros();
+      const int64_t now = Now();  // before the commits stop syncing: a clock shift syncs
       s = db_->SetDurableCommits(false);
       if (s.ok()) s = Transact([&]() -> Status { return RemoveAcked(acks, now, &removed); });
       if (Status restore = db_->SetDurableCommits(true); !restore.ok()) {
@@ -1137,7 +1183,7 @@ class SqliteOutbox::Impl {
   // leaves sweeping and dead-lettering, which need transactions of their
   // own, to later.
   void RunLease(LeaseOp& op) {
-    const int64_t now = clock_->WallMicros();
+    const int64_t now = JudgeTime(Now());
     const bool in_batch = open_batch_ != nullptr;
     if (!in_batch) {
       SweepExpired(now);
@@ -1210,7 +1256,7 @@ class SqliteOutbox::Impl {
     bool any = false;
     for (int64_t c : cursor_) any = any || c > 0;
     if (any) {
-      const int64_t now = clock_->WallMicros();
+      const int64_t now = JudgeTime(Now());
       Status s = Transact([&]() -> Status {
         for (Priority p : kAllPriorities) {
           const int64_t c = cursor_[static_cast<size_t>(p)];
@@ -1228,6 +1274,9 @@ class SqliteOutbox::Impl {
   }
 
   void RunNack(NackOp& op) {
+    // A clock change is carried into the stored retry times first, so this
+    // one (from the caller's clock, as it is now) is not moved again.
+    static_cast<void>(Now());
     const int64_t not_before = std::max<int64_t>(op.not_before_us, 0);
     std::vector<std::pair<Priority, int64_t>> found;
     Status s;
@@ -1253,9 +1302,10 @@ class SqliteOutbox::Impl {
 
   void RunDeadLetter(DeadLetterOp& op) {
     bool found = false;
+    const int64_t now = Now();
     Status s = Transact([&]() -> Status {
       dlq_count_ = std::max<uint64_t>(dlq_count_, 1);  // until the totals say otherwise
-      WS_ASSIGN_OR_RETURN(found, db_->MoveToDeadLetters(op.sequence, op.reason, clock_->WallMicros()));
+      WS_ASSIGN_OR_RETURN(found, db_->MoveToDeadLetters(op.sequence, op.reason, now));
       return Status::Ok();
     });
     if (s.ok() && !found) {
@@ -1297,7 +1347,7 @@ class SqliteOutbox::Impl {
     if (op.sequence < 0 || (op.sequence == 0 && op.id.empty())) {
       return answer(InvalidArgument("name the dead letter to retry by sequence (> 0) or by id"));
     }
-    const int64_t now = clock_->WallMicros();
+    const int64_t now = Now();
     BatchTally tally = StartTally();
     AppendOutcome outcome;
     Status s = Transact([&]() -> Status {
@@ -1395,7 +1445,7 @@ class SqliteOutbox::Impl {
       return answer(
           FailedPrecondition("replay needs delivered events to be kept: storage.retain_delivered_s is 0, so none are"));
     }
-    const int64_t now = clock_->WallMicros();
+    const int64_t now = Now();
     // Retention may have run out for some of them since the last sweep.
     PurgeDelivered(now);
     BatchTally tally = StartTally();
@@ -1455,6 +1505,100 @@ class SqliteOutbox::Impl {
     return Status::Ok();
   }
 
+  // ---- wall clock steps (committer thread; before Start, the opening thread) ----
+
+  // The wall time for what the committer does next. Outside a transaction
+  // this also looks for a step of the wall clock (core/wall_clock_watch.h)
+  // and carries one into the stored times before anything judges them by
+  // the new clock: accepted, expiry and retry times of every row stored
+  // before it move by the step, so TTLs, max_age_s and retries count the
+  // time that passed, not the distance the clock was set. Inside an append
+  // batch it is the batch's time.
+  int64_t Now() {
+    if (open_batch_ != nullptr) return open_batch_->now;
+    const Clock::Reading r = clock_->ReadBoth();
+    const int64_t step = clock_watch_.Observe(r.wall_us, r.mono_ns / 1000);
+    if (step != 0) BeginClockShift(step);
+    if (shift_.has_value()) FinishClockShift();
+    return r.wall_us;
+  }
+
+  // The time to judge stored times by: while a shift could not finish, the
+  // rows it has not reached still hold the old clock's times.
+  int64_t JudgeTime(int64_t now) const { return shift_.has_value() ? now - shift_->delta_us : now; }
+
+  void BeginClockShift(int64_t step) {
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.clock_steps;
+    }
+    const std::string step_s = std::to_string(static_cast<double>(step) / 1e6);
+    if (shift_.has_value()) {
+      WS_LOG_ERROR(kComponent,
+                   "the wall clock was set again before the stored times had followed the last change; "
+                   "they follow only that one",
+                   {{"step_s", step_s}});
+      return;
+    }
+    Result<int64_t> first = db_->FirstSequence();
+    if (first.ok() && *first == 0) return;  // nothing stored
+    // Without the first sequence the shift starts from 0: slower, not wrong.
+    const int64_t from = first.ok() ? *first - 1 : 0;
+    shift_ = sqlite::ClockShift{step, last_sequence_, from, 0};
+    WS_LOG_WARN(kComponent, "the wall clock was set; the stored times move with it",
+                {{"step_s", step_s}, {"up_to_sequence", std::to_string(last_sequence_)}});
+  }
+
+  // Runs shift_ to its end, each transaction recording how far it got (a
+  // restart goes on from there). A failure leaves it for the next call, and
+  // until it finishes nothing is removed for its age.
+  void FinishClockShift() {
+    const auto start = std::chrono::steady_clock::now();
+    int64_t rows = 0;
+    while (shift_->done_up_to < shift_->up_to) {
+      const int64_t last = shift_->up_to - shift_->done_up_to > kClockShiftChunk
+                               ? shift_->done_up_to + kClockShiftChunk
+                               : shift_->up_to;
+      int64_t n = 0;
+      Status s = Transact([&]() -> Status {
+        WS_ASSIGN_OR_RETURN(n, db_->ShiftTimes(*shift_, last));
+        return Status::Ok();
+      });
+      if (!s.ok()) {
+        if (!shift_failing_) {
+          WS_LOG_ERROR(kComponent,
+                       "ALARM: the stored times could not follow the wall clock; nothing is removed for its age "
+                       "until they do",
+                       {{"error", s.ToString()}});
+        }
+        shift_failing_ = true;
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        stats_.clock_shift_pending = true;
+        return;
+      }
+      rows += n;
+      shift_->done_up_to = last;
+    }
+    // The retry times kept in memory move like those in the rows.
+    for (auto& waiting : waiting_) {
+      for (auto& [seq, not_before] : waiting) {
+        if (seq > shift_->up_to || (shift_->only_before_us > 0 && not_before >= shift_->only_before_us)) continue;
+        not_before = std::max<int64_t>(not_before + shift_->delta_us, 1);
+      }
+    }
+    const std::string ms = std::to_string(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count());
+    WS_LOG_INFO(kComponent, "stored times moved with the wall clock",
+                {{"rows", std::to_string(rows)}, {"shift_ms", ms}});
+    shift_.reset();
+    shift_failing_ = false;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.clock_shift_pending = false;
+    }
+    RefreshTotals();  // the oldest accepted time of each class moved
+  }
+
   void RunMaintenance() {
     if (unsynced_acks_) {
       Status s = db_->SyncWal();
@@ -1465,7 +1609,7 @@ class SqliteOutbox::Impl {
                     {{"error", s.ToString()}});
       }
     }
-    const int64_t now = clock_->WallMicros();
+    const int64_t now = Now();
     SweepExpired(now);
     PurgeDelivered(now);
     MaybeCompact();
@@ -1544,6 +1688,7 @@ class SqliteOutbox::Impl {
   // Best effort: a failure is logged and retried at the next Lease or idle
   // tick; leasing skips expired events either way.
   void SweepExpired(int64_t now) {
+    if (shift_.has_value()) return;  // times not yet comparable (see FinishClockShift)
     int64_t total = 0;
     Result<bool> any = db_->AnyExpired(now);
     if (!any.ok()) {
@@ -1574,6 +1719,7 @@ class SqliteOutbox::Impl {
   }
 
   void PurgeDelivered(int64_t now) {
+    if (shift_.has_value()) return;  // as in SweepExpired
     const int64_t cutoff = now - options_.retain_delivered_s * 1'000'000;
     Result<bool> any = db_->AnyDeliveredUpTo(cutoff);
     if (!any.ok()) {
@@ -1635,6 +1781,9 @@ class SqliteOutbox::Impl {
   // Per class: nacked events (sequence -> retry time) that the cursor scan
   // may already have passed. Bounded by what the link had in flight.
   std::array<std::map<int64_t, int64_t>, kPriorityCount> waiting_;
+  WallClockWatch clock_watch_;
+  std::optional<sqlite::ClockShift> shift_;  // a clock step not yet carried into every stored time
+  bool shift_failing_ = false;               // its last transaction failed (logged once)
 
   // The queue and the listener.
   mutable std::mutex mu_;
@@ -1740,6 +1889,7 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
                {"sqlite", LibraryVersion()}});
 
   auto impl = std::make_unique<Impl>(std::move(options), clock, std::move(db).value(), report, quarantined);
+  impl->PrepareClockShift();
   WS_TRY(impl->LoadWaiting().WithContext("open outbox: read retry times"));
   WS_TRY(impl->LoadDeliveredState().WithContext("open outbox: look for delivered events"));
   impl->StartCheckpoints();

@@ -18,6 +18,7 @@
 
 #include "core/outbox.h"
 #include "core/outbox_policy.h"
+#include "core/wall_clock_watch.h"
 #include "platform/clock.h"
 #include "platform/status.h"
 
@@ -56,6 +57,10 @@ struct SqliteOutboxOptions {
   // they are still cached. 0 in either = never.
   uint64_t compact_min_free_bytes = 32 * 1024 * 1024;
   uint64_t compact_max_live_bytes = 2 * 1024 * 1024;
+  // Accepted times before this were stamped by a clock that was not set.
+  // Once the clock is past it, Open moves such times to the present (see
+  // "Wall clock" below). 0 = never.
+  int64_t earliest_plausible_wall_us = kEarliestPlausibleWallUs;
 };
 
 // Meanings specific to this store:
@@ -76,8 +81,21 @@ struct SqliteOutboxOptions {
 //    events inside the transaction that needs the room (counted
 //    removed_dropped_overflow); a refusal leaves everything as it was.
 //  - max_age_s removes events whose accepted time is older (counted
-//    removed_expired), from the head of each class: accepted times rise with
-//    the sequence, so a wall clock set back delays expiry of what follows.
+//    removed_expired), from the head of each class (accepted times rise
+//    with the sequence).
+//  - Wall clock: when it is set (a step of more than 2 s against the
+//    steady clock), the accepted, expiry, retry, delivered and
+//    dead-lettered times of every row stored before move by the step, in
+//    transactions of 8,192 sequences that record their progress (a restart
+//    finishes the move), before anything is judged by the new clock; so
+//    TTLs, max_age_s, retention and retry times count the time that passed
+//    while the node ran. At Open, with the clock past
+//    earliest_plausible_wall_us, times stamped before that (a gateway that
+//    booted without the time and restarted after it was set) move so that
+//    the newest of them is the present. Stats().clock_steps counts both;
+//    while a move cannot finish (a full disk), Stats().clock_shift_pending
+//    is set, nothing is removed for its age, and leases judge times by the
+//    clock as it was. Time spent suspended counts as a step.
 //    A retried dead letter or a replayed event is accepted anew (its
 //    accepted time is the retry's) and carries no TTL.
 //  - A nacked event is leased again, ahead of newer events of its class,

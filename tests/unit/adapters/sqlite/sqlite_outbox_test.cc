@@ -149,13 +149,13 @@ Event MakeEvent(const std::string& id, const std::string& data = "{\"v\":1}") {
 }
 
 OutboxEntry Entry(const std::string& id, Priority p = Priority::kNormal, const std::string& data = "{\"v\":1}",
-                  int64_t expires_at_us = 0) {
+                  int64_t ttl_us = 0) {
   OutboxEntry e;
   e.event = MakeEvent(id, data);
   e.topic = "waystation/plant-7/gw-1/events/com.acme.order.created";
   e.stream = "line-3";
   e.priority = p;
-  e.expires_at_us = expires_at_us;
+  e.ttl_us = ttl_us;
   return e;
 }
 
@@ -651,10 +651,9 @@ TEST_F(SqliteOutboxTest, DeadLetterMovesTheEventAside) {
 TEST_F(SqliteOutboxTest, ExpiredEventsAreRemovedAndCountedNotLeased) {
   auto o = OpenStore(Options(dir_, &clock_));
   ASSERT_NE(o, nullptr);
-  const int64_t now = clock_.WallMicros();
-  AppendOne(*o, Entry("short", Priority::kNormal, "{}", now + 1'000'000));
+  AppendOne(*o, Entry("short", Priority::kNormal, "{}", 1'000'000));
   AppendOne(*o, Entry("forever", Priority::kNormal, "{}", 0));
-  AppendOne(*o, Entry("longer", Priority::kHigh, "{}", now + 10'000'000));
+  AppendOne(*o, Entry("longer", Priority::kHigh, "{}", 10'000'000));
 
   clock_.AdvanceMillis(2000);
   EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"longer", "forever"}));
@@ -674,7 +673,7 @@ TEST_F(SqliteOutboxTest, ExpiredEventsAreRemovedAndCountedNotLeased) {
 TEST_F(SqliteOutboxTest, ExpiryRunsWhileNobodyLeasesEvenUnderSteadyAppends) {
   auto o = OpenStore(Options(dir_, &clock_));
   ASSERT_NE(o, nullptr);
-  AppendOne(*o, Entry("ttl", Priority::kNormal, "{}", clock_.WallMicros() + 1'000'000));
+  AppendOne(*o, Entry("ttl", Priority::kNormal, "{}", 1'000'000));
   clock_.AdvanceMillis(5000);
   // Keep the queue busy the way producers on an offline gateway would. The
   // bound only stops a broken build from hanging; nothing here is timed.
@@ -2603,6 +2602,213 @@ TEST_F(SqliteOutboxTest, AFailedCompactionChangesNothing) {
   ASSERT_NE(o, nullptr);
   EXPECT_FALSE(o->Stats().quarantined_at_start);
   EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"kept", "after"}));
+}
+
+// ---------------------------------------------------------------------------
+// The wall clock being set: stored times follow it.
+
+constexpr int64_t kSecondUs = 1'000'000;
+// A time the clock is set to, past kEarliestPlausibleWallUs (2027-01-15).
+constexpr int64_t kSetToUs = int64_t{1'800'000'000} * kSecondUs;
+
+SqliteOutboxOptions BulkMaxAgeOptions(const ws::testing::TempDir& dir, Clock* clock, int64_t max_age_s) {
+  SqliteOutboxOptions o = Options(dir, clock);
+  o.classes[static_cast<size_t>(Priority::kBulk)].max_age_s = max_age_s;
+  return o;
+}
+
+TEST_F(SqliteOutboxTest, AClockSetForwardDoesNotAgeWhatWasStoredBeforeIt) {
+  // A gateway without a clock battery boots in 1970; NTP sets the time later.
+  FakeClock clock(120 * kSecondUs);
+  auto o = OpenStore(BulkMaxAgeOptions(dir_, &clock, 3600));
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("ttl-10min", Priority::kNormal, "{}", 600 * kSecondUs));
+  AppendOne(*o, Entry("bulk", Priority::kBulk));
+  clock.AdvanceMillis(60'000);
+  clock.SetWallMicros(kSetToUs);
+
+  // A minute old, not 57 years: nothing expires.
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"ttl-10min", "bulk"}));
+  OutboxStats s = o->Stats();
+  EXPECT_EQ(s.removed_expired, 0u);
+  EXPECT_EQ(s.clock_steps, 1u);
+  EXPECT_FALSE(s.clock_shift_pending);
+  EXPECT_EQ(Backlog(s, Priority::kBulk).oldest_accepted_us, kSetToUs - 60 * kSecondUs);
+
+  // The TTL and max_age_s count the time that passed.
+  clock.AdvanceMillis(539'000);  // 599 s after acceptance
+  o->ResetLeases();
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"ttl-10min", "bulk"}));
+  clock.AdvanceMillis(2'000);
+  o->ResetLeases();
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"bulk"}));
+  EXPECT_EQ(o->Stats().removed_expired, 1u);
+  clock.AdvanceMillis(3'000'000);  // 3601 s
+  o->ResetLeases();
+  EXPECT_TRUE(LeaseIds(*o, 10).empty());
+  EXPECT_EQ(o->Stats().removed_expired, 2u);
+  EXPECT_EQ(o->Stats().clock_steps, 1u);
+}
+
+TEST_F(SqliteOutboxTest, AClockSetBackHoldsNoRetryAndStretchesNoTtl) {
+  auto o = OpenStore(Options(dir_, &clock_));
+  ASSERT_NE(o, nullptr);
+  const int64_t retried = AppendOne(*o, Entry("retried"));
+  AppendOne(*o, Entry("ttl-1min", Priority::kHigh, "{}", 60 * kSecondUs));
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"ttl-1min", "retried"}));
+  ASSERT_TRUE(NackSync(*o, {retried}, clock_.WallMicros() + 10 * kSecondUs).ok());
+
+  clock_.SetWallMicros(clock_.WallMicros() - 86400 * kSecondUs);  // set back by a day
+  clock_.AdvanceMillis(10'000);
+  // Due after the ten seconds that passed, not a day later.
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"retried"}));
+
+  clock_.AdvanceMillis(51'000);  // 61 s after acceptance
+  o->ResetLeases();
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"retried"}));
+  EXPECT_EQ(o->Stats().removed_expired, 1u);
+  EXPECT_EQ(o->Stats().clock_steps, 1u);
+}
+
+TEST_F(SqliteOutboxTest, TimesStampedBeforeTheClockWasSetMoveToThePresentAtTheNextOpen) {
+  FakeClock clock(300 * kSecondUs);  // booted without the time
+  const SqliteOutboxOptions options = BulkMaxAgeOptions(dir_, &clock, 3600);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendOne(*o, Entry("bulk", Priority::kBulk));
+    clock.AdvanceMillis(30'000);
+    AppendOne(*o, Entry("ttl-10min", Priority::kNormal, "{}", 600 * kSecondUs));
+  }
+  // The node restarts after the time was set.
+  clock.SetWallMicros(kSetToUs);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  OutboxStats s = o->Stats();
+  EXPECT_EQ(s.clock_steps, 1u);
+  // The newest of them is now; they keep their distance.
+  EXPECT_EQ(Backlog(s, Priority::kNormal).oldest_accepted_us, kSetToUs);
+  EXPECT_EQ(Backlog(s, Priority::kBulk).oldest_accepted_us, kSetToUs - 30 * kSecondUs);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"ttl-10min", "bulk"}));
+  EXPECT_EQ(o->Stats().removed_expired, 0u);
+
+  clock.AdvanceMillis(601'000);
+  o->ResetLeases();
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"bulk"}));
+  EXPECT_EQ(o->Stats().removed_expired, 1u);
+
+  // Moved once: the next open finds nothing before the floor.
+  o.reset();
+  o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(o->Stats().clock_steps, 0u);
+  EXPECT_EQ(Backlog(o->Stats(), Priority::kBulk).oldest_accepted_us, kSetToUs - 30 * kSecondUs);
+}
+
+TEST_F(SqliteOutboxTest, AClockShiftOverManyTransactionsMovesEveryStoredTimeOnce) {
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.retain_delivered_s = 86400;
+  const int64_t accepted = clock_.WallMicros();
+  constexpr int kEvents = 20'000;  // three transactions of 8,192 sequences
+  int64_t retried = 0;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    for (int done = 0; done < kEvents; done += 1000) {
+      std::vector<OutboxEntry> entries;
+      for (int i = done; i < done + 1000; ++i) entries.push_back(Entry(Numbered("e", i)));
+      ASSERT_TRUE(AppendSync(*o, std::move(entries)).ok());
+    }
+    // One delivered and one dead letter among them, and a retry time.
+    LeaseResult r = LeaseSync(*o, 3);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->size(), 3u);
+    ASSERT_TRUE(AckSync(*o, {(*r)[0].sequence}).ok());
+    ASSERT_TRUE(DeadLetterSync(*o, (*r)[1].sequence, "refused").ok());
+    retried = (*r)[2].sequence;
+    ASSERT_TRUE(NackSync(*o, {retried}, accepted + 30 * kSecondUs).ok());
+
+    clock_.SetWallMicros(accepted + 7200 * kSecondUs);
+    o->ResetLeases();
+    LeaseResult again = LeaseSync(*o, 1);  // after the move
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(o->Stats().clock_steps, 1u);
+    EXPECT_FALSE(o->Stats().clock_shift_pending);
+  }
+  const std::string shifted = std::to_string(accepted + 7200 * kSecondUs);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events WHERE accepted_us = " + shifted), kEvents - 2);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM delivered WHERE accepted_us = " + shifted +
+                                        " AND delivered_us = " + shifted),
+            1);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM dlq WHERE accepted_us = " + shifted +
+                                        " AND dead_lettered_us = " + shifted),
+            1);
+  EXPECT_EQ(QueryFile(options.path, "SELECT not_before_us FROM events WHERE seq = " + std::to_string(retried)),
+            accepted + 7230 * kSecondUs);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM meta WHERE key LIKE 'clock_shift_%'"), 0);
+}
+
+TEST_F(SqliteOutboxTest, AClockShiftARestartInterruptedIsFinishedOnceAtOpen) {
+  const SqliteOutboxOptions options = Options(dir_, &clock_);
+  const int64_t accepted = clock_.WallMicros();
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendOne(*o, Entry("a"));
+    AppendOne(*o, Entry("b", Priority::kNormal, "{}", 600 * kSecondUs));
+    AppendOne(*o, Entry("c"));
+  }
+  // The clock was set forward by an hour and the move got as far as
+  // sequence 1 when the power went.
+  const int64_t step = 3600 * kSecondUs;
+  ExecFile(options.path, "UPDATE events SET accepted_us = accepted_us + " + std::to_string(step) +
+                             " WHERE seq <= 1; INSERT INTO meta(key, value) VALUES ('clock_shift_delta_us', " +
+                             std::to_string(step) +
+                             "), ('clock_shift_up_to', 3), ('clock_shift_done_up_to', 1),"
+                             " ('clock_shift_only_before_us', 0)");
+  clock_.SetWallMicros(accepted + step);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"a", "b", "c"}));
+    EXPECT_EQ(o->Stats().removed_expired, 0u);
+  }
+  for (int seq = 1; seq <= 3; ++seq) {
+    EXPECT_EQ(QueryFile(options.path, "SELECT accepted_us FROM events WHERE seq = " + std::to_string(seq)),
+              accepted + step)
+        << seq;
+  }
+  EXPECT_EQ(QueryFile(options.path, "SELECT expires_us FROM events WHERE seq = 2"), accepted + step + 600 * kSecondUs);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM meta WHERE key LIKE 'clock_shift_%'"), 0);
+}
+
+TEST_F(SqliteOutboxTest, AClockShiftThatCannotBeWrittenExpiresNothingAndFinishesWhenSpaceReturns) {
+  RegisterFaultyVfs();
+  FakeClock clock(120 * kSecondUs);
+  SqliteOutboxOptions options = BulkMaxAgeOptions(dir_, &clock, 3600);
+  options.vfs = kFaultyVfs;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendOne(*o, Entry("ttl-10min", Priority::kNormal, "{}", 600 * kSecondUs));
+  AppendOne(*o, Entry("bulk", Priority::kBulk));
+
+  g_disk_full = true;
+  clock.SetWallMicros(kSetToUs);
+  // Judged by the clock as it was until the move is written.
+  std::vector<std::string> leased = LeaseIds(*o, 10);
+  OutboxStats during = o->Stats();
+  g_disk_full = false;
+  EXPECT_EQ(leased, (std::vector<std::string>{"ttl-10min", "bulk"}));
+  EXPECT_TRUE(during.clock_shift_pending);
+  EXPECT_EQ(during.removed_expired, 0u);
+
+  o->ResetLeases();  // the next call finishes the move
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"ttl-10min", "bulk"}));
+  OutboxStats after = o->Stats();
+  EXPECT_FALSE(after.clock_shift_pending);
+  EXPECT_EQ(after.removed_expired, 0u);
+  EXPECT_EQ(after.clock_steps, 1u);
+  EXPECT_EQ(Backlog(after, Priority::kBulk).oldest_accepted_us, kSetToUs);
 }
 
 }  // namespace
