@@ -2428,6 +2428,16 @@ TEST_F(SqliteOutboxTest, CheckpointsRunBesideTheCommitsAndTheWalStartsOver) {
   EXPECT_EQ(Backlog(s, Priority::kNormal).count, static_cast<uint64_t>(kCalls * kPerCall));
 }
 
+// The two salts in a WAL file's header (bytes 16-23): new ones each time
+// the WAL starts over.
+std::string WalSalts(const std::string& wal) {
+  std::ifstream in(wal, std::ios::binary);
+  std::string salts(8, '\0');
+  in.seekg(16);
+  in.read(salts.data(), 8);
+  return in.gcount() == 8 ? salts : std::string();
+}
+
 // After a checkpoint the WAL starts over and SQLite cuts the -wal file back
 // to journal_size_limit. At 4 MiB, where checkpoints start, a WAL that
 // peaked a little above it was cut back and regrown in every cycle; the
@@ -2443,15 +2453,19 @@ TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowSixteenMiB) {
   const std::string wal = options.path + "-wal";
   const auto peak = std::filesystem::file_size(wal);
   ASSERT_GT(peak, static_cast<uintmax_t>(sqlite::kWalCheckpointBytes));
-  // Small commits until the committer has finished a checkpoint, then a
-  // few more: the WAL has started over, and the first commit after that is
-  // where SQLite cuts the file back.
+  // Small commits until the WAL has started over (a checkpoint, by the
+  // committer or in the background, copied it all, and the next commit
+  // began the file anew with new salts in its header), then a few more:
+  // the first commit after the restart is where SQLite cuts the file back.
+  const std::string first_salts = WalSalts(wal);
+  ASSERT_EQ(first_salts.size(), 8u);
   int n = 0;
-  for (; n < 500 && o->Stats().checkpoints_committer == 0; ++n) {
+  for (; n < 4000 && WalSalts(wal) == first_salts; ++n) {
     ASSERT_GT(AppendOne(*o, Entry(Numbered("small", n))), 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_GT(o->Stats().checkpoints_committer, 0u);
+  ASSERT_NE(WalSalts(wal), first_salts) << "the WAL never started over in " << n << " commits";
+  EXPECT_GT(o->Stats().checkpoints_committer + o->Stats().checkpoints_background, 0u);
   for (int i = 0; i < 3; ++i) ASSERT_GT(AppendOne(*o, Entry(Numbered("after", i))), 0);
   EXPECT_GE(std::filesystem::file_size(wal), peak);
   EXPECT_LE(std::filesystem::file_size(wal), static_cast<uintmax_t>(sqlite::kWalSizeLimitBytes));
@@ -2587,10 +2601,17 @@ TEST_F(SqliteOutboxTest, AFailedCompactionChangesNothing) {
     ASSERT_NE(o, nullptr);
     std::vector<int64_t> seqs = AppendMany(*o, "ev-", 3000);
     seqs.push_back(AppendOne(*o, Entry("kept")));
-    // The disk fills up right after the acks (a compaction in the
-    // microseconds between would show as one below).
-    DeliverFirst(*o, seqs, seqs.size() - 1);
-    g_disk_full = true;
+    LeaseResult leased = LeaseSync(*o, seqs.size());
+    ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+    // The disk fills up as the acks commit: their answer runs on the
+    // committer thread before it next looks at the file, so no compaction
+    // can slip in between.
+    std::promise<Status> acked;
+    o->Ack(std::vector<int64_t>(seqs.begin(), seqs.end() - 1), [&acked](Status s) {
+      g_disk_full = true;
+      acked.set_value(std::move(s));
+    });
+    ASSERT_TRUE(acked.get_future().get().ok());
     std::this_thread::sleep_for(std::chrono::milliseconds(2500));
     g_disk_full = false;
     EXPECT_EQ(o->Stats().compactions, 0u);
