@@ -1,8 +1,9 @@
 // In-process benchmark of the SQLite outbox (no HTTP, no MQTT): how many
 // durable appends per second many producers get through group commit, the
 // append->acknowledge latency, bytes written to storage per event, RSS while
-// holding a large backlog, reopen time with that backlog, and lease+ack drain
-// rate. Producers come in two forms: threads that each block on their
+// holding a large backlog, reopen time with that backlog, the wait while the
+// store moves that backlog's times after the wall clock was set forward, and
+// lease+ack drain rate. Producers come in two forms: threads that each block on their
 // append (loop_ figures aside), and producers multiplexed on one event loop
 // the way the node's HTTP connections are (`loop_` figures): each has one
 // append outstanding and sends the next when the store's answer was posted
@@ -105,9 +106,10 @@ uint64_t RssBytes() {
 
 int64_t g_commit_window_us = 5000;
 
-std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* open_ms) {
+std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* open_ms, ws::Clock* clock = nullptr) {
   ws::SqliteOutboxOptions o;
   o.path = path;
+  o.clock = clock;
   o.commit_window_us = g_commit_window_us;
   o.max_bytes = uint64_t{4} << 30;
   auto t0 = Clock::now();
@@ -280,6 +282,31 @@ int main(int argc, char** argv) {
     store = OpenStore(path, &open_ms);
     std::printf("backlog_reopen %.1f ms\n", open_ms);
     std::printf("backlog_rss_after_reopen %.1f MiB\n", static_cast<double>(RssBytes()) / 1048576.0);
+
+    // The wall clock set forward by a day with this backlog: the next
+    // operation (a lease of one event) waits while every stored time moves.
+    {
+      store.reset();
+      ws::FakeClock clock(ws::SystemClock().WallMicros());
+      store = OpenStore(path, nullptr, &clock);
+      const uint64_t wb0 = WriteBytes();
+      clock.SetWallMicros(clock.WallMicros() + int64_t{86400} * 1'000'000);
+      auto s0 = Clock::now();
+      auto leased = Await<ws::Result<std::vector<ws::LeasedEvent>>>(
+          [&](auto done) { store->Lease(1, std::move(done)); });
+      const double ms = Seconds(Clock::now() - s0) * 1000;
+      const ws::OutboxStats st = store->Stats();
+      if (!leased.ok() || st.clock_steps != 1 || st.clock_shift_pending) {
+        std::fprintf(stderr, "clock shift: lease %s, %llu steps, pending %d\n", leased.status().ToString().c_str(),
+                     static_cast<unsigned long long>(st.clock_steps), st.clock_shift_pending ? 1 : 0);
+        return 1;
+      }
+      std::printf("backlog_clock_shift %.0f ms\n", ms);
+      std::printf("backlog_clock_shift_write_bytes_per_event %.0f bytes\n",
+                  static_cast<double>(WriteBytes() - wb0) / static_cast<double>(filled));
+      store.reset();
+      store = OpenStore(path, nullptr);
+    }
 
     auto d0 = Clock::now();
     uint64_t drained = 0;
