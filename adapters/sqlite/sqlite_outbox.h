@@ -82,7 +82,8 @@ struct SqliteOutboxOptions {
 //    removed_dropped_overflow); a refusal leaves everything as it was.
 //  - max_age_s removes events whose accepted time is older (counted
 //    removed_expired), from the head of each class (accepted times rise
-//    with the sequence).
+//    with the sequence). A retried dead letter or a replayed event is
+//    accepted anew (its accepted time is the retry's) and carries no TTL.
 //  - Wall clock: when it is set (a step of more than 2 s against the
 //    steady clock), the accepted, expiry, retry, delivered and
 //    dead-lettered times of every row stored before move by the step, in
@@ -96,8 +97,6 @@ struct SqliteOutboxOptions {
 //    while a move cannot finish (a full disk), Stats().clock_shift_pending
 //    is set, nothing is removed for its age, and leases judge times by the
 //    clock as it was. Time spent suspended counts as a step.
-//    A retried dead letter or a replayed event is accepted anew (its
-//    accepted time is the retry's) and carries no TTL.
 //  - A nacked event is leased again, ahead of newer events of its class,
 //    once its retry time has come. ResetLeases counts an attempt for leased
 //    events except those waiting for a retry time (their Nack counted it).
