@@ -17,6 +17,7 @@
 
 #include "adapters/mqtt/cloudevents_mqtt.h"
 #include "adapters/mqtt/mosquitto_api.h"
+#include "adapters/mqtt/name_lookup.h"
 #include "adapters/mqtt/tcp_probe.h"
 #include "platform/clock.h"
 #include "platform/log.h"
@@ -153,7 +154,10 @@ class BackboneLink::Impl {
 
   // Connection lifecycle.
   void Connect();
-  Status OpenClient(const EndpointConfig& endpoint);
+  void OnEndpointResolved(uint64_t attempt, Result<std::vector<SocketAddress>> addresses);
+  // `connect_host` is what libmosquitto connects to: the endpoint's host or
+  // an address it was found at.
+  Status OpenClient(const EndpointConfig& endpoint, const std::string& connect_host);
   Status ConfigureTls(mosquitto* m, const EndpointTlsConfig& tls);
   void OnConnected(int rc, const mosquitto_property* props);
   void OnDisconnected(int rc);
@@ -267,6 +271,8 @@ class BackboneLink::Impl {
   TimerId probe_timer_ = 0;
   TimerId return_timer_ = 0;
 
+  NameLookup lookup_;  // the endpoint's host name, before each connect
+
   // Return to the primary (while on another endpoint).
   TcpProbe probe_;
   int64_t primary_reachable_since_ms_ = -1;  // monotonic; -1: the last probe failed or none yet
@@ -317,6 +323,7 @@ BackboneLink::Impl::Impl(EventLoop* loop, Outbox* outbox, BackboneOptions option
       // Jitter only has to differ between gateways, not be unpredictable.
       rng_(static_cast<uint64_t>(SystemClock().MonotonicNanos()) ^
            (static_cast<uint64_t>(SystemClock().WallMicros()) << 7) ^ (static_cast<uint64_t>(getpid()) << 40)),
+      lookup_(loop),
       probe_(loop) {
   stats_.endpoint = EndpointLabel(options_.endpoints.front());
 }
@@ -447,23 +454,46 @@ void BackboneLink::Impl::Connect() {
                 {"host", ep.host},
                 {"port", std::to_string(ep.port)},
                 {"tls", ep.tls.enabled ? "yes" : "no"}});
-  Status s = OpenClient(ep);
+  // The timeout covers the name lookup and the connect together.
+  const uint64_t attempt = attempt_;
+  connect_timer_ = loop_->AddTimer(options_.connect_timeout_ms, [this, attempt] {
+    connect_timer_ = 0;
+    if (attempt != attempt_ || attempt_ended_ || session_up_) return;
+    const std::string limit = std::to_string(options_.connect_timeout_ms) + " ms";
+    ConnectAttemptFailed(Status(StatusCode::kDeadlineExceeded,
+                                client_ ? "no CONNACK within " + limit
+                                        : "the name lookup of " + options_.endpoints[endpoint_index_].host +
+                                              " took longer than " + limit));
+  });
+  // libmosquitto would look the name up itself, with a getaddrinfo that
+  // blocks the loop (and the local API with it) for as long as the DNS
+  // server takes: seconds at a time while the network is down.
+  lookup_.Start(ep.host, ep.port, [this, attempt](Result<std::vector<SocketAddress>> addresses) {
+    OnEndpointResolved(attempt, std::move(addresses));
+  });
+}
+
+void BackboneLink::Impl::OnEndpointResolved(uint64_t attempt, Result<std::vector<SocketAddress>> addresses) {
+  if (attempt != attempt_ || attempt_ended_ || state_ != LinkState::kConnecting) return;
+  if (!addresses.ok()) {
+    ConnectAttemptFailed(addresses.status());
+    return;
+  }
+  const EndpointConfig& ep = options_.endpoints[endpoint_index_];
+  // Over TLS libmosquitto sends the name (SNI) and checks the certificate
+  // against it, so it gets the name and looks it up again, which the
+  // resolver that has just answered answers at once. Plain TCP gets the
+  // first address: an asynchronous connect tries only the first one anyway.
+  const std::string connect_host = ep.tls.enabled ? ep.host : NumericHost(addresses->front());
+  Status s = OpenClient(ep, connect_host);
   if (!s.ok()) {
     ConnectAttemptFailed(s);
     return;
   }
-  SyncSocket();
-  if (attempt_ended_ || client_lost_) return;  // SyncSocket found the socket unusable
-  uint64_t attempt = attempt_;
-  connect_timer_ = loop_->AddTimer(options_.connect_timeout_ms, [this, attempt] {
-    connect_timer_ = 0;
-    if (attempt != attempt_ || attempt_ended_ || session_up_) return;
-    ConnectAttemptFailed(Status(StatusCode::kDeadlineExceeded,
-                                "no CONNACK within " + std::to_string(options_.connect_timeout_ms) + " ms"));
-  });
+  SyncSocket();  // may find the socket unusable and end the attempt
 }
 
-Status BackboneLink::Impl::OpenClient(const EndpointConfig& endpoint) {
+Status BackboneLink::Impl::OpenClient(const EndpointConfig& endpoint, const std::string& connect_host) {
   WS_TRY(MosquittoLibraryInit());
   // Clean start, and (MQTT 5) no Session Expiry Interval, i.e. 0: the broker
   // keeps nothing of ours between connections. The outbox is the single
@@ -506,9 +536,11 @@ Status BackboneLink::Impl::OpenClient(const EndpointConfig& endpoint) {
   // On success the library owns the list.
   if (mqtt5()) will_properties.Release();
 
-  rc = mosquitto_connect_bind_async(m, endpoint.host.c_str(), endpoint.port, static_cast<int>(options_.keepalive_s),
+  rc = mosquitto_connect_bind_async(m, connect_host.c_str(), endpoint.port, static_cast<int>(options_.keepalive_s),
                                     nullptr);
-  return MosquittoStatus(rc, "connect to " + endpoint.host + ":" + std::to_string(endpoint.port));
+  std::string where = endpoint.host + ":" + std::to_string(endpoint.port);
+  if (connect_host != endpoint.host) where += " (" + connect_host + ")";
+  return MosquittoStatus(rc, "connect to " + where);
 }
 
 namespace {
@@ -878,6 +910,7 @@ void BackboneLink::Impl::CancelPrimaryProbe() {
 
 void BackboneLink::Impl::ReleaseClient() {
   CancelTimer(&connect_timer_);
+  lookup_.Cancel();
   UnregisterSocket();
   client_.reset();
 }

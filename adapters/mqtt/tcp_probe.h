@@ -4,10 +4,8 @@
 // (no second session, nothing published to a second broker).
 //
 // The connect is non-blocking and watched by the event loop, bounded by a
-// timeout. A host that is not an IP literal is resolved with getaddrinfo on
-// a short-lived thread of its own, so a slow or absent DNS server never
-// stalls the loop; the addresses are posted back. At most one lookup runs at
-// a time; a probe that would need a second one fails at once.
+// timeout. A host that is not an IP literal is resolved off the loop
+// (name_lookup.h), so a slow or absent DNS server never stalls it.
 //
 // Threads: construct, Start, Cancel and destroy on the loop thread. `done`
 // runs on the loop thread, never inside Start, and not at all after Cancel or

@@ -1,0 +1,249 @@
+// The backbone link while the DNS server does not answer, and over a name
+// that resolves, each test in a network and mount namespace of its own:
+// only the loopback interface, /etc/resolv.conf pointing at 127.0.0.1:53
+// where the test holds a UDP socket that never answers (so every lookup
+// hangs for the resolver's 30 s timeout), and /etc/hosts naming a broker
+// on 127.0.0.1. Nothing leaves the namespace.
+//
+// The namespaces need CAP_SYS_ADMIN: main() makes them before gtest starts
+// any thread (unshare of a mount namespace wants a single-threaded
+// process); without the capability every test is skipped.
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "adapters/mqtt/backbone_link.h"
+#include "adapters/mqtt/name_lookup.h"
+#include "adapters/sqlite/sqlite_outbox.h"
+#include "platform/event_loop.h"
+#include "tests/support/test_support.h"
+
+namespace ws {
+namespace {
+
+using testing::MosquittoBroker;
+using testing::TempDir;
+using testing::WaitUntil;
+
+constexpr const char* kHungName = "backbone.example.test";  // asked of the silent DNS server
+constexpr const char* kHostsName = "broker.example.test";   // in the namespace's /etc/hosts
+
+std::string g_skip;   // why the namespace could not be made; empty when it was
+int g_dns_fd = -1;    // the silent DNS server's socket
+
+// Counts the queries that reached the silent DNS server so far.
+int DrainQueries() {
+  int n = 0;
+  char buf[1500];
+  while (recv(g_dns_fd, buf, sizeof buf, MSG_DONTWAIT) >= 0) ++n;
+  return n;
+}
+
+std::string MakeNamespace() {
+  if (unshare(CLONE_NEWNET | CLONE_NEWNS) != 0) {
+    return std::string("no network and mount namespace (") + std::strerror(errno) + "; needs CAP_SYS_ADMIN)";
+  }
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    return std::string("cannot make the mounts private: ") + std::strerror(errno);
+  }
+  // Files to lay over /etc/resolv.conf and /etc/hosts, in this process's
+  // own folder (removed at exit); the mounts vanish with the namespace.
+  static TempDir dir;
+  const std::string resolv = dir.File("resolv.conf");
+  const std::string hosts = dir.File("hosts");
+  std::ofstream(resolv) << "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n";
+  std::ofstream(hosts) << "127.0.0.1 localhost " << kHostsName << "\n";
+  for (const auto& [from, to] : {std::pair{resolv, "/etc/resolv.conf"}, std::pair{hosts, "/etc/hosts"}}) {
+    if (access(to, F_OK) != 0) std::ofstream(to).flush();  // a mount needs something to cover
+    if (mount(from.c_str(), to, nullptr, MS_BIND, nullptr) != 0) {
+      return std::string("cannot lay a file over ") + to + ": " + std::strerror(errno);
+    }
+  }
+  const int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  const bool up = s >= 0 && ioctl(s, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags |= IFF_UP, true) &&
+                  ioctl(s, SIOCSIFFLAGS, &ifr) == 0;
+  if (s >= 0) close(s);
+  if (!up) return std::string("cannot bring the loopback interface up: ") + std::strerror(errno);
+  g_dns_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(53);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (g_dns_fd < 0 || bind(g_dns_fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
+    return std::string("cannot hold 127.0.0.1:53: ") + std::strerror(errno);
+  }
+  return "";
+}
+
+// The loop on a thread of its own; Call runs a function there and waits.
+class LoopThread {
+ public:
+  LoopThread() {
+    auto loop = EventLoop::Create();
+    if (!loop.ok()) std::abort();
+    loop_ = std::move(loop).value();
+    thread_ = std::thread([this] {
+      if (!loop_->Run().ok()) std::abort();
+    });
+  }
+  ~LoopThread() {
+    loop_->Stop();
+    thread_.join();
+  }
+  EventLoop* loop() { return loop_.get(); }
+  template <typename F>
+  auto Call(F fn) -> decltype(fn()) {
+    std::packaged_task<decltype(fn())()> task(std::move(fn));
+    auto result = task.get_future();
+    loop_->Post([&task] { task(); });
+    return result.get();
+  }
+
+ private:
+  std::unique_ptr<EventLoop> loop_;
+  std::thread thread_;
+};
+
+class NameLookupNetnsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!g_skip.empty()) GTEST_SKIP() << g_skip;
+    SqliteOutboxOptions o;
+    o.path = dir_.File("outbox.db");
+    o.commit_window_us = 500;
+    auto outbox = SqliteOutbox::Open(o);
+    ASSERT_TRUE(outbox.ok()) << outbox.status().ToString();
+    outbox_ = std::move(outbox).value();
+    DrainQueries();
+  }
+
+  void TearDown() override {
+    if (link_) loop_.Call([&] { link_.reset(); });
+    outbox_.reset();
+    loop_.Call([] {});
+  }
+
+  BackboneOptions Options(const std::string& host, uint16_t port) const {
+    BackboneOptions o;
+    o.endpoints = {EndpointConfig{"primary", host, port}};
+    o.client_id = "waystation-gw1";
+    o.node_id = "gw1";
+    o.topic_prefix = "waystation/plant-7/gw1";
+    o.version = "0.1.0-test";
+    o.boot_id = "boot-1";
+    o.reconnect_min_ms = 50;
+    o.reconnect_max_ms = 100;
+    return o;
+  }
+
+  void StartLink(BackboneOptions o) {
+    Status s = loop_.Call([&]() -> Status {
+      auto link = BackboneLink::Create(loop_.loop(), outbox_.get(), std::move(o));
+      if (!link.ok()) return link.status();
+      link_ = std::move(link).value();
+      link_->Start();
+      return Status::Ok();
+    });
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  BackboneStats Stats() {
+    return loop_.Call([&] { return link_->Stats(); });
+  }
+
+  TempDir dir_;
+  LoopThread loop_;
+  std::unique_ptr<SqliteOutbox> outbox_;
+  std::unique_ptr<BackboneLink> link_;
+};
+
+TEST_F(NameLookupNetnsTest, TheLoopRunsOnWhileTheDnsServerDoesNotAnswer) {
+  BackboneOptions o = Options(kHungName, 1883);
+  o.connect_timeout_ms = 60'000;  // longer than the test: the lookup stays pending
+  StartLink(o);
+  // The lookup has reached the silent server ...
+  int queries = 0;
+  ASSERT_TRUE(WaitUntil([&] { return (queries += DrainQueries()) > 0; }, 10'000));
+  // ... and stays unanswered, while the loop answers every call at once. A
+  // lookup on the loop thread would hold each call until the resolver gave
+  // up (30 s), and the attempt would have failed by then.
+  for (int i = 0; i < 10; ++i) {
+    const BackboneStats s = Stats();
+    EXPECT_EQ(s.state, LinkState::kConnecting) << i;
+    EXPECT_EQ(s.connect_failures, 0u) << i;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+TEST_F(NameLookupNetnsTest, AttemptsThatTimeOutWaitForTheOneLookupInsteadOfStartingMore) {
+  BackboneOptions o = Options(kHungName, 1883);
+  o.connect_timeout_ms = 200;
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return Stats().connect_failures >= 4; }, 20'000));
+  // One lookup's queries (A and AAAA), not one lookup per attempt.
+  const int queries = DrainQueries();
+  EXPECT_GE(queries, 1);
+  EXPECT_LE(queries, 2);
+  EXPECT_EQ(Stats().connects, 0u);
+}
+
+TEST_F(NameLookupNetnsTest, AHungNameDoesNotHoldUpTheNextEndpoint) {
+  MosquittoBroker broker;
+  ASSERT_TRUE(broker.running());
+  BackboneOptions o = Options(kHungName, 1883);
+  o.endpoints.push_back(EndpointConfig{"secondary", kHostsName, broker.port()});
+  o.connect_timeout_ms = 200;
+  StartLink(o);
+  // Well before the primary's lookup ends (30 s), the secondary is in use.
+  ASSERT_TRUE(WaitUntil([&] { return Stats().state == LinkState::kConnected; }, 10'000))
+      << "connect failures " << Stats().connect_failures;
+  EXPECT_EQ(Stats().endpoint, "secondary");
+}
+
+TEST_F(NameLookupNetnsTest, ANameFromTheHostsFileConnectsAndDelivers) {
+  MosquittoBroker broker;
+  ASSERT_TRUE(broker.running());
+  StartLink(Options(kHostsName, broker.port()));
+  ASSERT_TRUE(WaitUntil([&] { return Stats().state == LinkState::kConnected; }, 20'000));
+  OutboxEntry e;
+  e.event.id = "resolved-1";
+  e.event.source = "/test";
+  e.event.type = "com.example.resolved";
+  e.event.specversion = "1.0";
+  e.topic = "waystation/plant-7/gw1/events/com.example.resolved";
+  e.stream = "s";
+  std::promise<Status> appended;
+  outbox_->Append({std::move(e)}, [&](Result<std::vector<AppendOutcome>> r) { appended.set_value(r.status()); });
+  ASSERT_TRUE(appended.get_future().get().ok());
+  loop_.Call([&] { link_->NotifyAppended(); });
+  EXPECT_TRUE(WaitUntil([&] { return Stats().acked >= 1; }, 20'000)) << "acked " << Stats().acked;
+  EXPECT_EQ(DrainQueries(), 0);  // the hosts file answered
+}
+
+}  // namespace
+}  // namespace ws
+
+int main(int argc, char** argv) {
+  ws::g_skip = ws::MakeNamespace();
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
