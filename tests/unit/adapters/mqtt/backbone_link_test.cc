@@ -34,10 +34,12 @@
 
 #include "adapters/sqlite/sqlite_outbox.h"
 #include "tests/support/test_support.h"
+#include "tests/unit/adapters/mqtt/link_fixture.h"
 
 namespace ws {
 namespace {
 
+using testing::LoopThread;
 using testing::MosquittoBroker;
 using testing::RunCommand;
 using testing::Slurp;
@@ -56,46 +58,6 @@ bool WaitUntil(F probe, int timeout_ms = kLongWaitMs) {
   }
   return probe();
 }
-
-// An EventLoop running on its own thread, as the daemon's main loop does.
-class LoopThread {
- public:
-  LoopThread() {
-    auto loop = EventLoop::Create();
-    if (!loop.ok()) std::abort();
-    loop_ = std::move(loop).value();
-    thread_ = std::thread([this] {
-      Status s = loop_->Run();
-      if (!s.ok()) std::abort();
-    });
-  }
-  ~LoopThread() {
-    loop_->Stop();
-    thread_.join();
-  }
-  EventLoop* loop() { return loop_.get(); }
-
-  // Runs `fn` on the loop thread and returns its result.
-  template <typename F>
-  auto Call(F fn) -> decltype(fn()) {
-    using R = decltype(fn());
-    std::promise<R> done;
-    std::future<R> result = done.get_future();
-    loop_->Post([&] {
-      if constexpr (std::is_void_v<R>) {
-        fn();
-        done.set_value();
-      } else {
-        done.set_value(fn());
-      }
-    });
-    return result.get();
-  }
-
- private:
-  std::unique_ptr<EventLoop> loop_;
-  std::thread thread_;
-};
 
 // Holds the loop thread inside one task until Release(): nothing of the link
 // runs meanwhile. Lets a test change the world (kill and restart the broker,
@@ -465,15 +427,11 @@ class TransientFailureBroker {
   std::thread thread_;
 };
 
-class BackboneLinkTest : public ::testing::Test {
+class BackboneLinkTest : public testing::LinkFixture {
  protected:
   void SetUp() override {
-    SqliteOutboxOptions o;
-    o.path = dir_.File("var/outbox.db");
-    o.commit_window_us = 500;
-    auto outbox = SqliteOutbox::Open(o);
-    ASSERT_TRUE(outbox.ok()) << outbox.status().ToString();
-    outbox_ = std::move(outbox).value();
+    OpenOutbox();
+    if (HasFatalFailure()) return;
     // As the daemon wires it: the store's thread posts to the loop, where the
     // link lives.
     EventLoop* loop = loop_.loop();
@@ -482,15 +440,6 @@ class BackboneLinkTest : public ::testing::Test {
         if (link_) link_->NotifyAppended();
       });
     });
-  }
-
-  void TearDown() override {
-    if (link_) DestroyLink();
-    // No append announcement may still be on its way to the loop when the
-    // members go: the closed store posts no more, and the empty call runs
-    // after whatever it posted before.
-    outbox_.reset();
-    loop_.Call([] {});
   }
 
   BackboneOptions Options(uint16_t port) const {
@@ -505,25 +454,6 @@ class BackboneLinkTest : public ::testing::Test {
     o.reconnect_min_ms = 50;
     o.reconnect_max_ms = 400;
     return o;
-  }
-
-  void StartLink(BackboneOptions o) {
-    Status s = loop_.Call([&]() -> Status {
-      auto link = BackboneLink::Create(loop_.loop(), outbox_.get(), std::move(o));
-      if (!link.ok()) return link.status();
-      link_ = std::move(link).value();
-      link_->Start();
-      return Status::Ok();
-    });
-    ASSERT_TRUE(s.ok()) << s.ToString();
-  }
-
-  void DestroyLink() {
-    loop_.Call([&] { link_.reset(); });
-  }
-
-  BackboneStats LinkStats() {
-    return loop_.Call([&] { return link_->Stats(); });
   }
 
   bool WaitConnected() {
@@ -600,10 +530,6 @@ class BackboneLinkTest : public ::testing::Test {
     return true;
   }
 
-  TempDir dir_;
-  LoopThread loop_;
-  std::unique_ptr<SqliteOutbox> outbox_;
-  std::unique_ptr<BackboneLink> link_;  // lives on the loop thread
 };
 
 TEST(BackboneLinkBasics, CreateRefusesIncompleteOptionsAndReportsTheLibraryVersion) {

@@ -8,7 +8,6 @@
 // The namespaces need CAP_SYS_ADMIN: main() makes them before gtest starts
 // any thread (unshare of a mount namespace wants a single-threaded
 // process); without the capability every test is skipped.
-#include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -30,10 +29,10 @@
 #include <gtest/gtest.h>
 
 #include "adapters/mqtt/backbone_link.h"
-#include "adapters/mqtt/name_lookup.h"
 #include "adapters/sqlite/sqlite_outbox.h"
 #include "platform/event_loop.h"
 #include "tests/support/test_support.h"
+#include "tests/unit/adapters/mqtt/link_fixture.h"
 
 namespace ws {
 namespace {
@@ -94,52 +93,12 @@ std::string MakeNamespace() {
   return "";
 }
 
-// The loop on a thread of its own; Call runs a function there and waits.
-class LoopThread {
- public:
-  LoopThread() {
-    auto loop = EventLoop::Create();
-    if (!loop.ok()) std::abort();
-    loop_ = std::move(loop).value();
-    thread_ = std::thread([this] {
-      if (!loop_->Run().ok()) std::abort();
-    });
-  }
-  ~LoopThread() {
-    loop_->Stop();
-    thread_.join();
-  }
-  EventLoop* loop() { return loop_.get(); }
-  template <typename F>
-  auto Call(F fn) -> decltype(fn()) {
-    std::packaged_task<decltype(fn())()> task(std::move(fn));
-    auto result = task.get_future();
-    loop_->Post([&task] { task(); });
-    return result.get();
-  }
-
- private:
-  std::unique_ptr<EventLoop> loop_;
-  std::thread thread_;
-};
-
-class NameLookupNetnsTest : public ::testing::Test {
+class NameLookupNetnsTest : public testing::LinkFixture {
  protected:
   void SetUp() override {
     if (!g_skip.empty()) GTEST_SKIP() << g_skip;
-    SqliteOutboxOptions o;
-    o.path = dir_.File("outbox.db");
-    o.commit_window_us = 500;
-    auto outbox = SqliteOutbox::Open(o);
-    ASSERT_TRUE(outbox.ok()) << outbox.status().ToString();
-    outbox_ = std::move(outbox).value();
+    OpenOutbox();
     DrainQueries();
-  }
-
-  void TearDown() override {
-    if (link_) loop_.Call([&] { link_.reset(); });
-    outbox_.reset();
-    loop_.Call([] {});
   }
 
   BackboneOptions Options(const std::string& host, uint16_t port) const {
@@ -154,26 +113,6 @@ class NameLookupNetnsTest : public ::testing::Test {
     o.reconnect_max_ms = 100;
     return o;
   }
-
-  void StartLink(BackboneOptions o) {
-    Status s = loop_.Call([&]() -> Status {
-      auto link = BackboneLink::Create(loop_.loop(), outbox_.get(), std::move(o));
-      if (!link.ok()) return link.status();
-      link_ = std::move(link).value();
-      link_->Start();
-      return Status::Ok();
-    });
-    ASSERT_TRUE(s.ok()) << s.ToString();
-  }
-
-  BackboneStats Stats() {
-    return loop_.Call([&] { return link_->Stats(); });
-  }
-
-  TempDir dir_;
-  LoopThread loop_;
-  std::unique_ptr<SqliteOutbox> outbox_;
-  std::unique_ptr<BackboneLink> link_;
 };
 
 TEST_F(NameLookupNetnsTest, TheLoopRunsOnWhileTheDnsServerDoesNotAnswer) {
@@ -187,7 +126,7 @@ TEST_F(NameLookupNetnsTest, TheLoopRunsOnWhileTheDnsServerDoesNotAnswer) {
   // lookup on the loop thread would hold each call until the resolver gave
   // up (30 s), and the attempt would have failed by then.
   for (int i = 0; i < 10; ++i) {
-    const BackboneStats s = Stats();
+    const BackboneStats s = LinkStats();
     EXPECT_EQ(s.state, LinkState::kConnecting) << i;
     EXPECT_EQ(s.connect_failures, 0u) << i;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -198,12 +137,12 @@ TEST_F(NameLookupNetnsTest, AttemptsThatTimeOutWaitForTheOneLookupInsteadOfStart
   BackboneOptions o = Options(kHungName, 1883);
   o.connect_timeout_ms = 200;
   StartLink(o);
-  ASSERT_TRUE(WaitUntil([&] { return Stats().connect_failures >= 4; }, 20'000));
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 4; }, 20'000));
   // One lookup's queries (A and AAAA), not one lookup per attempt.
   const int queries = DrainQueries();
   EXPECT_GE(queries, 1);
   EXPECT_LE(queries, 2);
-  EXPECT_EQ(Stats().connects, 0u);
+  EXPECT_EQ(LinkStats().connects, 0u);
 }
 
 TEST_F(NameLookupNetnsTest, AHungNameDoesNotHoldUpTheNextEndpoint) {
@@ -214,16 +153,16 @@ TEST_F(NameLookupNetnsTest, AHungNameDoesNotHoldUpTheNextEndpoint) {
   o.connect_timeout_ms = 200;
   StartLink(o);
   // Well before the primary's lookup ends (30 s), the secondary is in use.
-  ASSERT_TRUE(WaitUntil([&] { return Stats().state == LinkState::kConnected; }, 10'000))
-      << "connect failures " << Stats().connect_failures;
-  EXPECT_EQ(Stats().endpoint, "secondary");
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }, 10'000))
+      << "connect failures " << LinkStats().connect_failures;
+  EXPECT_EQ(LinkStats().endpoint, "secondary");
 }
 
 TEST_F(NameLookupNetnsTest, ANameFromTheHostsFileConnectsAndDelivers) {
   MosquittoBroker broker;
   ASSERT_TRUE(broker.running());
   StartLink(Options(kHostsName, broker.port()));
-  ASSERT_TRUE(WaitUntil([&] { return Stats().state == LinkState::kConnected; }, 20'000));
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }, 20'000));
   OutboxEntry e;
   e.event.id = "resolved-1";
   e.event.source = "/test";
@@ -235,7 +174,7 @@ TEST_F(NameLookupNetnsTest, ANameFromTheHostsFileConnectsAndDelivers) {
   outbox_->Append({std::move(e)}, [&](Result<std::vector<AppendOutcome>> r) { appended.set_value(r.status()); });
   ASSERT_TRUE(appended.get_future().get().ok());
   loop_.Call([&] { link_->NotifyAppended(); });
-  EXPECT_TRUE(WaitUntil([&] { return Stats().acked >= 1; }, 20'000)) << "acked " << Stats().acked;
+  EXPECT_TRUE(WaitUntil([&] { return LinkStats().acked >= 1; }, 20'000)) << "acked " << LinkStats().acked;
   EXPECT_EQ(DrainQueries(), 0);  // the hosts file answered
 }
 
