@@ -168,9 +168,10 @@ class Outbox {
   virtual void DeadLetter(int64_t sequence, std::string reason, StatusDone done) = 0;
 
   // The link could not deliver these (a transient failure): count an
-  // attempt for each and make it leasable again, no earlier than
-  // `not_before_us` (wall clock). Unknown sequences are ignored.
-  virtual void Nack(std::vector<int64_t> sequences, int64_t not_before_us, StatusDone done) = 0;
+  // attempt for each and make it leasable again `retry_in_us` after the
+  // store takes the call (a duration, so that a wall clock set meanwhile
+  // cannot stretch it). Unknown sequences are ignored.
+  virtual void Nack(std::vector<int64_t> sequences, int64_t retry_in_us, StatusDone done) = 0;
 
   // Dead letters, oldest first, with a sequence above `after_sequence`, at
   // most `limit`.

@@ -202,7 +202,7 @@ class BackboneLink::Impl {
   void ResetLeases();
   void DeadLetter(int64_t sequence, std::string reason);
   void TransientFailure(int64_t sequence, const std::string& why);
-  void OnNacked(uint64_t attempt, int64_t sequence, int64_t not_before_us, const Status& s);
+  void OnNacked(uint64_t attempt, int64_t sequence, int64_t resume_ms, const Status& s);
   int64_t NextRetryDelayMs();
   void PauseForRetry(bool reset_leases);
   void MaybeRetry();
@@ -300,7 +300,7 @@ class BackboneLink::Impl {
   bool retry_due_ = false;
   bool retry_reset_ = false;                     // ... then start again from the oldest undelivered event
   uint32_t retry_attempt_ = 0;
-  int64_t retry_resume_us_ = 0;                  // wall clock at which the current pause ends
+  int64_t retry_resume_ms_ = 0;                  // steady clock: when the current pause ends
   size_t nacks_outstanding_ = 0;
   // Steady clock (ms): nacked events may come due until then. Not the wall
   // clock, which may be set meanwhile (the outbox moves its retry times).
@@ -1353,28 +1353,27 @@ void BackboneLink::Impl::TransientFailure(int64_t sequence, const std::string& w
   // this one event); the event itself goes back to the outbox, due when the
   // pause ends, while the events in flight behind it complete as usual.
   PauseForRetry(/*reset_leases=*/false);
-  const int64_t not_before_us = retry_resume_us_;
+  const int64_t resume_ms = retry_resume_ms_;
+  const int64_t retry_in_us = std::max<int64_t>(resume_ms - SystemClock().MonotonicMillis(), 0) * 1000;
   ++nacks_outstanding_;
   const uint64_t attempt = attempt_;
   std::weak_ptr<AliveToken> alive = alive_;
   EventLoop* loop = loop_;
-  outbox_->Nack({sequence}, not_before_us, [loop, alive, this, attempt, sequence, not_before_us](Status s) {
+  outbox_->Nack({sequence}, retry_in_us, [loop, alive, this, attempt, sequence, resume_ms](Status s) {
     // Store thread: hand the answer to the loop.
-    loop->Post([alive, this, attempt, sequence, not_before_us, s = std::move(s)] {
-      if (alive.lock()) OnNacked(attempt, sequence, not_before_us, s);
+    loop->Post([alive, this, attempt, sequence, resume_ms, s = std::move(s)] {
+      if (alive.lock()) OnNacked(attempt, sequence, resume_ms, s);
     });
   });
 }
 
-void BackboneLink::Impl::OnNacked(uint64_t attempt, int64_t sequence, int64_t not_before_us, const Status& s) {
+void BackboneLink::Impl::OnNacked(uint64_t attempt, int64_t sequence, int64_t resume_ms, const Status& s) {
   // A session that ended since reset every lease; nothing left to do.
   if (attempt != attempt_) return;
   if (nacks_outstanding_ > 0) --nacks_outstanding_;
   if (s.ok()) {
     ++stats_.nacked;
-    const int64_t due_in_ms = std::max<int64_t>((not_before_us - SystemClock().WallMicros()) / 1000, 0);
-    const int64_t until_ms = SystemClock().MonotonicMillis() + due_in_ms + kNackPollWindowMs;
-    nack_poll_until_ms_ = std::max(nack_poll_until_ms_, until_ms);
+    nack_poll_until_ms_ = std::max(nack_poll_until_ms_, resume_ms + kNackPollWindowMs);
   } else {
     // Without a Nack the event stays leased: after the backoff, start again
     // from the oldest undelivered event so that it goes out again.
@@ -1406,7 +1405,7 @@ void BackboneLink::Impl::PauseForRetry(bool reset_leases) {
   retry_pending_ = true;
   retry_due_ = false;
   const int64_t delay_ms = NextRetryDelayMs();
-  retry_resume_us_ = SystemClock().WallMicros() + delay_ms * 1000;
+  retry_resume_ms_ = SystemClock().MonotonicMillis() + delay_ms;
   retry_timer_ = loop_->AddTimer(delay_ms, [this] {
     retry_timer_ = 0;
     retry_due_ = true;

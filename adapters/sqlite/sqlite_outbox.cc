@@ -173,7 +173,7 @@ struct DeadLetterOp {
 };
 struct NackOp {
   std::vector<int64_t> sequences;
-  int64_t not_before_us;
+  int64_t retry_in_us;
   Outbox::StatusDone done;
 };
 struct ListDeadLettersOp {
@@ -1274,10 +1274,7 @@ class SqliteOutbox::Impl {
   }
 
   void RunNack(NackOp& op) {
-    // A clock change is carried into the stored retry times first, so this
-    // one (from the caller's clock, as it is now) is not moved again.
-    static_cast<void>(Now());
-    const int64_t not_before = std::max<int64_t>(op.not_before_us, 0);
+    const int64_t not_before = Now() + std::max<int64_t>(op.retry_in_us, 0);
     std::vector<std::pair<Priority, int64_t>> found;
     Status s;
     if (!op.sequences.empty()) {
@@ -1930,8 +1927,8 @@ void SqliteOutbox::DeadLetter(int64_t sequence, std::string reason, StatusDone d
   if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
 }
 
-void SqliteOutbox::Nack(std::vector<int64_t> sequences, int64_t not_before_us, StatusDone done) {
-  NackOp op{std::move(sequences), not_before_us, std::move(done)};
+void SqliteOutbox::Nack(std::vector<int64_t> sequences, int64_t retry_in_us, StatusDone done) {
+  NackOp op{std::move(sequences), retry_in_us, std::move(done)};
   if (!impl_->Enqueue(op) && op.done) op.done(ShuttingDown());
 }
 

@@ -133,7 +133,7 @@ class SqliteOutbox final : public Outbox {
   void Ack(std::vector<int64_t> sequences, StatusDone done) override;
   void ResetLeases() override;
   void DeadLetter(int64_t sequence, std::string reason, StatusDone done) override;
-  void Nack(std::vector<int64_t> sequences, int64_t not_before_us, StatusDone done) override;
+  void Nack(std::vector<int64_t> sequences, int64_t retry_in_us, StatusDone done) override;
   void ListDeadLetters(int64_t after_sequence, size_t limit,
                        std::function<void(Result<std::vector<ws::DeadLetter>>)> done) override;
   void RetryDeadLetter(int64_t sequence, std::string id, std::function<void(Result<AppendOutcome>)> done) override;
