@@ -257,6 +257,10 @@ class BackboneLink::Impl {
   int watched_socket_ = -1;      // the library's descriptor that watch_fd_ duplicates
   uint32_t registered_events_ = 0;
   size_t endpoint_index_ = 0;
+  // Per endpoint: which of its addresses the next plain-TCP attempt uses;
+  // moves on after an attempt that failed, so that a name with several
+  // addresses (a cluster behind one name) does not stay on a dead one.
+  std::vector<size_t> address_turn_;
   int64_t previous_sleep_ms_ = 0;  // decorrelated jitter state; 0 after a successful connect
   // Error lines the library logged during the current connect attempt (TLS
   // endpoints only): OpenSSL's reason for a failed handshake lives there.
@@ -326,6 +330,7 @@ BackboneLink::Impl::Impl(EventLoop* loop, Outbox* outbox, BackboneOptions option
       lookup_(loop),
       probe_(loop) {
   stats_.endpoint = EndpointLabel(options_.endpoints.front());
+  address_turn_.assign(options_.endpoints.size(), 0);
 }
 
 BackboneLink::Impl::~Impl() {
@@ -482,9 +487,11 @@ void BackboneLink::Impl::OnEndpointResolved(uint64_t attempt, Result<std::vector
   const EndpointConfig& ep = options_.endpoints[endpoint_index_];
   // Over TLS libmosquitto sends the name (SNI) and checks the certificate
   // against it, so it gets the name and looks it up again, which the
-  // resolver that has just answered answers at once. Plain TCP gets the
-  // first address: an asynchronous connect tries only the first one anyway.
-  const std::string connect_host = ep.tls.enabled ? ep.host : NumericHost(addresses->front());
+  // resolver that has just answered answers at once (and its asynchronous
+  // connect tries only the first address). Plain TCP gets one address, the
+  // next one after each failed attempt.
+  const size_t turn = address_turn_[endpoint_index_] % addresses->size();
+  const std::string connect_host = ep.tls.enabled ? ep.host : NumericHost((*addresses)[turn]);
   Status s = OpenClient(ep, connect_host);
   if (!s.ok()) {
     ConnectAttemptFailed(s);
@@ -716,6 +723,7 @@ void BackboneLink::Impl::HandleConnectionEnd(uint64_t attempt, bool was_up, cons
 
 void BackboneLink::Impl::ConnectAttemptFailed(const Status& why) {
   attempt_ended_ = true;
+  ++address_turn_[endpoint_index_];
   session_up_ = false;
   ReleaseClient();
   ++stats_.connect_failures;

@@ -43,6 +43,10 @@ using testing::WaitUntil;
 
 constexpr const char* kHungName = "backbone.example.test";  // asked of the silent DNS server
 constexpr const char* kHostsName = "broker.example.test";   // in the namespace's /etc/hosts
+// Also there, twice: 127.0.0.3, where nothing listens, then 127.0.0.2. (The
+// resolver sorts 127.0.0.1 ahead of other loopback addresses, and keeps
+// these two in the file's order.)
+constexpr const char* kTwoAddressName = "cluster.example.test";
 
 std::string g_skip;   // why the namespace could not be made; empty when it was
 int g_dns_fd = -1;    // the silent DNS server's socket
@@ -68,7 +72,9 @@ std::string MakeNamespace() {
   const std::string resolv = dir.File("resolv.conf");
   const std::string hosts = dir.File("hosts");
   std::ofstream(resolv) << "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n";
-  std::ofstream(hosts) << "127.0.0.1 localhost " << kHostsName << "\n";
+  std::ofstream(hosts) << "127.0.0.1 localhost " << kHostsName << "\n"
+                       << "127.0.0.3 " << kTwoAddressName << "\n"
+                       << "127.0.0.2 " << kTwoAddressName << "\n";
   for (const auto& [from, to] : {std::pair{resolv, "/etc/resolv.conf"}, std::pair{hosts, "/etc/hosts"}}) {
     if (access(to, F_OK) != 0) std::ofstream(to).flush();  // a mount needs something to cover
     if (mount(from.c_str(), to, nullptr, MS_BIND, nullptr) != 0) {
@@ -156,6 +162,19 @@ TEST_F(NameLookupNetnsTest, AHungNameDoesNotHoldUpTheNextEndpoint) {
   ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }, 10'000))
       << "connect failures " << LinkStats().connect_failures;
   EXPECT_EQ(LinkStats().endpoint, "secondary");
+}
+
+TEST_F(NameLookupNetnsTest, AnAddressThatRefusesIsFollowedByTheNamesNextOne) {
+  // The broker listens on 127.0.0.2 (and 127.0.0.1); the name's first
+  // address refuses.
+  const uint16_t port = testing::FreeLoopbackPort();
+  MosquittoBroker broker("listener " + std::to_string(port) + " 127.0.0.2\n", port);
+  ASSERT_TRUE(broker.running()) << testing::Slurp(broker.log_path());
+  StartLink(Options(kTwoAddressName, broker.port()));
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }, 10'000))
+      << "connect failures " << LinkStats().connect_failures;
+  // One attempt went to the address that refuses, the next to the other.
+  EXPECT_EQ(LinkStats().connect_failures, 1u);
 }
 
 TEST_F(NameLookupNetnsTest, ANameFromTheHostsFileConnectsAndDelivers) {
