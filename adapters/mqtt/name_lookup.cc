@@ -99,8 +99,6 @@ class NameLookup::Impl {
     done_ = nullptr;
   }
 
-  bool running() const { return done_ != nullptr; }
-
  private:
   // What a lookup thread may touch after the lookup is gone: the loop
   // pointer (cleared by the destructor) behind a mutex. The loop outlives
@@ -195,6 +193,5 @@ void NameLookup::Start(const std::string& host, uint16_t port, Done done) {
   impl_->Start(host, port, std::move(done));
 }
 void NameLookup::Cancel() { impl_->Cancel(); }
-bool NameLookup::running() const { return impl_->running(); }
 
 }  // namespace ws

@@ -58,8 +58,6 @@ class NameLookup {
   // Starts one lookup; one still waiting for its answer is cancelled first.
   void Start(const std::string& host, uint16_t port, Done done);
   void Cancel();
-  // Whether a Start is waiting for its answer.
-  bool running() const;
 
  private:
   class Impl;

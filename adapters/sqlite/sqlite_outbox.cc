@@ -1562,15 +1562,18 @@ class SqliteOutbox::Impl {
         return Status::Ok();
       });
       if (!s.ok()) {
-        if (!shift_failing_) {
+        bool first_failure = false;
+        {
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          first_failure = !stats_.clock_shift_pending;
+          stats_.clock_shift_pending = true;
+        }
+        if (first_failure) {
           WS_LOG_ERROR(kComponent,
                        "ALARM: the stored times could not follow the wall clock; nothing is removed for its age "
                        "until they do",
                        {{"error", s.ToString()}});
         }
-        shift_failing_ = true;
-        std::lock_guard<std::mutex> lock(stats_mu_);
-        stats_.clock_shift_pending = true;
         return;
       }
       rows += n;
@@ -1588,7 +1591,6 @@ class SqliteOutbox::Impl {
     WS_LOG_INFO(kComponent, "stored times moved with the wall clock",
                 {{"rows", std::to_string(rows)}, {"shift_ms", ms}});
     shift_.reset();
-    shift_failing_ = false;
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
       stats_.clock_shift_pending = false;
@@ -1780,7 +1782,6 @@ class SqliteOutbox::Impl {
   std::array<std::map<int64_t, int64_t>, kPriorityCount> waiting_;
   WallClockWatch clock_watch_;
   std::optional<sqlite::ClockShift> shift_;  // a clock step not yet carried into every stored time
-  bool shift_failing_ = false;               // its last transaction failed (logged once)
 
   // The queue and the listener.
   mutable std::mutex mu_;
