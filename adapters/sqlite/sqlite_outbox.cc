@@ -39,6 +39,9 @@ constexpr int64_t kSweepChunk = 2048;
 
 // How often the store looks for expired events and stale deliveries.
 constexpr auto kMaintenanceInterval = std::chrono::seconds(1);
+// Acks wait for an append to share their commit only while append batches
+// ran within this many commit windows (see WaitForAppendAfterAcks).
+constexpr int kAppendsExpectedWindows = 4;
 // A clock shift (see Now) moves the times of this many sequences per
 // transaction, so a shift over a large backlog never builds one huge WAL.
 constexpr int64_t kClockShiftChunk = 8192;
@@ -621,12 +624,19 @@ class SqliteOutbox::Impl {
   // a delivered event then costs its store one commit instead of two (the
   // pages an ack changes are mostly those the next append changes anyway:
   // with 64 producers 1,005 bytes written per delivered event instead of
-  // 1,455). Any other operation ends
-  // the wait. A draining link with no producers does not wait.
+  // 1,455). Any other operation ends the wait.
+  //
+  // Producers count as appending while an append batch ran within the last
+  // kAppendsExpectedWindows commit windows. A link that drains a backlog
+  // after the producers went quiet does not wait: no append would come, and
+  // every wait would hold the acknowledged events in the link's window: in
+  // six alternating drains of 200,000 events that began 0.4 s after the last
+  // append, 53,500 events/s on average while acks waited, 57,400 without.
   void WaitForAppendAfterAcks(std::unique_lock<std::mutex>& lock, std::vector<AckOp>* acks) {
     const auto now = std::chrono::steady_clock::now();
-    const bool producers_active = now - last_append_batch_ < kMaintenanceInterval;
-    const auto deadline = now + std::chrono::microseconds(options_.commit_window_us);
+    const auto window = std::chrono::microseconds(options_.commit_window_us);
+    const bool producers_active = now - last_append_batch_ < kAppendsExpectedWindows * window;
+    const auto deadline = now + window;
     for (;;) {
       while (!queue_.empty() && std::holds_alternative<AckOp>(queue_.front())) {
         acks->push_back(std::move(std::get<AckOp>(queue_.front())));
