@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "adapters/mqtt/cloudevents_mqtt.h"
+#include "adapters/mqtt/connect_call.h"
 #include "adapters/mqtt/mosquitto_api.h"
 #include "adapters/mqtt/name_lookup.h"
 #include "adapters/mqtt/tcp_probe.h"
@@ -158,6 +159,10 @@ class BackboneLink::Impl {
   // `connect_host` is what libmosquitto connects to: the endpoint's host or
   // an address it was found at.
   Status OpenClient(const EndpointConfig& endpoint, const std::string& connect_host);
+  // A new client_ with every option set, not connecting yet.
+  Status PrepareClient(const EndpointConfig& endpoint);
+  void StartConnectCall();
+  void OnConnectCallDone(uint64_t attempt, ConnectCall::Outcome outcome);
   Status ConfigureTls(mosquitto* m, const EndpointTlsConfig& tls);
   void OnConnected(int rc, const mosquitto_property* props);
   void OnDisconnected(int rc);
@@ -276,6 +281,8 @@ class BackboneLink::Impl {
   TimerId return_timer_ = 0;
 
   NameLookup lookup_;  // the endpoint's host name, before each connect
+  ConnectCall connect_call_;  // libmosquitto's connect for TLS over a name, off the loop
+  bool connect_call_waiting_ = false;  // this attempt waits for connect_call_ to finish an earlier one
 
   // Return to the primary (while on another endpoint).
   TcpProbe probe_;
@@ -328,6 +335,7 @@ BackboneLink::Impl::Impl(EventLoop* loop, Outbox* outbox, BackboneOptions option
       rng_(static_cast<uint64_t>(SystemClock().MonotonicNanos()) ^
            (static_cast<uint64_t>(SystemClock().WallMicros()) << 7) ^ (static_cast<uint64_t>(getpid()) << 40)),
       lookup_(loop),
+      connect_call_(loop),
       probe_(loop) {
   stats_.endpoint = EndpointLabel(options_.endpoints.front());
   address_turn_.assign(options_.endpoints.size(), 0);
@@ -485,11 +493,21 @@ void BackboneLink::Impl::OnEndpointResolved(uint64_t attempt, Result<std::vector
     return;
   }
   const EndpointConfig& ep = options_.endpoints[endpoint_index_];
-  // Over TLS libmosquitto sends the name (SNI) and checks the certificate
-  // against it, so it gets the name and looks it up again, which the
-  // resolver that has just answered answers at once (and its asynchronous
-  // connect tries only the first address). Plain TCP gets one address, the
-  // next one after each failed attempt.
+  if (ep.tls.enabled && !ParseAddressLiteral(ep.host, ep.port).has_value()) {
+    // Over TLS libmosquitto sends the name (SNI) and checks the certificate
+    // against it, so it gets the name and looks it up again inside its
+    // connect call (and its asynchronous connect tries only the first
+    // address). That call runs off the loop (ConnectCall); one still running
+    // for an earlier attempt is waited for.
+    if (connect_call_.Busy()) {
+      connect_call_waiting_ = true;
+      return;
+    }
+    StartConnectCall();
+    return;
+  }
+  // Plain TCP (or an IP literal) gets one address, the next one after each
+  // failed attempt.
   const size_t turn = address_turn_[endpoint_index_] % addresses->size();
   const std::string connect_host = ep.tls.enabled ? ep.host : NumericHost((*addresses)[turn]);
   Status s = OpenClient(ep, connect_host);
@@ -500,7 +518,52 @@ void BackboneLink::Impl::OnEndpointResolved(uint64_t attempt, Result<std::vector
   SyncSocket();  // may find the socket unusable and end the attempt
 }
 
+void BackboneLink::Impl::StartConnectCall() {
+  connect_call_waiting_ = false;
+  const EndpointConfig& ep = options_.endpoints[endpoint_index_];
+  Status s = PrepareClient(ep);
+  if (!s.ok()) {
+    ConnectAttemptFailed(s);
+    return;
+  }
+  const uint64_t attempt = attempt_;
+  connect_call_.Start(std::move(client_), ep.host, ep.port, static_cast<int>(options_.keepalive_s),
+                      [this, attempt](ConnectCall::Outcome outcome) {
+                        OnConnectCallDone(attempt, std::move(outcome));
+                      });
+}
+
+// The loop thread, with the client back from ConnectCall's thread.
+void BackboneLink::Impl::OnConnectCallDone(uint64_t attempt, ConnectCall::Outcome outcome) {
+  if (attempt == attempt_ && !attempt_ended_ && state_ == LinkState::kConnecting && !client_) {
+    client_ = std::move(outcome.client);
+    mosquitto_user_data_set(client_.get(), this);
+    mosquitto_log_callback_set(client_.get(), &Impl::OnLogCallback);
+    for (std::string& line : outcome.library_errors) {
+      if (library_errors_.size() < kMaxLibraryErrors) library_errors_.push_back(std::move(line));
+    }
+    const EndpointConfig& ep = options_.endpoints[endpoint_index_];
+    Status s = MosquittoStatus(outcome.rc, "connect to " + ep.host + ":" + std::to_string(ep.port));
+    if (!s.ok()) {
+      ConnectAttemptFailed(s);
+    } else {
+      SyncSocket();  // may find the socket unusable and end the attempt
+    }
+  }
+  // A client whose attempt has ended meanwhile is destroyed with `outcome`.
+  if (connect_call_waiting_ && !attempt_ended_ && state_ == LinkState::kConnecting && !client_) StartConnectCall();
+}
+
 Status BackboneLink::Impl::OpenClient(const EndpointConfig& endpoint, const std::string& connect_host) {
+  WS_TRY(PrepareClient(endpoint));
+  int rc = mosquitto_connect_bind_async(client_.get(), connect_host.c_str(), endpoint.port,
+                                        static_cast<int>(options_.keepalive_s), nullptr);
+  std::string where = endpoint.host + ":" + std::to_string(endpoint.port);
+  if (connect_host != endpoint.host) where += " (" + connect_host + ")";
+  return MosquittoStatus(rc, "connect to " + where);
+}
+
+Status BackboneLink::Impl::PrepareClient(const EndpointConfig& endpoint) {
   WS_TRY(MosquittoLibraryInit());
   // Clean start, and (MQTT 5) no Session Expiry Interval, i.e. 0: the broker
   // keeps nothing of ours between connections. The outbox is the single
@@ -542,12 +605,7 @@ Status BackboneLink::Impl::OpenClient(const EndpointConfig& endpoint, const std:
   WS_TRY(MosquittoStatus(rc, "set the Last Will"));
   // On success the library owns the list.
   if (mqtt5()) will_properties.Release();
-
-  rc = mosquitto_connect_bind_async(m, connect_host.c_str(), endpoint.port, static_cast<int>(options_.keepalive_s),
-                                    nullptr);
-  std::string where = endpoint.host + ":" + std::to_string(endpoint.port);
-  if (connect_host != endpoint.host) where += " (" + connect_host + ")";
-  return MosquittoStatus(rc, "connect to " + where);
+  return Status::Ok();
 }
 
 namespace {
@@ -919,6 +977,7 @@ void BackboneLink::Impl::CancelPrimaryProbe() {
 void BackboneLink::Impl::ReleaseClient() {
   CancelTimer(&connect_timer_);
   lookup_.Cancel();
+  connect_call_waiting_ = false;
   UnregisterSocket();
   client_.reset();
 }

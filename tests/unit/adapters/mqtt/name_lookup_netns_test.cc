@@ -1,8 +1,9 @@
 // The backbone link while the DNS server does not answer, and over a name
 // that resolves, each test in a network and mount namespace of its own:
 // only the loopback interface, /etc/resolv.conf pointing at 127.0.0.1:53
-// where the test holds a UDP socket that never answers (so every lookup
-// hangs for the resolver's 30 s timeout), and /etc/hosts naming a broker
+// where the test holds a UDP socket that answers nothing unless a test
+// says so (so every other lookup hangs for the resolver's 30 s timeout),
+// and /etc/hosts naming a broker
 // on 127.0.0.1. Nothing leaves the namespace.
 //
 // The namespaces need CAP_SYS_ADMIN: main() makes them before gtest starts
@@ -10,12 +11,14 @@
 // process); without the capability every test is skipped.
 #include <net/if.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -24,6 +27,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -46,6 +50,8 @@ constexpr const char* kHostsName = "broker.example.test";   // in the namespace'
 // resolver sorts 127.0.0.1 ahead of other loopback addresses, and keeps
 // these two in the file's order.)
 constexpr const char* kTwoAddressName = "cluster.example.test";
+// Answered by the test's DNS server only while an AnsweringDns says so.
+constexpr const char* kOnceName = "once.example.test";
 
 std::string g_skip;   // why the namespace could not be made; empty when it was
 int g_dns_fd = -1;    // the silent DNS server's socket
@@ -97,6 +103,75 @@ std::string MakeNamespace() {
   }
   return "";
 }
+
+// While it lives, the test's DNS server answers the first `answers` queries
+// for `name` (an A query with 127.0.0.1, any other type with no records)
+// and none after those, like a server on a lossy link that answered once.
+// Queries for other names are counted and left unanswered.
+class AnsweringDns {
+ public:
+  AnsweringDns(std::string name, int answers) : name_(std::move(name)), left_(answers) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~AnsweringDns() {
+    stop_ = true;
+    thread_.join();
+  }
+  AnsweringDns(const AnsweringDns&) = delete;
+  AnsweringDns& operator=(const AnsweringDns&) = delete;
+
+  int answered() const { return answered_; }
+  int unanswered() const { return unanswered_; }
+
+ private:
+  void Run() {
+    while (!stop_) {
+      pollfd p{g_dns_fd, POLLIN, 0};
+      if (poll(&p, 1, 20) <= 0) continue;
+      unsigned char q[1500];
+      sockaddr_storage from{};
+      socklen_t from_len = sizeof from;
+      const ssize_t n = recvfrom(g_dns_fd, q, sizeof q, 0, reinterpret_cast<sockaddr*>(&from), &from_len);
+      if (n < 12) continue;
+      // The question's name, label by label, from byte 12.
+      std::string name;
+      size_t i = 12;
+      while (i < static_cast<size_t>(n) && q[i] != 0 && i + 1 + q[i] <= static_cast<size_t>(n)) {
+        if (!name.empty()) name += '.';
+        name.append(reinterpret_cast<const char*>(q + i + 1), q[i]);
+        i += 1 + q[i];
+      }
+      const size_t question_end = i + 5;  // the root label, QTYPE, QCLASS
+      if (question_end > static_cast<size_t>(n) || name != name_ || left_ == 0) {
+        ++unanswered_;
+        continue;
+      }
+      --left_;
+      const int qtype = (q[i + 1] << 8) | q[i + 2];
+      std::vector<unsigned char> r(q, q + question_end);
+      r[2] = static_cast<unsigned char>(0x84 | (q[2] & 0x01));  // a response, authoritative, RD as asked
+      r[3] = 0x80;                                               // recursion available, no error
+      for (size_t k = 6; k < 12; ++k) r[k] = 0;                  // no records but those added below
+      if (qtype == 1) {
+        r[7] = 1;
+        // The question's name (a pointer to byte 12), A, IN, TTL 60, 4 bytes.
+        const unsigned char answer[] = {0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1};
+        r.insert(r.end(), answer, answer + sizeof answer);
+      }
+      if (sendto(g_dns_fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), from_len) ==
+          static_cast<ssize_t>(r.size())) {
+        ++answered_;
+      }
+    }
+  }
+
+  const std::string name_;
+  int left_;
+  std::atomic<int> answered_{0};
+  std::atomic<int> unanswered_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 class NameLookupNetnsTest : public testing::LinkFixture {
  protected:
@@ -194,6 +269,72 @@ TEST_F(NameLookupNetnsTest, ANameFromTheHostsFileConnectsAndDelivers) {
   loop_.Call([&] { link_->NotifyAppended(); });
   EXPECT_TRUE(WaitUntil([&] { return LinkStats().acked >= 1; }, 20'000)) << "acked " << LinkStats().acked;
   EXPECT_EQ(DrainQueries(), 0);  // the hosts file answered
+}
+
+// Over TLS libmosquitto gets the name (for SNI and the certificate check)
+// and looks it up once more inside its connect call. That second lookup
+// must not hold the loop either: here the DNS server answers the link's own
+// lookup and then falls silent.
+TEST_F(NameLookupNetnsTest, TheLoopRunsOnWhileTheTlsConnectLooksTheNameUpAgain) {
+  testing::TempDir dir;
+  const std::string ca = dir.File("ca.crt");
+  std::ofstream(ca) << "not read before the name is found\n";
+  AnsweringDns dns(kOnceName, 2);  // the link's own lookup: A and AAAA
+  BackboneOptions o = Options(kOnceName, 8883);
+  o.connect_timeout_ms = 60'000;  // longer than the test: the second lookup stays pending
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.ca_file = ca;
+  StartLink(o);
+  // The link's lookup was answered, and the library's own reached the
+  // server and stays unanswered ...
+  ASSERT_TRUE(WaitUntil([&] { return dns.answered() == 2 && dns.unanswered() > 0; }, 10'000))
+      << dns.answered() << " answered, " << dns.unanswered() << " not";
+  // ... while the loop answers every call at once. That lookup on the loop
+  // thread would hold each call until the resolver gave up (30 s), and the
+  // attempt would have failed by then.
+  for (int i = 0; i < 10; ++i) {
+    const BackboneStats s = LinkStats();
+    EXPECT_EQ(s.state, LinkState::kConnecting) << i;
+    EXPECT_EQ(s.connect_failures, 0u) << i;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+TEST_F(NameLookupNetnsTest, ATlsEndpointByNameConnectsChecksTheNameAndDelivers) {
+  testing::TestPki pki(std::string("DNS:") + kHostsName);
+  ASSERT_TRUE(pki.ok()) << pki.error();
+  const uint16_t plain = testing::FreeLoopbackPort();
+  MosquittoBroker broker(pki.BrokerConfig(/*require_client_cert=*/true, plain));
+  ASSERT_TRUE(broker.running()) << testing::Slurp(broker.log_path());
+  BackboneOptions o = Options(kHostsName, broker.port());
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.ca_file = pki.ca();
+  o.endpoints[0].tls.cert_file = pki.client_cert();
+  o.endpoints[0].tls.key_file = pki.client_key();
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }, 20'000))
+      << "connect failures " << LinkStats().connect_failures << testing::Slurp(broker.log_path());
+  EXPECT_EQ(LinkStats().connect_failures, 0u);
+  OutboxEntry e;
+  e.event.id = "tls-by-name-1";
+  e.event.source = "/test";
+  e.event.type = "com.example.resolved";
+  e.event.specversion = "1.0";
+  e.topic = "waystation/plant-7/gw1/events/com.example.resolved";
+  e.stream = "s";
+  std::promise<Status> appended;
+  outbox_->Append({std::move(e)}, [&](Result<std::vector<AppendOutcome>> r) { appended.set_value(r.status()); });
+  ASSERT_TRUE(appended.get_future().get().ok());
+  loop_.Call([&] { link_->NotifyAppended(); });
+  EXPECT_TRUE(WaitUntil([&] { return LinkStats().acked >= 1; }, 20'000)) << "acked " << LinkStats().acked;
+  DestroyLink();
+
+  // The same broker under a name its certificate does not carry (in the
+  // namespace's hosts file too, for 127.0.0.1) is refused by the check.
+  o.endpoints[0].host = "localhost";
+  StartLink(o);
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 2; }, 20'000));
+  EXPECT_EQ(LinkStats().connects, 0u);
 }
 
 }  // namespace
