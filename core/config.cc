@@ -240,6 +240,9 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
   if (c.backbone.return_to_primary_s < 0 || c.backbone.return_to_primary_s > 86400) {
     err("backbone.return_to_primary_s", "must be between 0 (never) and 86400");
   }
+  if (c.backbone.ack_timeout_s < 0 || c.backbone.ack_timeout_s > 86400) {
+    err("backbone.ack_timeout_s", "must be between 0 (never) and 86400");
+  }
 
   for (size_t i = 0; i < c.routes.size(); ++i) {
     const RouteConfig& r = c.routes[i];

@@ -107,6 +107,7 @@ struct BackboneConfig {
   int64_t reconnect_min_ms = 200;     // decorrelated jitter between reconnects: floor
   int64_t reconnect_max_ms = 30000;   // and cap
   int64_t return_to_primary_s = 300;  // primary reachable this long -> move back to it; 0 = stay
+  int64_t ack_timeout_s = 60;         // no PUBACK this long while publishes wait -> reconnect; 0 = never
 
   bool operator==(const BackboneConfig&) const = default;
 };

@@ -133,6 +133,7 @@ class Node::Impl {
     bo.reconnect_min_ms = config_.backbone.reconnect_min_ms;
     bo.reconnect_max_ms = config_.backbone.reconnect_max_ms;
     bo.return_to_primary_ms = config_.backbone.return_to_primary_s * 1000;
+    bo.ack_timeout_ms = config_.backbone.ack_timeout_s * 1000;
     bo.version = WS_VERSION;
     bo.boot_id = boot_id_;
     WS_ASSIGN_OR_RETURN(link_, BackboneLink::Create(loop_.get(), outbox_.get(), std::move(bo)));
@@ -242,6 +243,7 @@ class Node::Impl {
         .String("endpoint", ls.endpoint)
         .Int("connects", static_cast<int64_t>(ls.connects))
         .Int("failovers", static_cast<int64_t>(ls.failovers))
+        .Int("ack_timeouts", static_cast<int64_t>(ls.ack_timeouts))
         .Int("inflight", ls.inflight)
         .End();
     w.BeginObject("backlog");
@@ -324,6 +326,9 @@ class Node::Impl {
         .Sample("", uint64_t{ls.state == LinkState::kConnected ? 1u : 0u});
     m.Family("waystation_backbone_connects_total", "counter", "Successful connects.").Sample("", ls.connects);
     m.Family("waystation_backbone_failovers_total", "counter", "Moves to another endpoint.").Sample("", ls.failovers);
+    m.Family("waystation_backbone_ack_timeouts_total", "counter",
+             "Sessions ended because no PUBACK came within backbone.ack_timeout_s.")
+        .Sample("", ls.ack_timeouts);
     m.Family("waystation_backbone_published_total", "counter", "QoS 1 publishes sent.").Sample("", ls.published);
     m.Family("waystation_backbone_acked_total", "counter", "Publishes acknowledged by the broker.").Sample("", ls.acked);
     m.Family("waystation_backbone_inflight", "gauge", "Publishes awaiting acknowledgement.")

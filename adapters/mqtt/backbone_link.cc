@@ -91,6 +91,7 @@ Status ValidateOptions(const EventLoop* loop, const Outbox* outbox, const Backbo
   if (o.return_to_primary_ms < 0 || o.primary_probe_interval_ms < 1) {
     return InvalidArgument("backbone: return_to_primary_ms must not be negative and primary_probe_interval_ms positive");
   }
+  if (o.ack_timeout_ms < 0) return InvalidArgument("backbone: ack_timeout_ms must not be negative");
   return Status::Ok();
 }
 
@@ -212,6 +213,8 @@ class BackboneLink::Impl {
   void PauseForRetry(bool reset_leases);
   void MaybeRetry();
   void ClearInflight();
+  void StartAckClockIfIdle();
+  bool CheckAckProgress();
 
   // Presence and stopping.
   Status PublishState(const std::string& payload, int* mid);
@@ -283,6 +286,7 @@ class BackboneLink::Impl {
   NameLookup lookup_;  // the endpoint's host name, before each connect
   ConnectCall connect_call_;  // libmosquitto's connect for TLS over a name, off the loop
   bool connect_call_waiting_ = false;  // this attempt waits for connect_call_ to finish an earlier one
+  int64_t ack_progress_ms_ = 0;  // steady ms of the last PUBACK, or of the publish that ended an idle spell
 
   // Return to the primary (while on another endpoint).
   TcpProbe probe_;
@@ -721,6 +725,7 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
     int mid = -1;
     Status s = PublishState(OnlinePayload(), &mid);
     if (s.ok()) {
+      StartAckClockIfIdle();
       control_mids_.insert(mid);
     } else {
       WS_LOG_WARN(kLog, "could not publish the online state", {{"error", s.ToString()}});
@@ -1021,8 +1026,36 @@ void BackboneLink::Impl::OnSocketReady(uint32_t events) {
   SyncSocket();
 }
 
+void BackboneLink::Impl::StartAckClockIfIdle() {
+  if (inflight_.empty() && control_mids_.empty()) ack_progress_ms_ = SystemClock().MonotonicMillis();
+}
+
+// A session that still answers keepalive pings but acknowledges nothing
+// (a broker wedged behind its own queue, a proxy whose far side is gone)
+// would hold the window's events until the connection broke, which may be
+// never. After ack_timeout_ms without any PUBACK while publishes wait, the
+// link ends the session as lost: it reconnects (to the next endpoint if
+// there is one) and the unacknowledged events go out again, in order.
+bool BackboneLink::Impl::CheckAckProgress() {
+  if (options_.ack_timeout_ms <= 0 || !session_up_ || state_ != LinkState::kConnected || returning_) return false;
+  if (inflight_.empty() && control_mids_.empty()) return false;
+  const int64_t waited = SystemClock().MonotonicMillis() - ack_progress_ms_;
+  if (waited < options_.ack_timeout_ms) return false;
+  ++stats_.ack_timeouts;
+  const size_t waiting = inflight_.size() + control_mids_.size();
+  WS_LOG_WARN(kLog, "no PUBACK from the broker in time; ending the session",
+              {{"endpoint", stats_.endpoint},
+               {"waited_ms", std::to_string(waited)},
+               {"publishes_waiting", std::to_string(waiting)}});
+  HandleConnectionEnd(attempt_, /*was_up=*/true,
+                      "no PUBACK for " + std::to_string(waited) + " ms while " + std::to_string(waiting) +
+                          " publishes waited (backbone.ack_timeout_s)");
+  return true;
+}
+
 void BackboneLink::Impl::OnMiscTimer() {
   misc_timer_ = loop_->AddTimer(kMiscIntervalMs, [this] { OnMiscTimer(); });
+  if (CheckAckProgress()) return;
   if (!client_ || client_lost_ || !watch_fd_.valid()) return;
   int rc = mosquitto_loop_misc(client_.get());
   if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN) {
@@ -1312,6 +1345,7 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
                                 kQos1, /*retain=*/false, mqtt5() ? properties.get() : nullptr);
   if (rc == MOSQ_ERR_SUCCESS) {
     const bool bulk = leased.priority == Priority::kBulk;
+    StartAckClockIfIdle();
     inflight_[mid] = InflightEvent{seq, bulk};
     if (bulk) ++bulk_inflight_;
     ++stats_.published;
@@ -1343,6 +1377,7 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
 }
 
 void BackboneLink::Impl::OnPublished(int mid, int reason_code) {
+  ack_progress_ms_ = SystemClock().MonotonicMillis();
   if (control_mids_.erase(mid) > 0) {
     if (reason_code >= 0x80) {
       WS_LOG_WARN(kLog, "broker refused a presence message", {{"reason", DescribeReasonCode(reason_code)}});
@@ -1545,6 +1580,7 @@ void BackboneLink::Impl::PublishOffline() {
   int mid = -1;
   Status s = PublishState(OfflinePayload(), &mid);
   if (s.ok()) {
+    StartAckClockIfIdle();
     control_mids_.insert(mid);
     offline_mid_ = mid;
   } else {

@@ -93,6 +93,10 @@ struct BackboneOptions {
   int64_t stop_timeout_ms = 2'000;    // how long Stop (and a return to the primary) waits for in-flight acks
   int64_t return_to_primary_ms = 300'000;     // primary reachable this long -> move back; 0 = stay where it works
   int64_t primary_probe_interval_ms = 5'000;  // TCP probes of the primary while elsewhere (at most return_to_primary_ms)
+  // No PUBACK for this long while publishes wait ends the session as lost
+  // (reconnect, to the next endpoint if any); 0 = wait as long as the
+  // connection lasts.
+  int64_t ack_timeout_ms = 60'000;
 };
 
 enum class LinkState { kDisconnected, kConnecting, kConnected, kStopping, kStopped };
@@ -112,6 +116,7 @@ struct BackboneStats {
   uint64_t connect_failures = 0;    // attempts that never reached CONNACK success
   uint64_t transient_failures = 0;  // PUBACKs with a failure code that is worth retrying
   uint64_t nacked = 0;              // of those, handed back to the outbox with a not-before time
+  uint64_t ack_timeouts = 0;        // sessions ended because no PUBACK came within ack_timeout_ms
   uint32_t window = 0;              // in-flight limit of the current session (ours and the broker's)
   uint32_t broker_max_packet = 0;   // the broker's Maximum Packet Size; 0 = none given
 };

@@ -223,6 +223,9 @@ bool MosquittoBroker::Start() {
   return false;
 }
 
+bool MosquittoBroker::Pause() { return proc_ != nullptr && proc_->Signal(SIGSTOP); }
+bool MosquittoBroker::Resume() { return proc_ != nullptr && proc_->Signal(SIGCONT); }
+
 void MosquittoBroker::Kill() {
   if (proc_ != nullptr) {
     proc_->Kill();

@@ -85,6 +85,10 @@ class MosquittoBroker {
   // Starts (again) on the same port. False if it did not come up.
   bool Start();
   void Kill();  // SIGKILL, like a crash or power cut of the broker
+  // SIGSTOP and SIGCONT: a broker that keeps its connections (the kernel
+  // still completes handshakes and takes data) but answers nothing.
+  bool Pause();
+  bool Resume();
   bool running() const { return proc_ != nullptr; }
   uint16_t port() const { return port_; }
   const std::string& log_path() const { return log_; }

@@ -1117,6 +1117,46 @@ TEST_F(BackboneLinkTest, StaysOnTheSecondaryWhenReturningIsTurnedOff) {
   EXPECT_EQ(st.returns_to_primary, 0u);
 }
 
+// A broker that keeps the connection but acknowledges nothing (stopped
+// here with SIGSTOP: the kernel still takes the PUBLISHes) would hold the
+// window's events until keepalive noticed (1.5 x 60 s here), or for ever
+// behind a proxy that answers the pings itself. After ack_timeout_ms
+// without a PUBACK the link gives the session up, and the events go to the
+// secondary.
+TEST_F(BackboneLinkTest, ABrokerThatStopsAcknowledgingIsLeftAfterTheAckTimeout) {
+  MosquittoBroker primary;
+  MosquittoBroker secondary;
+  ASSERT_TRUE(primary.running() && secondary.running());
+  Subscriber at_primary(primary.port(), dir_.File("primary.out"));
+  Subscriber at_secondary(secondary.port(), dir_.File("secondary.out"));
+  ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
+  ASSERT_TRUE(at_secondary.WaitSubscribed()) << at_secondary.Raw();
+
+  BackboneOptions o = Options(primary.port());
+  o.endpoints = {EndpointConfig{"primary", "127.0.0.1", primary.port()},
+                 EndpointConfig{"secondary", "127.0.0.1", secondary.port()}};
+  o.return_to_primary_ms = 0;
+  o.keepalive_s = 60;
+  o.ack_timeout_ms = 2000;
+  StartLink(o);
+  ASSERT_TRUE(WaitConnected());
+  Append(1, 50);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_primary.Events(), 1, 50); })) << at_primary.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+  EXPECT_EQ(LinkStats().ack_timeouts, 0u);  // acknowledged in time: no timeout, even when idle since
+
+  ASSERT_TRUE(primary.Pause());
+  Append(51, 50);
+  const bool moved = WaitUntil([&] { return AllArrived(at_secondary.Events(), 51, 100); }, 30'000);
+  ASSERT_TRUE(primary.Resume());
+  ASSERT_TRUE(moved) << at_secondary.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+  const BackboneStats st = LinkStats();
+  EXPECT_GE(st.ack_timeouts, 1u);
+  EXPECT_EQ(st.endpoint, "secondary");
+  EXPECT_GE(st.disconnects, 1u);
+}
+
 // ---------------------------------------------------------------------------
 // Fairness and transient failures
 
