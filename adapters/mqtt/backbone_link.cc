@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1041,6 +1042,11 @@ bool BackboneLink::Impl::CheckAckProgress() {
   if (inflight_.empty() && control_mids_.empty()) return false;
   const int64_t waited = SystemClock().MonotonicMillis() - ack_progress_ms_;
   if (waited < options_.ack_timeout_ms) return false;
+  // PUBACKs may be waiting in the socket after the loop was held up
+  // elsewhere: those are read first, and the check comes again next time.
+  const int fd = client_ && !client_lost_ ? mosquitto_socket(client_.get()) : -1;
+  pollfd readable{fd, POLLIN, 0};
+  if (fd >= 0 && poll(&readable, 1, 0) > 0) return false;
   ++stats_.ack_timeouts;
   const size_t waiting = inflight_.size() + control_mids_.size();
   WS_LOG_WARN(kLog, "no PUBACK from the broker in time; ending the session",
