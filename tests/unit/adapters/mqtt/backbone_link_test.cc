@@ -398,6 +398,14 @@ class BackboneLinkTest : public testing::LinkFixture {
     return o;
   }
 
+  // Options for two regions on loopback, "primary" first, then "secondary".
+  BackboneOptions TwoRegions(uint16_t primary_port, uint16_t secondary_port) const {
+    BackboneOptions o = Options(primary_port);
+    o.endpoints = {EndpointConfig{"primary", "127.0.0.1", primary_port},
+                   EndpointConfig{"secondary", "127.0.0.1", secondary_port}};
+    return o;
+  }
+
   bool WaitConnected() {
     return WaitUntil([&] { return LinkStats().state == LinkState::kConnected; });
   }
@@ -1006,9 +1014,7 @@ TEST_F(BackboneLinkTest, ReturnsToThePrimaryOnceItIsStableAgainAndEveryEventArri
   ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
   ASSERT_TRUE(at_secondary.WaitSubscribed()) << at_secondary.Raw();
 
-  BackboneOptions o = Options(primary.port());
-  o.endpoints = {EndpointConfig{"primary", "127.0.0.1", primary.port()},
-                 EndpointConfig{"secondary", "127.0.0.1", secondary.port()}};
+  BackboneOptions o = TwoRegions(primary.port(), secondary.port());
   o.return_to_primary_ms = 1000;
   o.primary_probe_interval_ms = 200;
   StartLink(o);
@@ -1097,9 +1103,7 @@ TEST_F(BackboneLinkTest, StaysOnTheSecondaryWhenReturningIsTurnedOff) {
   MosquittoBroker secondary;
   const uint16_t primary_port = primary.port();
   primary.Kill();
-  BackboneOptions o = Options(primary_port);
-  o.endpoints = {EndpointConfig{"primary", "127.0.0.1", primary_port},
-                 EndpointConfig{"secondary", "127.0.0.1", secondary.port()}};
+  BackboneOptions o = TwoRegions(primary_port, secondary.port());
   o.return_to_primary_ms = 0;
   o.primary_probe_interval_ms = 50;
   StartLink(o);
@@ -1132,9 +1136,7 @@ TEST_F(BackboneLinkTest, ABrokerThatStopsAcknowledgingIsLeftAfterTheAckTimeout) 
   ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
   ASSERT_TRUE(at_secondary.WaitSubscribed()) << at_secondary.Raw();
 
-  BackboneOptions o = Options(primary.port());
-  o.endpoints = {EndpointConfig{"primary", "127.0.0.1", primary.port()},
-                 EndpointConfig{"secondary", "127.0.0.1", secondary.port()}};
+  BackboneOptions o = TwoRegions(primary.port(), secondary.port());
   o.return_to_primary_ms = 0;
   o.keepalive_s = 60;
   o.ack_timeout_ms = 2000;

@@ -193,6 +193,35 @@ class NameLookupNetnsTest : public testing::LinkFixture {
     o.reconnect_max_ms = 100;
     return o;
   }
+
+  // The link's calls come back at once while its attempt stays pending. A
+  // lookup on the loop thread would hold each call until the resolver gave
+  // up (30 s), and the attempt would have failed by then.
+  void ExpectTheLoopAnswersWhileConnecting() {
+    for (int i = 0; i < 10; ++i) {
+      const BackboneStats s = LinkStats();
+      EXPECT_EQ(s.state, LinkState::kConnecting) << i;
+      EXPECT_EQ(s.connect_failures, 0u) << i;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+  // Appends one event and waits for the broker's PUBACK of it.
+  void DeliverOne(const std::string& id) {
+    OutboxEntry e;
+    e.event.id = id;
+    e.event.source = "/test";
+    e.event.type = "com.example.resolved";
+    e.event.specversion = "1.0";
+    e.topic = "waystation/plant-7/gw1/events/com.example.resolved";
+    e.stream = "s";
+    const uint64_t acked_before = LinkStats().acked;
+    std::promise<Status> appended;
+    outbox_->Append({std::move(e)}, [&](Result<std::vector<AppendOutcome>> r) { appended.set_value(r.status()); });
+    ASSERT_TRUE(appended.get_future().get().ok());
+    loop_.Call([&] { link_->NotifyAppended(); });
+    EXPECT_TRUE(WaitUntil([&] { return LinkStats().acked > acked_before; }, 20'000)) << "acked " << LinkStats().acked;
+  }
 };
 
 TEST_F(NameLookupNetnsTest, TheLoopRunsOnWhileTheDnsServerDoesNotAnswer) {
@@ -202,15 +231,8 @@ TEST_F(NameLookupNetnsTest, TheLoopRunsOnWhileTheDnsServerDoesNotAnswer) {
   // The lookup has reached the silent server ...
   int queries = 0;
   ASSERT_TRUE(WaitUntil([&] { return (queries += DrainQueries()) > 0; }, 10'000));
-  // ... and stays unanswered, while the loop answers every call at once. A
-  // lookup on the loop thread would hold each call until the resolver gave
-  // up (30 s), and the attempt would have failed by then.
-  for (int i = 0; i < 10; ++i) {
-    const BackboneStats s = LinkStats();
-    EXPECT_EQ(s.state, LinkState::kConnecting) << i;
-    EXPECT_EQ(s.connect_failures, 0u) << i;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  // ... and stays unanswered, while the loop answers every call at once.
+  ExpectTheLoopAnswersWhileConnecting();
 }
 
 TEST_F(NameLookupNetnsTest, AttemptsThatTimeOutWaitForTheOneLookupInsteadOfStartingMore) {
@@ -256,18 +278,7 @@ TEST_F(NameLookupNetnsTest, ANameFromTheHostsFileConnectsAndDelivers) {
   ASSERT_TRUE(broker.running());
   StartLink(Options(kHostsName, broker.port()));
   ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }, 20'000));
-  OutboxEntry e;
-  e.event.id = "resolved-1";
-  e.event.source = "/test";
-  e.event.type = "com.example.resolved";
-  e.event.specversion = "1.0";
-  e.topic = "waystation/plant-7/gw1/events/com.example.resolved";
-  e.stream = "s";
-  std::promise<Status> appended;
-  outbox_->Append({std::move(e)}, [&](Result<std::vector<AppendOutcome>> r) { appended.set_value(r.status()); });
-  ASSERT_TRUE(appended.get_future().get().ok());
-  loop_.Call([&] { link_->NotifyAppended(); });
-  EXPECT_TRUE(WaitUntil([&] { return LinkStats().acked >= 1; }, 20'000)) << "acked " << LinkStats().acked;
+  DeliverOne("resolved-1");
   EXPECT_EQ(DrainQueries(), 0);  // the hosts file answered
 }
 
@@ -289,15 +300,8 @@ TEST_F(NameLookupNetnsTest, TheLoopRunsOnWhileTheTlsConnectLooksTheNameUpAgain) 
   // server and stays unanswered ...
   ASSERT_TRUE(WaitUntil([&] { return dns.answered() == 2 && dns.unanswered() > 0; }, 10'000))
       << dns.answered() << " answered, " << dns.unanswered() << " not";
-  // ... while the loop answers every call at once. That lookup on the loop
-  // thread would hold each call until the resolver gave up (30 s), and the
-  // attempt would have failed by then.
-  for (int i = 0; i < 10; ++i) {
-    const BackboneStats s = LinkStats();
-    EXPECT_EQ(s.state, LinkState::kConnecting) << i;
-    EXPECT_EQ(s.connect_failures, 0u) << i;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  // ... while the loop answers every call at once.
+  ExpectTheLoopAnswersWhileConnecting();
 }
 
 TEST_F(NameLookupNetnsTest, ATlsEndpointByNameConnectsChecksTheNameAndDelivers) {
@@ -315,18 +319,7 @@ TEST_F(NameLookupNetnsTest, ATlsEndpointByNameConnectsChecksTheNameAndDelivers) 
   ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }, 20'000))
       << "connect failures " << LinkStats().connect_failures << testing::Slurp(broker.log_path());
   EXPECT_EQ(LinkStats().connect_failures, 0u);
-  OutboxEntry e;
-  e.event.id = "tls-by-name-1";
-  e.event.source = "/test";
-  e.event.type = "com.example.resolved";
-  e.event.specversion = "1.0";
-  e.topic = "waystation/plant-7/gw1/events/com.example.resolved";
-  e.stream = "s";
-  std::promise<Status> appended;
-  outbox_->Append({std::move(e)}, [&](Result<std::vector<AppendOutcome>> r) { appended.set_value(r.status()); });
-  ASSERT_TRUE(appended.get_future().get().ok());
-  loop_.Call([&] { link_->NotifyAppended(); });
-  EXPECT_TRUE(WaitUntil([&] { return LinkStats().acked >= 1; }, 20'000)) << "acked " << LinkStats().acked;
+  DeliverOne("tls-by-name-1");
   DestroyLink();
 
   // The same broker under a name its certificate does not carry (in the
