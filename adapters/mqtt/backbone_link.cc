@@ -287,7 +287,12 @@ class BackboneLink::Impl {
   NameLookup lookup_;  // the endpoint's host name, before each connect
   ConnectCall connect_call_;  // libmosquitto's connect for TLS over a name, off the loop
   bool connect_call_waiting_ = false;  // this attempt waits for connect_call_ to finish an earlier one
-  int64_t ack_progress_ms_ = 0;  // steady ms of the last PUBACK, or of the publish that ended an idle spell
+  // Acknowledgement progress, for backbone.ack_timeout_s: PUBACKs seen,
+  // the count at the last check, and when the count last moved (as of a
+  // check) or the publish that ended an idle spell went out.
+  uint64_t pubacks_ = 0;
+  uint64_t pubacks_at_check_ = 0;
+  int64_t ack_progress_ms_ = 0;
 
   // Return to the primary (while on another endpoint).
   TcpProbe probe_;
@@ -1040,7 +1045,13 @@ void BackboneLink::Impl::StartAckClockIfIdle() {
 bool BackboneLink::Impl::CheckAckProgress() {
   if (options_.ack_timeout_ms <= 0 || !session_up_ || state_ != LinkState::kConnected || returning_) return false;
   if (inflight_.empty() && control_mids_.empty()) return false;
-  const int64_t waited = SystemClock().MonotonicMillis() - ack_progress_ms_;
+  const int64_t now = SystemClock().MonotonicMillis();
+  if (pubacks_ != pubacks_at_check_) {
+    pubacks_at_check_ = pubacks_;
+    ack_progress_ms_ = now;
+    return false;
+  }
+  const int64_t waited = now - ack_progress_ms_;
   if (waited < options_.ack_timeout_ms) return false;
   // PUBACKs may be waiting in the socket after the loop was held up
   // elsewhere: those are read first, and the check comes again next time.
@@ -1383,7 +1394,7 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
 }
 
 void BackboneLink::Impl::OnPublished(int mid, int reason_code) {
-  ack_progress_ms_ = SystemClock().MonotonicMillis();
+  ++pubacks_;
   if (control_mids_.erase(mid) > 0) {
     if (reason_code >= 0x80) {
       WS_LOG_WARN(kLog, "broker refused a presence message", {{"reason", DescribeReasonCode(reason_code)}});
