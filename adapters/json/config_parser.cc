@@ -57,8 +57,10 @@ class ConfigReader {
       return Error(path, "expected a whole number");
     }
     double d = v->valuedouble;
-    if (d < static_cast<double>(std::numeric_limits<T>::min()) ||
-        d > static_cast<double>(std::numeric_limits<T>::max())) {
+    // T holds [min, 2^digits): both ends are exact in a double, while T's
+    // max is not for 64-bit types (it rounds up to 2^63, which T cannot hold).
+    const double upper = std::ldexp(1.0, std::numeric_limits<T>::digits);
+    if (d < static_cast<double>(std::numeric_limits<T>::min()) || d >= upper) {
       return Error(path, "out of range");
     }
     *out = static_cast<T>(d);

@@ -144,7 +144,8 @@ Result<std::string> AttributeValue(const cJSON* item, const char* name) {
   if (cJSON_IsBool(item)) return std::string(cJSON_IsTrue(item) ? "true" : "false");
   if (cJSON_IsNumber(item)) {
     double d = item->valuedouble;
-    if (std::floor(d) != d || std::fabs(d) > 2147483647.0) {
+    // CloudEvents' Integer: -2,147,483,648 to +2,147,483,647.
+    if (std::floor(d) != d || d < -2147483648.0 || d > 2147483647.0) {
       return InvalidArgument(std::string(name) + ": extension integers must be whole 32-bit numbers");
     }
     char buf[32];

@@ -62,6 +62,28 @@ TEST(ConfigParser, UnknownKeysAndWrongTypesAreAllReported) {
   }
 }
 
+// 2^63 is the double nearest to INT64_MAX: it must be refused as out of
+// range, not converted (undefined behaviour, INT64_MIN on x86).
+TEST(ConfigParser, WholeNumbersJustPastTheTypesRangeAreOutOfRange) {
+  for (const char* json : {R"({"routes":[{"match_type":"x","ttl_s":9223372036854775808}]})",
+                           R"({"backbone":{"reconnect_min_ms":9223372036854775807}})",
+                           R"({"backbone":{"reconnect_min_ms":-9223372036854777856}})",
+                           R"({"backbone":{"keepalive_s":4294967296}})"}) {
+    Config c;
+    std::vector<std::string> errors;
+    EXPECT_FALSE(ParseConfig(json, &c, &errors)) << json;
+    EXPECT_TRUE(Contains(errors, "out of range")) << json << ": " << (errors.empty() ? "" : errors.front());
+  }
+  Config c;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(ParseConfig(R"({"backbone":{"endpoints":[{"name":"a","host":"127.0.0.1","port":1883}],
+      "keepalive_s":4294967295}})",
+                          &c, &errors) ||
+              Contains(errors, "backbone.keepalive_s: must be between"))
+      << (errors.empty() ? "" : errors.front());
+  EXPECT_FALSE(Contains(errors, "out of range"));
+}
+
 TEST(ConfigParser, NotJsonAndNotAnObject) {
   Config c;
   std::vector<std::string> errors;

@@ -24,6 +24,18 @@ TEST(StructuredEvent, ParsesAttributesExtensionsAndJsonData) {
   EXPECT_EQ(e->data, R"({"k":[1,2]})");
 }
 
+TEST(StructuredEvent, ExtensionIntegersSpanTheWhole32BitRange) {
+  const char* head = R"({"specversion":"1.0","id":"a1","source":"/s","type":"t.x","n":)";
+  for (const char* n : {"-2147483648", "2147483647", "0"}) {
+    Result<Event> e = ParseStructuredEvent(std::string(head) + n + "}", false);
+    ASSERT_TRUE(e.ok()) << n << ": " << e.status().ToString();
+    EXPECT_EQ(*e->FindAttribute("n"), n);
+  }
+  for (const char* n : {"-2147483649", "2147483648", "1.5"}) {
+    EXPECT_FALSE(ParseStructuredEvent(std::string(head) + n + "}", false).ok()) << n;
+  }
+}
+
 TEST(StructuredEvent, DataBase64BecomesBinary) {
   Result<Event> e = ParseStructuredEvent(
       R"({"specversion":"1.0","id":"b","source":"/s","type":"t","datacontenttype":"application/octet-stream",
