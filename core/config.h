@@ -91,6 +91,10 @@ struct EndpointConfig {
   std::string host;
   uint16_t port = 1883;
   EndpointTlsConfig tls = {};  // enabled = false: plain TCP
+  // false: the presence messages (birth, Will, offline) go without the
+  // retain flag, for brokers that refuse retained messages. An MQTT 5 broker
+  // that says so (CONNACK) is recognised without it.
+  bool retain = true;
 
   bool operator==(const EndpointConfig&) const = default;
 };

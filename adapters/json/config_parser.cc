@@ -245,6 +245,8 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
                                        r.String(ef, epp, &out->host);
                                      } else if (en == "port") {
                                        r.Integer(ef, epp, &out->port);
+                                     } else if (en == "retain") {
+                                       r.Bool(ef, epp, &out->retain);
                                      } else if (en == "tls") {
                                        EndpointTlsConfig* tls = &out->tls;
                                        tls->enabled = true;

@@ -219,6 +219,11 @@ class BackboneLink::Impl {
 
   // Presence and stopping.
   Status PublishState(const std::string& payload, int* mid);
+  // Whether the presence messages to the current endpoint carry the retain
+  // flag: configured so, and the broker has not said it keeps none.
+  bool RetainPresence() const {
+    return options_.endpoints[endpoint_index_].retain && !broker_refuses_retain_[endpoint_index_];
+  }
   void PublishOffline();
   std::string OnlinePayload() const;
   std::string OfflinePayload() const;
@@ -270,6 +275,11 @@ class BackboneLink::Impl {
   // moves on after an attempt that failed, so that a name with several
   // addresses (a cluster behind one name) does not stay on a dead one.
   std::vector<size_t> address_turn_;
+  // Per endpoint: the broker said it keeps no retained messages (a CONNECT
+  // with a retained Will refused with 0x9A, or Retain Available 0 in the
+  // CONNACK). Learnt again at every CONNACK.
+  std::vector<bool> broker_refuses_retain_;
+  bool retry_same_endpoint_now_ = false;  // the next reconnect: same endpoint, no delay
   int64_t previous_sleep_ms_ = 0;  // decorrelated jitter state; 0 after a successful connect
   // Error lines the library logged during the current connect attempt (TLS
   // endpoints only): OpenSSL's reason for a failed handshake lives there.
@@ -349,6 +359,7 @@ BackboneLink::Impl::Impl(EventLoop* loop, Outbox* outbox, BackboneOptions option
       probe_(loop) {
   stats_.endpoint = EndpointLabel(options_.endpoints.front());
   address_turn_.assign(options_.endpoints.size(), 0);
+  broker_refuses_retain_.assign(options_.endpoints.size(), false);
 }
 
 BackboneLink::Impl::~Impl() {
@@ -611,7 +622,7 @@ Status BackboneLink::Impl::PrepareClient(const EndpointConfig& endpoint) {
   PropertyList will_properties;
   if (mqtt5()) WS_TRY(will_properties.AddString(MQTT_PROP_CONTENT_TYPE, "application/json"));
   int rc = mosquitto_will_set_v5(m, state_topic_.c_str(), static_cast<int>(will.size()), will.data(), kQos1,
-                                 /*retain=*/true, mqtt5() ? will_properties.get() : nullptr);
+                                 RetainPresence(), mqtt5() ? will_properties.get() : nullptr);
   WS_TRY(MosquittoStatus(rc, "set the Last Will"));
   // On success the library owns the list.
   if (mqtt5()) will_properties.Release();
@@ -690,6 +701,13 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
     // libmosquitto closes the connection and reports it through on_disconnect.
     std::string why = mqtt5() ? DescribeReasonCode(rc) : std::string(mosquitto_connack_string(rc));
     WS_LOG_WARN(kLog, "broker refused the connection", {{"endpoint", stats_.endpoint}, {"reason", why}});
+    if (mqtt5() && rc == MQTT_RC_RETAIN_NOT_SUPPORTED && RetainPresence()) {
+      // Our retained Will was the reason: connect again at once, without it.
+      broker_refuses_retain_[endpoint_index_] = true;
+      retry_same_endpoint_now_ = true;
+      WS_LOG_WARN(kLog, "the broker keeps no retained messages; presence goes unretained on this endpoint",
+                  {{"endpoint", stats_.endpoint}});
+    }
     return;
   }
   CancelTimer(&connect_timer_);
@@ -710,6 +728,14 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
       broker_max_packet_ = max_packet;
     }
   }
+  // Absent means available. A broker that takes retained messages again is
+  // sent a retained Will from the next connect on.
+  uint8_t retain_available = 1;
+  if (props == nullptr ||
+      mosquitto_property_read_byte(props, MQTT_PROP_RETAIN_AVAILABLE, &retain_available, false) == nullptr) {
+    retain_available = 1;
+  }
+  broker_refuses_retain_[endpoint_index_] = retain_available == 0;
   const EndpointConfig& ep = options_.endpoints[endpoint_index_];
   WS_LOG_INFO(kLog, "connected",
               {{"endpoint", stats_.endpoint},
@@ -717,7 +743,8 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
                {"tls", ep.tls.enabled ? (ep.tls.cert_file.empty() ? "tls" : "mtls") : "no"},
                {"protocol", mqtt5() ? "mqtt5" : "mqtt311"},
                {"window", std::to_string(window_)},
-               {"broker_max_packet", std::to_string(broker_max_packet_)}});
+               {"broker_max_packet", std::to_string(broker_max_packet_)},
+               {"retained_presence", RetainPresence() ? "yes" : "no"}});
   library_errors_.clear();
   if (state_ == LinkState::kStopping) return;
   // Library calls stay out of library callbacks (they run with the
@@ -819,6 +846,12 @@ void BackboneLink::Impl::ConnectAttemptFailed(const Status& why) {
 
 void BackboneLink::Impl::ScheduleReconnect() {
   state_ = LinkState::kDisconnected;
+  if (retry_same_endpoint_now_) {
+    // Not the broker's failure: what it refused has been left out.
+    retry_same_endpoint_now_ = false;
+    reconnect_timer_ = loop_->AddTimer(0, [this] { Connect(); });
+    return;
+  }
   const size_t n = options_.endpoints.size();
   if (n > 1) {
     endpoint_index_ = (endpoint_index_ + 1) % n;
@@ -1559,7 +1592,7 @@ Status BackboneLink::Impl::PublishState(const std::string& payload, int* mid) {
   PropertyList properties;
   if (mqtt5()) WS_TRY(properties.AddString(MQTT_PROP_CONTENT_TYPE, "application/json"));
   int rc = mosquitto_publish_v5(client_.get(), mid, state_topic_.c_str(), static_cast<int>(payload.size()),
-                                payload.data(), kQos1, /*retain=*/true, mqtt5() ? properties.get() : nullptr);
+                                payload.data(), kQos1, RetainPresence(), mqtt5() ? properties.get() : nullptr);
   return MosquittoStatus(rc, "publish to " + state_topic_);
 }
 

@@ -40,13 +40,19 @@
 //
 // Presence: a retained `{prefix}/state` "online" message on every connect,
 // the same topic as Last Will ("offline"), and a retained "offline" on Stop
-// and before leaving a secondary for the primary.
+// and before leaving a secondary for the primary. Without the retain flag
+// where the endpoint is configured so (EndpointConfig::retain) or an MQTT 5
+// broker says it keeps no retained messages: Retain Available 0 in the
+// CONNACK, or a CONNECT refused with 0x9A for its retained Will, which is
+// then tried again at once without it.
 //
-// Limits: host names are resolved by libmosquitto with a blocking lookup on
-// the loop thread when connecting (use IP addresses where that matters; the
-// primary probe resolves on a thread of its own); MQTT 3.1.1 has no PUBACK
-// reason codes, so a broker that drops a refused message there still
-// acknowledges it.
+// Host names are looked up on a thread of their own (NameLookup), and for
+// TLS endpoints given by name libmosquitto's connect call, which looks the
+// name up again, runs off the loop too (ConnectCall).
+//
+// Limits: MQTT 3.1.1 has no PUBACK reason codes, so a broker that drops a
+// refused message there still acknowledges it; nor does it say that it keeps
+// no retained messages (set `retain: false` for such an endpoint).
 //
 // Threads: Create, Start, Stop, Stats and the destructor run on the loop
 // thread. NotifyAppended may be called from any thread (it posts to the loop)

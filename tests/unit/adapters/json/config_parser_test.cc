@@ -40,6 +40,7 @@ TEST(ConfigParser, TheDesignExampleIsValid) {
   EXPECT_EQ(c.node.site, "plant-7");
   EXPECT_EQ(c.backbone.endpoints.size(), 2u);
   EXPECT_EQ(c.backbone.endpoints[1].port, 1884);
+  EXPECT_TRUE(c.backbone.endpoints[1].retain);
   EXPECT_EQ(c.api.tokens[0].allow_types[0], "com.acme.*");
   EXPECT_EQ(c.routes[0].priority, Priority::kHigh);
   EXPECT_EQ(c.routes[0].ttl_s, 604800);
@@ -50,12 +51,13 @@ TEST(ConfigParser, UnknownKeysAndWrongTypesAreAllReported) {
   Config c;
   std::vector<std::string> errors;
   EXPECT_FALSE(ParseConfig(R"({"node":{"id":5,"zone":"x"},"storage":{"max_bytes":-1},"extra":1,
-      "backbone":{"endpoints":[{"name":"a","host":"h","port":70000}],"protocol":"mqtt4"},
+      "backbone":{"endpoints":[{"name":"a","host":"h","port":70000,"retain":"no"}],"protocol":"mqtt4"},
       "routes":[{"match_type":"x","topic":"t","priority":"urgent"}],
       "management":{"enabled":"yes"}})",
                            &c, &errors));
   for (const char* want : {"node.id: expected a string", "node.zone: unknown key", "storage.max_bytes: out of range",
                            "extra: unknown key", "backbone.endpoints[0].port: out of range",
+                           "backbone.endpoints[0].retain: expected true or false",
                            "backbone.protocol: must be", "routes[0].priority: must be one of",
                            "management.enabled: expected true or false"}) {
     EXPECT_TRUE(Contains(errors, want)) << want;
@@ -82,6 +84,17 @@ TEST(ConfigParser, WholeNumbersJustPastTheTypesRangeAreOutOfRange) {
               Contains(errors, "backbone.keepalive_s: must be between"))
       << (errors.empty() ? "" : errors.front());
   EXPECT_FALSE(Contains(errors, "out of range"));
+}
+
+TEST(ConfigParser, AnEndpointMaySendItsPresenceUnretained) {
+  Config c;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(ParseConfig(R"({"backbone":{"endpoints":[{"name":"a","host":"127.0.0.1","port":1883},
+      {"name":"b","host":"127.0.0.1","port":1884,"retain":false}]}})",
+                          &c, &errors))
+      << (errors.empty() ? "" : errors.front());
+  EXPECT_TRUE(c.backbone.endpoints[0].retain);
+  EXPECT_FALSE(c.backbone.endpoints[1].retain);
 }
 
 TEST(ConfigParser, NotJsonAndNotAnObject) {

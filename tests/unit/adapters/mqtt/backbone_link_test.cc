@@ -725,6 +725,58 @@ TEST_F(BackboneLinkTest, LastWillSaysOfflineWhenTheConnectionDropsWithoutStop) {
   EXPECT_NE(state.find(R"("node":"gw1")"), std::string::npos) << state;
 }
 
+// mosquitto with retain_available false refuses an MQTT 5 CONNECT whose Will
+// is retained (0x9A) and drops a client that publishes a retained message.
+TEST_F(BackboneLinkTest, AnMqtt5BrokerWithoutRetainedMessagesGetsThePresenceUnretainedAndTheEvents) {
+  MosquittoBroker primary("retain_available false\n");
+  MosquittoBroker secondary;
+  Subscriber sub(primary.port(), dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw();
+  StartLink(TwoRegions(primary.port(), secondary.port()));
+  Append(1, 5);
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; })) << Slurp(primary.log_path());
+  ASSERT_TRUE(WaitUntil([&] { return sub.Events().size() >= 5; })) << sub.Raw();
+  EXPECT_NE(sub.Raw().find(R"("state":"online")"), std::string::npos) << sub.Raw();
+  BackboneStats st = LinkStats();
+  // One refused attempt, then the same endpoint again: no move to the
+  // secondary for a refusal the link can answer itself.
+  EXPECT_EQ(st.connect_failures, 1u);
+  EXPECT_EQ(st.connects, 1u);
+  EXPECT_EQ(st.failovers, 0u);
+  EXPECT_EQ(st.endpoint_index, 0u);
+  EXPECT_EQ(st.acked, 5u);
+  // Only the first CONNECT was refused; nothing retained was published after.
+  const std::string log = Slurp(primary.log_path());
+  const size_t first = log.find("retain not supported");
+  EXPECT_NE(first, std::string::npos) << log;
+  EXPECT_EQ(log.find("retain not supported", first + 1), std::string::npos) << log;
+  // The Will, unretained, still reaches the subscribers of the moment.
+  DestroyLink();
+  ASSERT_TRUE(WaitUntil([&] { return sub.Raw().find(R"("state":"offline")") != std::string::npos; })) << sub.Raw();
+}
+
+// MQTT 3.1.1 has no reason code for it: mosquitto just closes the
+// connection. `retain: false` on the endpoint is the way through.
+TEST_F(BackboneLinkTest, AnEndpointConfiguredWithoutRetainTakesAnMqtt311BrokerThatKeepsNone) {
+  MosquittoBroker broker("retain_available false\n");
+  Subscriber sub(broker.port(), dir_.File("sub.out"), /*mqtt5=*/false);
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw();
+  BackboneOptions o = Options(broker.port());
+  o.protocol = MqttProtocol::kMqtt311;
+  o.endpoints[0].retain = false;
+  StartLink(std::move(o));
+  Append(1, 5);
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; })) << Slurp(broker.log_path());
+  ASSERT_TRUE(WaitUntil([&] { return sub.Events().size() >= 5; })) << sub.Raw();
+  EXPECT_EQ(LinkStats().connect_failures, 0u);
+  std::promise<void> stopped;
+  loop_.Call([&] { link_->Stop([&] { stopped.set_value(); }); });
+  ASSERT_EQ(stopped.get_future().wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  EXPECT_EQ(LinkStats().state, LinkState::kStopped);
+  ASSERT_TRUE(WaitUntil([&] { return sub.Raw().find(R"("state":"offline")") != std::string::npos; })) << sub.Raw();
+  EXPECT_EQ(Slurp(broker.log_path()).find("retain not supported"), std::string::npos) << Slurp(broker.log_path());
+}
+
 TEST_F(BackboneLinkTest, StopWhileTheBrokerIsDownFinishesAndKeepsTheEvents) {
   MosquittoBroker broker;
   broker.Kill();
