@@ -16,6 +16,8 @@
 namespace ws {
 namespace {
 
+constexpr size_t kMaxMqttStringBytes = 65535;  // an MQTT UTF-8 string's length field
+
 bool IsHexLower(std::string_view s) {
   for (char c : s) {
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
@@ -187,11 +189,10 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
     if (e.name.empty()) err(key + ".name", "must not be empty");
     if (e.host.empty()) err(key + ".host", "must not be empty");
     if (e.port == 0) err(key + ".port", "must be 1-65535");
-    if (!e.tls.enabled) continue;
-    // A missing or unreadable TLS file fails check-config here rather than
-    // every connect later. Only open(2) is tried: the contents are for the
-    // TLS library at connect time and appear in no message. O_NONBLOCK
-    // keeps a FIFO at that path from hanging the check.
+    // A missing or unreadable TLS or password file fails check-config here
+    // rather than every connect later. Only open(2) is tried: the contents
+    // are read at connect time and appear in no message. O_NONBLOCK keeps a
+    // FIFO at that path from hanging the check.
     auto check_file = [&](const std::string& file_key, const std::string& path) {
       if (path.empty()) return;
       int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
@@ -204,6 +205,12 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
       close(fd);
       if (!regular) err(file_key, "\"" + path + "\" is not a regular file");
     };
+    if (e.username.size() > kMaxMqttStringBytes) err(key + ".username", "must be at most 65535 bytes");
+    if (!e.password_file.empty() && e.username.empty()) {
+      err(key + ".password_file", "needs username (MQTT sends a password only with a user name)");
+    }
+    check_file(key + ".password_file", e.password_file);
+    if (!e.tls.enabled) continue;
     check_file(key + ".tls.ca_file", e.tls.ca_file);
     check_file(key + ".tls.cert_file", e.tls.cert_file);
     check_file(key + ".tls.key_file", e.tls.key_file);

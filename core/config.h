@@ -95,6 +95,11 @@ struct EndpointConfig {
   // retain flag, for brokers that refuse retained messages. An MQTT 5 broker
   // that says so (CONNACK) is recognised without it.
   bool retain = true;
+  // MQTT user name, and the file that holds the password (read at every
+  // connect, so a rotated password applies at the next one; one trailing
+  // newline is not part of it). Empty: none.
+  std::string username = {};
+  std::string password_file = {};
 
   bool operator==(const EndpointConfig&) const = default;
 };

@@ -14,6 +14,11 @@ namespace ws {
 // Reads a whole (small) file.
 Result<std::string> ReadFile(const std::string& path);
 
+// Reads a regular file of at most `max_bytes` (a secret, a token): anything
+// else at the path (a FIFO, a directory, a device) or a larger file is an
+// error, and neither error contains the contents. Never blocks on a FIFO.
+Result<std::string> ReadRegularFile(const std::string& path, size_t max_bytes);
+
 // Replaces `path` atomically and durably: writes `path.tmp-<pid>`, fsyncs it,
 // renames it over `path`, then fsyncs the directory. After a power cut the
 // file holds either the old or the new contents, never a mix. `mode` applies

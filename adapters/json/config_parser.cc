@@ -247,6 +247,10 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
                                        r.Integer(ef, epp, &out->port);
                                      } else if (en == "retain") {
                                        r.Bool(ef, epp, &out->retain);
+                                     } else if (en == "username") {
+                                       r.String(ef, epp, &out->username);
+                                     } else if (en == "password_file") {
+                                       r.String(ef, epp, &out->password_file);
                                      } else if (en == "tls") {
                                        EndpointTlsConfig* tls = &out->tls;
                                        tls->enabled = true;

@@ -5,11 +5,13 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <unordered_map>
@@ -22,6 +24,7 @@
 #include "adapters/mqtt/name_lookup.h"
 #include "adapters/mqtt/tcp_probe.h"
 #include "platform/clock.h"
+#include "platform/file_system.h"
 #include "platform/log.h"
 #include "platform/unique_fd.h"
 
@@ -34,6 +37,7 @@ constexpr int64_t kMiscIntervalMs = 1000;     // mosquitto_loop_misc: keepalive 
 constexpr int64_t kDisconnectGraceMs = 1000;  // after DISCONNECT, before giving up on a clean close
 constexpr int64_t kLeaseErrorRetryMs = 1000;  // the store failed a Lease: ask again after this
 constexpr uint32_t kMaxWindow = 65535;        // Receive Maximum is a two-byte integer
+constexpr size_t kMaxMqttString = 65535;      // an MQTT string's (or password's) two-byte length
 constexpr uint64_t kMaxPayloadBytes = 268'435'455;  // the largest MQTT remaining length
 constexpr int kQos1 = 1;
 constexpr int kVerifyPeer = 1;                // SSL_VERIFY_PEER, without including OpenSSL
@@ -57,6 +61,12 @@ Status ValidateOptions(const EventLoop* loop, const Outbox* outbox, const Backbo
     const EndpointConfig& ep = o.endpoints[i];
     if (ep.host.empty() || ep.port == 0) {
       return InvalidArgument("backbone: endpoint " + std::to_string(i) + " needs a host and a port");
+    }
+    if (!ep.password_file.empty() && ep.username.empty()) {
+      return InvalidArgument("backbone: endpoint " + std::to_string(i) + " has a password_file without a username");
+    }
+    if (ep.username.size() > kMaxMqttString) {
+      return InvalidArgument("backbone: endpoint " + std::to_string(i) + " username is longer than 65535 bytes");
     }
     if (!ep.tls.enabled) continue;
     const std::string key = "backbone: endpoint " + std::to_string(i) + " tls: ";
@@ -163,6 +173,7 @@ class BackboneLink::Impl {
   Status OpenClient(const EndpointConfig& endpoint, const std::string& connect_host);
   // A new client_ with every option set, not connecting yet.
   Status PrepareClient(const EndpointConfig& endpoint);
+  static Status SetCredentials(mosquitto* m, const EndpointConfig& endpoint);
   void StartConnectCall();
   void OnConnectCallDone(uint64_t attempt, ConnectCall::Outcome outcome);
   Status ConfigureTls(mosquitto* m, const EndpointTlsConfig& tls);
@@ -396,6 +407,17 @@ void BackboneLink::Impl::Start() {
     return;
   }
   started_ = true;
+  for (const EndpointConfig& ep : options_.endpoints) {
+    if (ep.password_file.empty()) continue;
+    if (!ep.tls.enabled) {
+      WS_LOG_WARN(kLog, "the password goes to this endpoint unencrypted: it has no tls", {{"endpoint", EndpointLabel(ep)}});
+    }
+    struct stat st {};
+    if (stat(ep.password_file.c_str(), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+      WS_LOG_WARN(kLog, "the password file can be read by other users (chmod 600 it)",
+                  {{"endpoint", EndpointLabel(ep)}, {"path", ep.password_file}});
+    }
+  }
   misc_timer_ = loop_->AddTimer(kMiscIntervalMs, [this] { OnMiscTimer(); });
   Connect();
 }
@@ -608,6 +630,7 @@ Status BackboneLink::Impl::PrepareClient(const EndpointConfig& endpoint) {
     WS_TRY(MosquittoStatus(mosquitto_int_option(m, MOSQ_OPT_RECEIVE_MAXIMUM, window), "set the receive maximum"));
   }
   WS_TRY(MosquittoStatus(mosquitto_int_option(m, MOSQ_OPT_TCP_NODELAY, 1), "set TCP_NODELAY"));
+  WS_TRY(SetCredentials(m, endpoint));
   mosquitto_connect_v5_callback_set(m, &Impl::OnConnectCallback);
   mosquitto_disconnect_v5_callback_set(m, &Impl::OnDisconnectCallback);
   mosquitto_publish_v5_callback_set(m, &Impl::OnPublishCallback);
@@ -627,6 +650,29 @@ Status BackboneLink::Impl::PrepareClient(const EndpointConfig& endpoint) {
   // On success the library owns the list.
   if (mqtt5()) will_properties.Release();
   return Status::Ok();
+}
+
+// Read at every connect: a rotated password applies from the next one. The
+// password is wiped from our memory once libmosquitto holds its copy.
+Status BackboneLink::Impl::SetCredentials(mosquitto* m, const EndpointConfig& endpoint) {
+  if (endpoint.username.empty()) return Status::Ok();
+  if (endpoint.password_file.empty()) {
+    return MosquittoStatus(mosquitto_username_pw_set(m, endpoint.username.c_str(), nullptr), "set the user name");
+  }
+  Result<std::string> read = ReadRegularFile(endpoint.password_file, kMaxMqttString + 2);
+  if (!read.ok()) return Status(read.status().code(), "password_file: " + read.status().message());
+  std::string password = std::move(read).value();
+  if (!password.empty() && password.back() == '\n') password.pop_back();
+  if (!password.empty() && password.back() == '\r') password.pop_back();
+  Status s;
+  if (password.size() > kMaxMqttString) {
+    s = InvalidArgument("password_file: " + endpoint.password_file + " holds more than 65535 bytes");
+  } else {
+    s = MosquittoStatus(mosquitto_username_pw_set(m, endpoint.username.c_str(), password.c_str()),
+                        "set the user name and password");
+  }
+  explicit_bzero(password.data(), password.size());
+  return s;
 }
 
 namespace {

@@ -36,7 +36,9 @@
 // A failed handshake is a failed connect (retry and failover as usual) and
 // is logged with the TLS library's reason; file contents are never logged.
 // libmosquitto 2.0 sends `host` as SNI and checks the certificate against
-// it; a different server_name is refused by Create.
+// it; a different server_name is refused by Create. A user name and a
+// password per endpoint; the password comes from a file read at every
+// connect (a rotated password applies at the next one) and is never logged.
 //
 // Presence: a retained `{prefix}/state` "online" message on every connect,
 // the same topic as Last Will ("offline"), and a retained "offline" on Stop

@@ -146,6 +146,25 @@ TEST(FileSystemTest, ReadEmptyFile) {
   EXPECT_EQ(*r, "");
 }
 
+TEST(FileSystemTest, ReadRegularFileTakesSmallFilesAndRefusesEverythingElse) {
+  TempDir dir;
+  ASSERT_TRUE(AtomicWriteFile(dir.File("secret"), "s3cret\n").ok());
+  Result<std::string> r = ReadRegularFile(dir.File("secret"), 7);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, "s3cret\n");
+
+  r = ReadRegularFile(dir.File("secret"), 6);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message().find("s3cret"), std::string::npos) << r.status().message();
+
+  EXPECT_EQ(ReadRegularFile(dir.File("nope"), 100).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(ReadRegularFile(dir.path(), 100).status().code(), StatusCode::kInvalidArgument);
+  // A FIFO with no writer would block a plain read for ever.
+  ASSERT_EQ(::mkfifo(dir.File("fifo").c_str(), 0600), 0);
+  EXPECT_EQ(ReadRegularFile(dir.File("fifo"), 100).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(FileSystemTest, MakeDirectoriesNested) {
   TempDir dir;
   std::string deep = dir.File("a/b/c");

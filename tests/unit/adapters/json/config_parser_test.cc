@@ -289,6 +289,35 @@ TEST(ConfigParser, BackboneTlsReconnectAndReturnKeys) {
   EXPECT_TRUE(d.backbone.endpoints[0].tls.ca_file.empty());
 }
 
+TEST(ConfigParser, EndpointCredentialsAreAUserNameAndAPasswordFileThatIsCheckedButNeverQuoted) {
+  testing::TempDir dir;
+  std::ofstream(dir.File("pw")) << "hunter2-secret\n";
+  Config c;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(ParseConfig(R"({"backbone":{"endpoints":[{"name":"a","host":"127.0.0.1","port":8883,
+      "username":"gw-0001","password_file":")" + dir.File("pw") + R"("}]}})",
+                          &c, &errors))
+      << (errors.empty() ? "" : errors.front());
+  EXPECT_EQ(c.backbone.endpoints[0].username, "gw-0001");
+  EXPECT_EQ(c.backbone.endpoints[0].password_file, dir.File("pw"));
+
+  Config d;
+  errors.clear();
+  EXPECT_FALSE(ParseConfig(R"({"backbone":{"endpoints":[
+      {"name":"a","host":"127.0.0.1","port":1883,"password_file":")" + dir.File("pw") + R"("},
+      {"name":"b","host":"127.0.0.1","port":1883,"username":"u","password_file":")" + dir.File("none") + R"("},
+      {"name":"c","host":"127.0.0.1","port":1883,"username":")" + std::string(65536, 'u') + R"("},
+      {"name":"d","host":"127.0.0.1","port":1883,"username":"u","password_file":"/dev/null"}]}})",
+                           &d, &errors));
+  for (const char* want : {"backbone.endpoints[0].password_file: needs username",
+                           "backbone.endpoints[1].password_file: cannot read",
+                           "backbone.endpoints[2].username: must be at most 65535 bytes",
+                           "backbone.endpoints[3].password_file: \"/dev/null\" is not a regular file"}) {
+    EXPECT_TRUE(Contains(errors, want)) << want;
+  }
+  for (const std::string& e : errors) EXPECT_EQ(e.find("hunter2"), std::string::npos) << e;
+}
+
 TEST(ConfigParser, BackboneTlsAndTimingErrorsNameTheKeyAndNeverTheFileContents) {
   testing::TempDir dir;
   std::ofstream(dir.File("secret.key")) << "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n";

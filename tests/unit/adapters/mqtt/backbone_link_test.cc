@@ -777,6 +777,62 @@ TEST_F(BackboneLinkTest, AnEndpointConfiguredWithoutRetainTakesAnMqtt311BrokerTh
   EXPECT_EQ(Slurp(broker.log_path()).find("retain not supported"), std::string::npos) << Slurp(broker.log_path());
 }
 
+TEST_F(BackboneLinkTest, TheUserNameAndThePasswordFileAreSentAndARotatedPasswordAppliesAtTheNextConnect) {
+  TempDir broker_dir;
+  const std::string passwd = broker_dir.File("passwd");
+  ASSERT_EQ(RunCommand({"mosquitto_passwd", "-c", "-b", passwd, "gw1", "right-pass"}, nullptr, 20000), 0);
+  // Started as root, mosquitto reads the file after dropping to its own user.
+  std::filesystem::permissions(broker_dir.path(), std::filesystem::perms(0755));
+  std::filesystem::permissions(passwd, std::filesystem::perms(0644));
+  MosquittoBroker broker("allow_anonymous false\npassword_file " + passwd + "\n");
+  ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
+
+  const std::string secret = dir_.File("backbone.pass");
+  std::ofstream(secret) << "wrong-pass\n";
+  std::filesystem::permissions(secret, std::filesystem::perms(0644));  // said in the log: others may read it
+  BackboneOptions o = Options(broker.port());
+  o.endpoints[0].username = "gw1";
+  o.endpoints[0].password_file = secret;
+  const std::string log_path = dir_.File("link.log");
+  {
+    StderrCapture capture(log_path);
+    StartLink(std::move(o));
+    Append(1, 3);
+    ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 2; }));
+    EXPECT_EQ(LinkStats().connects, 0u);
+    EXPECT_EQ(Backlog(), 3u);
+    // Rotated in place, as a secrets agent would: the next connect reads it.
+    std::ofstream(secret) << "right-pass\n";
+    ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; })) << Slurp(broker.log_path());
+  }
+  BackboneStats st = LinkStats();
+  EXPECT_EQ(st.connects, 1u);
+  EXPECT_EQ(st.acked, 3u);
+  const std::string log = Slurp(log_path);
+  EXPECT_NE(log.find("reason=0x87 Not authorized"), std::string::npos) << log;
+  EXPECT_NE(log.find("the password file can be read by other users"), std::string::npos) << log;
+  EXPECT_EQ(log.find("wrong-pass"), std::string::npos) << log;
+  EXPECT_EQ(log.find("right-pass"), std::string::npos) << log;
+}
+
+TEST_F(BackboneLinkTest, AnUnreadablePasswordFileFailsTheConnectWithItsNameAndKeepsTheEvents) {
+  MosquittoBroker broker;
+  BackboneOptions o = Options(broker.port());
+  o.endpoints[0].username = "gw1";
+  o.endpoints[0].password_file = dir_.File("missing.pass");
+  const std::string log_path = dir_.File("link.log");
+  {
+    StderrCapture capture(log_path);
+    StartLink(std::move(o));
+    Append(1, 2);
+    ASSERT_TRUE(WaitUntil([&] { return LinkStats().connect_failures >= 2; }));
+    DestroyLink();
+  }
+  EXPECT_EQ(Backlog(), 2u);
+  const std::string log = Slurp(log_path);
+  EXPECT_NE(log.find("password_file: open " + dir_.File("missing.pass")), std::string::npos) << log;
+}
+
 TEST_F(BackboneLinkTest, StopWhileTheBrokerIsDownFinishesAndKeepsTheEvents) {
   MosquittoBroker broker;
   broker.Kill();
