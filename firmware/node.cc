@@ -244,8 +244,15 @@ class Node::Impl {
         .Int("connects", static_cast<int64_t>(ls.connects))
         .Int("failovers", static_cast<int64_t>(ls.failovers))
         .Int("ack_timeouts", static_cast<int64_t>(ls.ack_timeouts))
-        .Int("inflight", ls.inflight)
-        .End();
+        .Int("connect_failures", static_cast<int64_t>(ls.connect_failures))
+        .Int("disconnects", static_cast<int64_t>(ls.disconnects))
+        .Int("inflight", ls.inflight);
+    if (!ls.last_error.empty()) {
+      char at[48];
+      FormatRfc3339(ls.last_error_us, at);
+      w.BeginObject("last_error").String("message", ls.last_error).String("at", at).End();
+    }
+    w.End();
     w.BeginObject("backlog");
     for (Priority p : kAllPriorities) {
       const ClassBacklog& b = st.backlog[static_cast<int>(p)];
@@ -326,6 +333,11 @@ class Node::Impl {
         .Sample("", uint64_t{ls.state == LinkState::kConnected ? 1u : 0u});
     m.Family("waystation_backbone_connects_total", "counter", "Successful connects.").Sample("", ls.connects);
     m.Family("waystation_backbone_failovers_total", "counter", "Moves to another endpoint.").Sample("", ls.failovers);
+    m.Family("waystation_backbone_connect_failures_total", "counter",
+             "Connect attempts that never reached a successful CONNACK (refused, unreachable, TLS, timeout).")
+        .Sample("", ls.connect_failures);
+    m.Family("waystation_backbone_disconnects_total", "counter", "Sessions that ended, planned or not.")
+        .Sample("", ls.disconnects);
     m.Family("waystation_backbone_ack_timeouts_total", "counter",
              "Sessions ended because no PUBACK came within backbone.ack_timeout_s.")
         .Sample("", ls.ack_timeouts);

@@ -230,6 +230,10 @@ class BackboneLink::Impl {
 
   // Presence and stopping.
   Status PublishState(const std::string& payload, int* mid);
+  void NoteError(std::string what) {
+    stats_.last_error = std::move(what);
+    stats_.last_error_us = SystemClock().WallMicros();
+  }
   // Whether the presence messages to the current endpoint carry the retain
   // flag: configured so, and the broker has not said it keeps none.
   bool RetainPresence() const {
@@ -291,6 +295,7 @@ class BackboneLink::Impl {
   // CONNACK). Learnt again at every CONNACK.
   std::vector<bool> broker_refuses_retain_;
   bool retry_same_endpoint_now_ = false;  // the next reconnect: same endpoint, no delay
+  std::string refusal_;  // this attempt's CONNACK refusal, described; empty if none
   int64_t previous_sleep_ms_ = 0;  // decorrelated jitter state; 0 after a successful connect
   // Error lines the library logged during the current connect attempt (TLS
   // endpoints only): OpenSSL's reason for a failed handshake lives there.
@@ -502,6 +507,7 @@ void BackboneLink::Impl::Connect() {
   offline_mid_ = -1;
   disconnect_sent_ = false;
   library_errors_.clear();
+  refusal_.clear();
   const EndpointConfig& ep = options_.endpoints[endpoint_index_];
   stats_.endpoint = EndpointLabel(ep);
   state_ = LinkState::kConnecting;
@@ -747,6 +753,7 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
     // libmosquitto closes the connection and reports it through on_disconnect.
     std::string why = mqtt5() ? DescribeReasonCode(rc) : std::string(mosquitto_connack_string(rc));
     WS_LOG_WARN(kLog, "broker refused the connection", {{"endpoint", stats_.endpoint}, {"reason", why}});
+    refusal_ = "the broker refused the connection: " + why;
     if (mqtt5() && rc == MQTT_RC_RETAIN_NOT_SUPPORTED && RetainPresence()) {
       // Our retained Will was the reason: connect again at once, without it.
       broker_refuses_retain_[endpoint_index_] = true;
@@ -860,6 +867,7 @@ void BackboneLink::Impl::HandleConnectionEnd(uint64_t attempt, bool was_up, cons
     return;
   }
   WS_LOG_WARN(kLog, "connection lost", {{"endpoint", stats_.endpoint}, {"reason", why}});
+  NoteError("connection lost: " + why);
   ScheduleReconnect();
 }
 
@@ -878,6 +886,13 @@ void BackboneLink::Impl::ConnectAttemptFailed(const Status& why) {
   // broker) is in what the library logged meanwhile (TLS endpoints only).
   const std::string tls_error = LibraryErrors();
   library_errors_.clear();
+  if (!refusal_.empty()) {
+    NoteError(refusal_);
+  } else if (!tls_error.empty()) {
+    NoteError("connect failed: " + why.ToString() + " (TLS: " + tls_error + ")");
+  } else {
+    NoteError("connect failed: " + why.ToString());
+  }
   if (!tls_error.empty()) {
     WS_LOG_ERROR(kLog, "connect failed: TLS",
                  {{"endpoint", stats_.endpoint}, {"error", why.ToString()}, {"tls_error", tls_error}});

@@ -127,6 +127,11 @@ struct BackboneStats {
   uint64_t ack_timeouts = 0;        // sessions ended because no PUBACK came within ack_timeout_ms
   uint32_t window = 0;              // in-flight limit of the current session (ours and the broker's)
   uint32_t broker_max_packet = 0;   // the broker's Maximum Packet Size; 0 = none given
+  // Why the last connect attempt failed or the last session ended (not a
+  // planned end), and when (wall clock, µs); empty / 0 until then. Kept
+  // after a later success, so an operator sees what the link last met.
+  std::string last_error;
+  int64_t last_error_us = 0;
 };
 
 std::string_view LinkStateName(LinkState state);

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -21,7 +22,9 @@ using std::chrono::steady_clock;
 
 class DaemonTest : public ::testing::Test {
  protected:
-  void WriteConfig(const std::string& protocol = "mqtt5") {
+  // `endpoint_extra`: more keys for the endpoint (", \"username\": ..."); a
+  // nonzero `port` names another broker than broker_.
+  void WriteConfig(const std::string& protocol = "mqtt5", const std::string& endpoint_extra = "", uint16_t port = 0) {
     api_port_ = FreeLoopbackPort();
     config_ = dir_.File("waystation.json");
     std::ofstream f(config_);
@@ -29,7 +32,8 @@ class DaemonTest : public ::testing::Test {
   "node": { "id": "gw-test", "site": "lab" },
   "storage": { "path": ")" << dir_.File("var/outbox.db") << R"(" },
   "api": { "listen": ["127.0.0.1:)" << api_port_ << R"(", "unix:)" << dir_.File("var/api.sock") << R"("] },
-  "backbone": { "endpoints": [ { "name": "local", "host": "127.0.0.1", "port": )" << broker_.port() << R"( } ],
+  "backbone": { "endpoints": [ { "name": "local", "host": "127.0.0.1", "port": )"
+      << (port != 0 ? port : broker_.port()) << endpoint_extra << R"( } ],
                 "protocol": ")" << protocol << R"(" },
   "log": { "level": "debug", "format": "text" }
 })";
@@ -187,6 +191,54 @@ TEST_F(DaemonTest, LastWillSaysOfflineWhenTheNodeIsKilled) {
   ASSERT_TRUE(WaitForState("online", &out)) << out;
   daemon_->Kill();
   EXPECT_TRUE(WaitForState("offline", &out)) << out;
+}
+
+TEST_F(DaemonTest, StatusSaysWhyTheBrokerRefusesTheNodeUntilItsPasswordFileIsRight) {
+  TempDir broker_dir;
+  const std::string passwd = broker_dir.File("passwd");
+  ASSERT_EQ(RunCommand({"mosquitto_passwd", "-c", "-b", passwd, "gw-test", "right-secret"}, nullptr, 20000), 0);
+  // Started as root, mosquitto reads the file after dropping to its own user.
+  std::filesystem::permissions(broker_dir.path(), std::filesystem::perms(0755));
+  std::filesystem::permissions(passwd, std::filesystem::perms(0644));
+  MosquittoBroker secured("allow_anonymous false\npassword_file " + passwd + "\n");
+  ASSERT_TRUE(secured.running()) << Slurp(secured.log_path());
+  const std::string secret = dir_.File("backbone.pass");
+  std::ofstream(secret) << "wrong-secret\n";
+  std::filesystem::permissions(secret, std::filesystem::perms(0600));
+  WriteConfig("mqtt5", R"(, "username": "gw-test", "password_file": ")" + secret + R"(")", secured.port());
+  StartDaemon();
+  std::string body;
+  ASSERT_EQ(PostEvent(R"({"specversion":"1.0","id":"pw-1","source":"/x","type":"t.a","data":1})", &body), 202) << body;
+
+  std::string st;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return Curl({Url("/v1/status")}, &st) == 0 &&
+               st.find(R"("last_error":{"message":"the broker refused the connection: 0x87 Not authorized","at":")") !=
+                   std::string::npos;
+      },
+      30000))
+      << st;
+  EXPECT_EQ(st.find(R"("connect_failures":0)"), std::string::npos) << st;
+  EXPECT_NE(st.find(R"("normal":{"count":1)"), std::string::npos) << st;
+  std::string metrics;
+  ASSERT_EQ(Curl({Url("/metrics")}, &metrics), 0);
+  EXPECT_NE(metrics.find("waystation_backbone_connect_failures_total "), std::string::npos) << metrics;
+  EXPECT_EQ(metrics.find("waystation_backbone_connect_failures_total 0"), std::string::npos) << metrics;
+
+  std::ofstream(secret) << "right-secret\n";  // rotated: the next connect reads it
+  ASSERT_TRUE(WaitUntil(
+      [&] { return Curl({Url("/v1/status")}, &st) == 0 && st.find(R"("normal":{"count":0)") != std::string::npos; },
+      60000))
+      << st << Slurp(dir_.File("daemon.log"));
+  EXPECT_NE(st.find(R"("state":"connected")"), std::string::npos) << st;
+  // The last error stays for the operator to read after the recovery.
+  EXPECT_NE(st.find("0x87 Not authorized"), std::string::npos) << st;
+  const std::string log = Slurp(dir_.File("daemon.log"));
+  for (const std::string& text : {st, metrics, log}) {
+    EXPECT_EQ(text.find("wrong-secret"), std::string::npos);
+    EXPECT_EQ(text.find("right-secret"), std::string::npos);
+  }
 }
 
 TEST(DaemonCli, VersionNamesTheLinkedLibraries) {
