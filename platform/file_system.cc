@@ -24,22 +24,30 @@ Status WriteAllFd(int fd, std::string_view data, const std::string& path) {
   return Status::Ok();
 }
 
+// Reads `fd` to its end into *out; more than `max_bytes` is an error.
+Status ReadToEnd(int fd, const std::string& path, size_t max_bytes, std::string* out) {
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "read " + path);
+    }
+    if (n == 0) return Status::Ok();
+    if (static_cast<size_t>(n) > max_bytes - out->size()) {
+      return InvalidArgument(path + " is larger than " + std::to_string(max_bytes) + " bytes");
+    }
+    out->append(buf, static_cast<size_t>(n));
+  }
+}
+
 }  // namespace
 
 Result<std::string> ReadFile(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return ErrnoStatus(errno, "open " + path);
   std::string out;
-  char buf[8192];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, "read " + path);
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
+  WS_TRY(ReadToEnd(fd.get(), path, out.max_size(), &out));
   return out;
 }
 
@@ -50,19 +58,7 @@ Result<std::string> ReadRegularFile(const std::string& path, size_t max_bytes) {
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "stat " + path);
   if (!S_ISREG(st.st_mode)) return InvalidArgument(path + " is not a regular file");
   std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, "read " + path);
-    }
-    if (n == 0) break;
-    if (out.size() + static_cast<size_t>(n) > max_bytes) {
-      return InvalidArgument(path + " is larger than " + std::to_string(max_bytes) + " bytes");
-    }
-    out.append(buf, static_cast<size_t>(n));
-  }
+  WS_TRY(ReadToEnd(fd.get(), path, max_bytes, &out));
   return out;
 }
 

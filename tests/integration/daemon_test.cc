@@ -195,12 +195,9 @@ TEST_F(DaemonTest, LastWillSaysOfflineWhenTheNodeIsKilled) {
 
 TEST_F(DaemonTest, StatusSaysWhyTheBrokerRefusesTheNodeUntilItsPasswordFileIsRight) {
   TempDir broker_dir;
-  const std::string passwd = broker_dir.File("passwd");
-  ASSERT_EQ(RunCommand({"mosquitto_passwd", "-c", "-b", passwd, "gw-test", "right-secret"}, nullptr, 20000), 0);
-  // Started as root, mosquitto reads the file after dropping to its own user.
-  std::filesystem::permissions(broker_dir.path(), std::filesystem::perms(0755));
-  std::filesystem::permissions(passwd, std::filesystem::perms(0644));
-  MosquittoBroker secured("allow_anonymous false\npassword_file " + passwd + "\n");
+  const std::string auth = PasswordOnlyBrokerConfig(broker_dir, "gw-test", "right-secret");
+  ASSERT_FALSE(auth.empty());
+  MosquittoBroker secured(auth);
   ASSERT_TRUE(secured.running()) << Slurp(secured.log_path());
   const std::string secret = dir_.File("backbone.pass");
   std::ofstream(secret) << "wrong-secret\n";

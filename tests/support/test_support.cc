@@ -193,6 +193,16 @@ int RunCommand(const std::vector<std::string>& argv, std::string* out, int timeo
   return code;
 }
 
+std::string PasswordOnlyBrokerConfig(const TempDir& dir, const std::string& user, const std::string& password) {
+  const std::string passwd = dir.File("passwd");
+  if (RunCommand({"mosquitto_passwd", "-c", "-b", passwd, user, password}, nullptr, 20000) != 0) return "";
+  std::error_code ec;
+  std::filesystem::permissions(dir.path(), std::filesystem::perms(0755), ec);
+  std::filesystem::permissions(passwd, std::filesystem::perms(0644), ec);
+  if (ec) return "";
+  return "allow_anonymous false\npassword_file " + passwd + "\n";
+}
+
 MosquittoBroker::MosquittoBroker(std::string extra_config, uint16_t port)
     : extra_(std::move(extra_config)), port_(port != 0 ? port : FreeLoopbackPort()) {
   log_ = dir_.File("mosquitto.log");

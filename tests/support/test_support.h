@@ -101,6 +101,12 @@ class MosquittoBroker {
   std::unique_ptr<Subprocess> proc_;
 };
 
+// mosquitto.conf lines that let in only `user` with `password`: a password
+// file made with mosquitto_passwd in `dir`, which is made readable to the
+// broker's own user (started as root, mosquitto reads its files after
+// dropping privileges). "" if mosquitto_passwd failed.
+std::string PasswordOnlyBrokerConfig(const TempDir& dir, const std::string& user, const std::string& password);
+
 // Polls `probe` every `poll_ms` until it returns true or `timeout_ms`
 // passes; then asks once more. Bounded: never waits longer than timeout_ms.
 bool WaitUntil(const std::function<bool()>& probe, int timeout_ms, int poll_ms = 50);

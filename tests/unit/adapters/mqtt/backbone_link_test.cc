@@ -779,12 +779,9 @@ TEST_F(BackboneLinkTest, AnEndpointConfiguredWithoutRetainTakesAnMqtt311BrokerTh
 
 TEST_F(BackboneLinkTest, TheUserNameAndThePasswordFileAreSentAndARotatedPasswordAppliesAtTheNextConnect) {
   TempDir broker_dir;
-  const std::string passwd = broker_dir.File("passwd");
-  ASSERT_EQ(RunCommand({"mosquitto_passwd", "-c", "-b", passwd, "gw1", "right-pass"}, nullptr, 20000), 0);
-  // Started as root, mosquitto reads the file after dropping to its own user.
-  std::filesystem::permissions(broker_dir.path(), std::filesystem::perms(0755));
-  std::filesystem::permissions(passwd, std::filesystem::perms(0644));
-  MosquittoBroker broker("allow_anonymous false\npassword_file " + passwd + "\n");
+  const std::string auth = PasswordOnlyBrokerConfig(broker_dir, "gw1", "right-pass");
+  ASSERT_FALSE(auth.empty());
+  MosquittoBroker broker(auth);
   ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
 
   const std::string secret = dir_.File("backbone.pass");
