@@ -250,6 +250,9 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
   if (c.backbone.ack_timeout_s < 0 || c.backbone.ack_timeout_s > 86400) {
     err("backbone.ack_timeout_s", "must be between 0 (never) and 86400");
   }
+  if (c.backbone.max_bytes_per_s < 0 || c.backbone.max_bytes_per_s > 1'000'000'000) {
+    err("backbone.max_bytes_per_s", "must be between 0 (no cap) and 1000000000");
+  }
 
   for (size_t i = 0; i < c.routes.size(); ++i) {
     const RouteConfig& r = c.routes[i];

@@ -117,6 +117,7 @@ struct BackboneConfig {
   int64_t reconnect_max_ms = 30000;   // and cap
   int64_t return_to_primary_s = 300;  // primary reachable this long -> move back to it; 0 = stay
   int64_t ack_timeout_s = 60;         // no PUBACK this long while publishes wait -> reconnect; 0 = never
+  int64_t max_bytes_per_s = 0;        // cap on the PUBLISH bytes sent per second (metered uplinks); 0 = none
 
   bool operator==(const BackboneConfig&) const = default;
 };

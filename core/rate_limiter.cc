@@ -30,7 +30,8 @@ TokenBucket::Decision TokenBucket::TryAcquire() {
   double wait_s = (1.0 - tokens_) / rate_per_s_;
   // Whole seconds, rounded up: a client that waits that long finds a token.
   auto seconds = static_cast<int64_t>(std::ceil(wait_s));
-  return {false, std::max<int64_t>(seconds, 1)};
+  auto millis = static_cast<int64_t>(std::ceil(wait_s * 1000));
+  return {false, std::max<int64_t>(seconds, 1), std::max<int64_t>(millis, 1)};
 }
 
 void TokenBucket::Charge(double tokens) {

@@ -1,4 +1,5 @@
-// Per-producer rate limits for the local API (DESIGN.md §4): a token bucket
+// Per-producer rate limits for the local API (DESIGN.md §4), and the
+// backbone link's upload cap (bytes per second): a token bucket
 // that refills at `rate_per_s` up to `burst` and starts full. The API admits
 // a request when one token is there and charges the rest of a batch after
 // parsing it, so the limit is in events per second while the check itself
@@ -24,8 +25,9 @@ class TokenBucket {
   struct Decision {
     bool allowed = true;
     // When refused: whole seconds until a token is there (rounded up, >= 1),
-    // for the Retry-After header.
+    // for the Retry-After header; and the same in milliseconds (>= 1).
     int64_t retry_after_s = 0;
+    int64_t retry_after_ms = 0;
   };
 
   // Takes one token if at least one is there.

@@ -134,6 +134,7 @@ class Node::Impl {
     bo.reconnect_max_ms = config_.backbone.reconnect_max_ms;
     bo.return_to_primary_ms = config_.backbone.return_to_primary_s * 1000;
     bo.ack_timeout_ms = config_.backbone.ack_timeout_s * 1000;
+    bo.max_bytes_per_s = config_.backbone.max_bytes_per_s;
     bo.version = WS_VERSION;
     bo.boot_id = boot_id_;
     WS_ASSIGN_OR_RETURN(link_, BackboneLink::Create(loop_.get(), outbox_.get(), std::move(bo)));
@@ -338,6 +339,9 @@ class Node::Impl {
         .Sample("", ls.connect_failures);
     m.Family("waystation_backbone_disconnects_total", "counter", "Sessions that ended, planned or not.")
         .Sample("", ls.disconnects);
+    m.Family("waystation_backbone_rate_limit_pauses_total", "counter",
+             "Times event publishing waited for backbone.max_bytes_per_s.")
+        .Sample("", ls.rate_limit_pauses);
     m.Family("waystation_backbone_ack_timeouts_total", "counter",
              "Sessions ended because no PUBACK came within backbone.ack_timeout_s.")
         .Sample("", ls.ack_timeouts);

@@ -292,6 +292,8 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
           r.Integer(f, p, &c->backbone.return_to_primary_s);
         } else if (n == "ack_timeout_s") {
           r.Integer(f, p, &c->backbone.ack_timeout_s);
+        } else if (n == "max_bytes_per_s") {
+          r.Integer(f, p, &c->backbone.max_bytes_per_s);
         } else {
           return false;
         }

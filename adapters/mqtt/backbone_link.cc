@@ -23,6 +23,7 @@
 #include "adapters/mqtt/mosquitto_api.h"
 #include "adapters/mqtt/name_lookup.h"
 #include "adapters/mqtt/tcp_probe.h"
+#include "core/rate_limiter.h"
 #include "platform/clock.h"
 #include "platform/file_system.h"
 #include "platform/log.h"
@@ -42,6 +43,10 @@ constexpr uint64_t kMaxPayloadBytes = 268'435'455;  // the largest MQTT remainin
 constexpr int kQos1 = 1;
 constexpr int kVerifyPeer = 1;                // SSL_VERIFY_PEER, without including OpenSSL
 constexpr int64_t kMinProbeIntervalMs = 50;
+// A capped link waits at least this long once the bucket is empty, then
+// sends what has gathered in one run: tens of wake-ups a second, not one
+// per event.
+constexpr int64_t kRateLimitMinWaitMs = 20;
 constexpr int64_t kNackPollMs = 1000;         // a short lease while nacked events are due: look again after this
 constexpr int64_t kNackPollWindowMs = 60'000;  // ... for this long past the last not-before time
 constexpr size_t kMaxLibraryErrors = 4;       // TLS library messages kept to explain a failed connect
@@ -87,6 +92,7 @@ Status ValidateOptions(const EventLoop* loop, const Outbox* outbox, const Backbo
     return InvalidArgument("backbone: topic_prefix must be a non-empty topic without wildcards");
   }
   if (o.inflight_window == 0) return InvalidArgument("backbone: inflight_window must be at least 1");
+  if (o.max_bytes_per_s < 0) return InvalidArgument("backbone: max_bytes_per_s must be 0 (no cap) or more");
   if (o.keepalive_s != 0 && (o.keepalive_s < 5 || o.keepalive_s > 65535)) {
     return InvalidArgument("backbone: keepalive_s must be 0 or 5..65535");
   }
@@ -213,7 +219,10 @@ class BackboneLink::Impl {
   void Pump();
   void PumpRun();
   void DropReady();
-  void PublishEvent(const LeasedEvent& leased);
+  // The size of the PUBLISH packet sent; 0 if the event was not sent (dead-
+  // lettered or handed back).
+  uint64_t PublishEvent(const LeasedEvent& leased);
+  void WaitForRateLimit(int64_t delay_ms);
   void OnPublished(int mid, int reason_code);
   void QueueAck(int64_t sequence);
   void FlushAcks();
@@ -309,6 +318,7 @@ class BackboneLink::Impl {
   TimerId stop_timer_ = 0;
   TimerId probe_timer_ = 0;
   TimerId return_timer_ = 0;
+  TimerId throttle_timer_ = 0;  // publishing waits for max_bytes_per_s
 
   NameLookup lookup_;  // the endpoint's host name, before each connect
   ConnectCall connect_call_;  // libmosquitto's connect for TLS over a name, off the loop
@@ -319,6 +329,8 @@ class BackboneLink::Impl {
   uint64_t pubacks_ = 0;
   uint64_t pubacks_at_check_ = 0;
   int64_t ack_progress_ms_ = 0;
+
+  TokenBucket publish_bucket_;  // max_bytes_per_s; unlimited at 0
 
   // Return to the primary (while on another endpoint).
   TcpProbe probe_;
@@ -372,6 +384,10 @@ BackboneLink::Impl::Impl(EventLoop* loop, Outbox* outbox, BackboneOptions option
            (static_cast<uint64_t>(SystemClock().WallMicros()) << 7) ^ (static_cast<uint64_t>(getpid()) << 40)),
       lookup_(loop),
       connect_call_(loop),
+      // One second's worth of burst: a drain after an outage starts at the
+      // cap, not above it for long.
+      publish_bucket_(options_.clock != nullptr ? *options_.clock : SystemClock(),
+                      static_cast<double>(options_.max_bytes_per_s), 0),
       probe_(loop) {
   stats_.endpoint = EndpointLabel(options_.endpoints.front());
   address_turn_.assign(options_.endpoints.size(), 0);
@@ -422,6 +438,9 @@ void BackboneLink::Impl::Start() {
       WS_LOG_WARN(kLog, "the password file can be read by other users (chmod 600 it)",
                   {{"endpoint", EndpointLabel(ep)}, {"path", ep.password_file}});
     }
+  }
+  if (options_.max_bytes_per_s > 0) {
+    WS_LOG_INFO(kLog, "event publishes capped", {{"max_bytes_per_s", std::to_string(options_.max_bytes_per_s)}});
   }
   misc_timer_ = loop_->AddTimer(kMiscIntervalMs, [this] { OnMiscTimer(); });
   Connect();
@@ -1231,6 +1250,7 @@ void BackboneLink::Impl::CancelAllTimers() {
   CancelTimer(&stop_timer_);
   CancelTimer(&probe_timer_);
   CancelTimer(&return_timer_);
+  CancelTimer(&throttle_timer_);
 }
 
 // ---------------------------------------------------------------------------
@@ -1400,11 +1420,30 @@ void BackboneLink::Impl::PumpRun() {
       }
     }
     if (queue == nullptr) return;
+    if (!publish_bucket_.unlimited()) {
+      // One token (byte) to start; the rest of the PUBLISH is charged after
+      // it went out, so one event larger than a second's worth still goes.
+      TokenBucket::Decision d = publish_bucket_.TryAcquire();
+      if (!d.allowed) {
+        WaitForRateLimit(d.retry_after_ms);
+        return;
+      }
+    }
     LeasedEvent leased = std::move(queue->front());
     queue->pop_front();
     --ready_count_;
-    PublishEvent(leased);
+    const uint64_t bytes = PublishEvent(leased);
+    if (bytes > 1) publish_bucket_.Charge(static_cast<double>(bytes - 1));
   }
+}
+
+void BackboneLink::Impl::WaitForRateLimit(int64_t delay_ms) {
+  if (throttle_timer_ != 0) return;
+  ++stats_.rate_limit_pauses;
+  throttle_timer_ = loop_->AddTimer(std::max(delay_ms, kRateLimitMinWaitMs), [this] {
+    throttle_timer_ = 0;
+    ScheduleTurn();
+  });
 }
 
 // Forgets the leased events not yet published; the caller makes sure the
@@ -1414,20 +1453,21 @@ void BackboneLink::Impl::DropReady() {
   ready_count_ = 0;
 }
 
-void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
+uint64_t BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
   const int64_t seq = leased.sequence;
   const std::string& topic = leased.topic;
   std::string structured;
   std::string_view payload;
   PropertyList properties;
+  uint64_t packet_bytes = 0;
   if (mqtt5()) {
     BinaryModeProperties binary = EncodeBinaryMode(leased.event);
     payload = BinaryModePayload(leased.event);
-    uint64_t packet_bytes = Mqtt5PublishPacketSize(topic, binary, payload.size());
+    packet_bytes = Mqtt5PublishPacketSize(topic, binary, payload.size());
     if (broker_max_packet_ != 0 && packet_bytes > broker_max_packet_) {
       DeadLetter(seq, "PUBLISH of " + std::to_string(packet_bytes) + " bytes exceeds the broker's maximum packet size of " +
                           std::to_string(broker_max_packet_) + " bytes");
-      return;
+      return 0;
     }
     Status s;
     if (!binary.content_type.empty()) s = properties.AddString(MQTT_PROP_CONTENT_TYPE, binary.content_type);
@@ -1437,19 +1477,21 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
     }
     if (!s.ok()) {
       DeadLetter(seq, "attributes cannot travel as MQTT 5 properties: " + s.ToString());
-      return;
+      return 0;
     }
   } else {
     structured = EncodeStructuredMode(leased.event);
     payload = structured;
+    // Fixed header (at most 5 bytes), topic with its length, packet id.
+    packet_bytes = 5 + 2 + topic.size() + 2 + payload.size();
   }
   if (payload.size() > kMaxPayloadBytes) {
     DeadLetter(seq, "payload of " + std::to_string(payload.size()) + " bytes exceeds the MQTT limit");
-    return;
+    return 0;
   }
   if (topic.empty() || topic.find('\0') != std::string::npos) {
     DeadLetter(seq, "topic name invalid: empty or containing NUL");
-    return;
+    return 0;
   }
   int mid = 0;
   int rc = mosquitto_publish_v5(client_.get(), &mid, topic.c_str(), static_cast<int>(payload.size()), payload.data(),
@@ -1460,7 +1502,7 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
     inflight_[mid] = InflightEvent{seq, bulk};
     if (bulk) ++bulk_inflight_;
     ++stats_.published;
-    return;
+    return packet_bytes;
   }
   Status s = MosquittoStatus(rc, "publish to " + topic);
   switch (rc) {
@@ -1470,7 +1512,7 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
     case MOSQ_ERR_INVAL:  // the topic check: wildcards or an empty level
     case MOSQ_ERR_MALFORMED_UTF8:
       DeadLetter(seq, s.ToString());
-      return;
+      return 0;
     // The connection is failing under us; libmosquitto reports its end on
     // the next read. The pause below keeps anything newer from going out
     // first, and the session's end (or the retry) hands this event out again.
@@ -1480,10 +1522,10 @@ void BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
       WS_LOG_DEBUG(kLog, "publish failed on a failing connection",
                    {{"sequence", std::to_string(seq)}, {"error", s.ToString()}});
       PauseForRetry(/*reset_leases=*/true);
-      return;
+      return 0;
     default:
       TransientFailure(seq, s.ToString());
-      return;
+      return 0;
   }
 }
 

@@ -72,6 +72,7 @@
 
 #include "core/config.h"
 #include "core/outbox.h"
+#include "platform/clock.h"
 #include "platform/event_loop.h"
 #include "platform/status.h"
 
@@ -105,6 +106,12 @@ struct BackboneOptions {
   // (reconnect, to the next endpoint if any); 0 = wait as long as the
   // connection lasts.
   int64_t ack_timeout_ms = 60'000;
+  // Cap on the bytes of event PUBLISHes sent per second (a metered or slow
+  // uplink after an outage); 0 = none. A token bucket of one second's worth:
+  // the backlog drains at this rate, highest class first as always.
+  // Presence messages are not counted.
+  int64_t max_bytes_per_s = 0;
+  const Clock* clock = nullptr;  // for the cap; nullptr = SystemClock()
 };
 
 enum class LinkState { kDisconnected, kConnecting, kConnected, kStopping, kStopped };
@@ -125,6 +132,7 @@ struct BackboneStats {
   uint64_t transient_failures = 0;  // PUBACKs with a failure code that is worth retrying
   uint64_t nacked = 0;              // of those, handed back to the outbox with a not-before time
   uint64_t ack_timeouts = 0;        // sessions ended because no PUBACK came within ack_timeout_ms
+  uint64_t rate_limit_pauses = 0;   // times publishing waited for max_bytes_per_s
   uint32_t window = 0;              // in-flight limit of the current session (ours and the broker's)
   uint32_t broker_max_packet = 0;   // the broker's Maximum Packet Size; 0 = none given
   // Why the last connect attempt failed or the last session ended (not a

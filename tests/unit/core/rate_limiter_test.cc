@@ -20,6 +20,7 @@ TEST(TokenBucket, StartsFullThenRefusesWithRetryAfterRoundedUp) {
   EXPECT_FALSE(d.allowed);
   // One token takes half a second at 2/s: Retry-After is whole seconds, so 1.
   EXPECT_EQ(d.retry_after_s, 1);
+  EXPECT_EQ(d.retry_after_ms, 500);
 
   clock.AdvanceMillis(499);
   EXPECT_FALSE(b.TryAcquire().allowed);
@@ -35,9 +36,11 @@ TEST(TokenBucket, RetryAfterCoversTheWholeWaitAtSlowRates) {
   TokenBucket::Decision d = b.TryAcquire();
   ASSERT_FALSE(d.allowed);
   EXPECT_EQ(d.retry_after_s, 4);
+  EXPECT_EQ(d.retry_after_ms, 4000);
   clock.AdvanceMillis(1500);
   d = b.TryAcquire();
   ASSERT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after_ms, 2500);
   EXPECT_EQ(d.retry_after_s, 3);  // 2.5 s left, rounded up
   clock.AdvanceMillis(2500);
   EXPECT_TRUE(b.TryAcquire().allowed);

@@ -263,7 +263,8 @@ TEST(ConfigParser, BackboneTlsReconnectAndReturnKeys) {
                            R"(","key_file":")" + dir.File("gw.key") + R"(","alpn":"mqtt",
               "verify_hostname":false,"server_name":"127.0.0.1"}},
       {"name":"eu-central","host":"127.0.0.1","port":1884}],
-    "reconnect_min_ms":100,"reconnect_max_ms":5000,"return_to_primary_s":60,"ack_timeout_s":0}})";
+    "reconnect_min_ms":100,"reconnect_max_ms":5000,"return_to_primary_s":60,"ack_timeout_s":0,
+    "max_bytes_per_s":250000}})";
   ASSERT_TRUE(ParseConfig(json, &c, &errors)) << (errors.empty() ? "" : errors.front());
   const EndpointTlsConfig& tls = c.backbone.endpoints[0].tls;
   EXPECT_TRUE(tls.enabled);
@@ -277,6 +278,8 @@ TEST(ConfigParser, BackboneTlsReconnectAndReturnKeys) {
   EXPECT_EQ(c.backbone.reconnect_max_ms, 5000);
   EXPECT_EQ(c.backbone.return_to_primary_s, 60);
   EXPECT_EQ(c.backbone.ack_timeout_s, 0);
+  EXPECT_EQ(c.backbone.max_bytes_per_s, 250000);
+  EXPECT_EQ(defaults.backbone.max_bytes_per_s, 0);
 
   // An empty "tls" object: TLS with the system's CAs, host name checked.
   Config d;
@@ -328,7 +331,8 @@ TEST(ConfigParser, BackboneTlsAndTimingErrorsNameTheKeyAndNeverTheFileContents) 
        "tls":{"ca_file":")" + dir.File("missing-ca.pem") + R"(","key_file":")" + dir.File("secret.key") +
                            R"(","alpn":"mqtt,x-amzn-mqtt-ca","server_name":"broker.example","sni":"x"}},
       {"name":"b","host":"127.0.0.1","port":8883,"tls":{"ca_file":"/dev/null","verify_hostname":"no"}}],
-    "reconnect_min_ms":0,"reconnect_max_ms":-1,"return_to_primary_s":100000,"ack_timeout_s":-1}})";
+    "reconnect_min_ms":0,"reconnect_max_ms":-1,"return_to_primary_s":100000,"ack_timeout_s":-1,
+    "max_bytes_per_s":-5}})";
   EXPECT_FALSE(ParseConfig(json, &c, &errors));
   for (const char* want : {"backbone.endpoints[0].tls.ca_file: cannot read",
                            "backbone.endpoints[0].tls: cert_file and key_file go together",
@@ -339,7 +343,7 @@ TEST(ConfigParser, BackboneTlsAndTimingErrorsNameTheKeyAndNeverTheFileContents) 
                            "backbone.endpoints[1].tls.verify_hostname: expected true or false",
                            "backbone.reconnect_min_ms: must be between", "backbone.reconnect_max_ms: must be between",
                            "backbone.return_to_primary_s: must be between",
-                           "backbone.ack_timeout_s: must be between"}) {
+                           "backbone.ack_timeout_s: must be between", "backbone.max_bytes_per_s: must be between"}) {
     EXPECT_TRUE(Contains(errors, want)) << want;
   }
   EXPECT_TRUE(Contains(errors, "missing-ca.pem")) << "the error names the file";

@@ -830,6 +830,50 @@ TEST_F(BackboneLinkTest, AnUnreadablePasswordFileFailsTheConnectWithItsNameAndKe
   EXPECT_NE(log.find("password_file: open " + dir_.File("missing.pass")), std::string::npos) << log;
 }
 
+// The cap is judged by a clock the test moves, so what may go out is a count
+// of bytes, not a time: with the clock still, nothing more than the bucket's
+// second's worth leaves, however long the test waits.
+TEST_F(BackboneLinkTest, MaxBytesPerSecondHoldsTheBacklogToTheBucketAndDrainsItInOrderAsTimePasses) {
+  MosquittoBroker broker;
+  Subscriber sub(broker.port(), dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw();
+  FakeClock clock;
+  BackboneOptions o = Options(broker.port());
+  o.max_bytes_per_s = 2000;
+  o.clock = &clock;
+  constexpr int kEvents = 40;
+  Append(1, kEvents);
+  StartLink(std::move(o));
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().rate_limit_pauses >= 1; })) << LinkStats().published;
+  ASSERT_TRUE(WaitUntil([&] {
+    BackboneStats st = LinkStats();
+    return st.acked == st.published;
+  }));
+  const uint64_t first = LinkStats().published;
+  // Every PUBLISH here is over 100 bytes (topic, five attributes, data), so
+  // 2000 bytes' worth is at most 20 of them, plus the one that overdraws.
+  EXPECT_GE(first, 1u);
+  EXPECT_LE(first, 21u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(LinkStats().published, first) << "published without tokens";
+  EXPECT_EQ(Backlog(), kEvents - first);
+
+  // Each second of the clock lets about as much out again.
+  clock.AdvanceMillis(1000);
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().published > first; }));
+  for (int i = 0; i < 2 * kEvents && Backlog() > 0; ++i) {
+    const uint64_t before = LinkStats().acked;
+    clock.AdvanceMillis(1000);
+    ASSERT_TRUE(WaitUntil([&] { return LinkStats().acked > before || Backlog() == 0; })) << i;
+  }
+  ASSERT_EQ(Backlog(), 0u);
+  ASSERT_TRUE(WaitUntil([&] { return sub.Events().size() >= kEvents; })) << sub.Raw();
+  auto events = sub.Events();
+  ASSERT_EQ(events.size(), static_cast<size_t>(kEvents));
+  for (int i = 0; i < kEvents; ++i) EXPECT_EQ(EventNumber(events[static_cast<size_t>(i)].payload), i + 1);
+  EXPECT_GE(LinkStats().rate_limit_pauses, 2u);
+}
+
 TEST_F(BackboneLinkTest, StopWhileTheBrokerIsDownFinishesAndKeepsTheEvents) {
   MosquittoBroker broker;
   broker.Kill();
