@@ -242,6 +242,7 @@ class Node::Impl {
     w.BeginObject("backbone")
         .String("state", LinkStateName(ls.state))
         .String("endpoint", ls.endpoint)
+        .Bool("on_primary", ls.endpoint_index == 0)
         .Int("connects", static_cast<int64_t>(ls.connects))
         .Int("failovers", static_cast<int64_t>(ls.failovers))
         .Int("ack_timeouts", static_cast<int64_t>(ls.ack_timeouts))
@@ -332,6 +333,9 @@ class Node::Impl {
         .Sample("", uint64_t{st.integrity_failed ? 1u : 0u});
     m.Family("waystation_backbone_connected", "gauge", "1 while connected to a backbone broker.")
         .Sample("", uint64_t{ls.state == LinkState::kConnected ? 1u : 0u});
+    m.Family("waystation_backbone_on_primary", "gauge",
+             "1 while the link's current (or last) endpoint is the first one configured, the primary.")
+        .Sample("", uint64_t{ls.endpoint_index == 0 ? 1u : 0u});
     m.Family("waystation_backbone_connects_total", "counter", "Successful connects.").Sample("", ls.connects);
     m.Family("waystation_backbone_failovers_total", "counter", "Moves to another endpoint.").Sample("", ls.failovers);
     m.Family("waystation_backbone_connect_failures_total", "counter",

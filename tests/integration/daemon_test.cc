@@ -222,6 +222,7 @@ TEST_F(DaemonTest, StatusSaysWhyTheBrokerRefusesTheNodeUntilItsPasswordFileIsRig
   ASSERT_EQ(Curl({Url("/metrics")}, &metrics), 0);
   EXPECT_NE(metrics.find("waystation_backbone_connect_failures_total "), std::string::npos) << metrics;
   EXPECT_EQ(metrics.find("waystation_backbone_connect_failures_total 0"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("waystation_backbone_on_primary 1"), std::string::npos) << metrics;
 
   std::ofstream(secret) << "right-secret\n";  // rotated: the next connect reads it
   ASSERT_TRUE(WaitUntil(
@@ -229,6 +230,7 @@ TEST_F(DaemonTest, StatusSaysWhyTheBrokerRefusesTheNodeUntilItsPasswordFileIsRig
       60000))
       << st << Slurp(dir_.File("daemon.log"));
   EXPECT_NE(st.find(R"("state":"connected")"), std::string::npos) << st;
+  EXPECT_NE(st.find(R"("on_primary":true)"), std::string::npos) << st;
   // The last error stays for the operator to read after the recovery.
   EXPECT_NE(st.find("0x87 Not authorized"), std::string::npos) << st;
   const std::string log = Slurp(dir_.File("daemon.log"));
