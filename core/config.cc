@@ -187,6 +187,13 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
     const EndpointConfig& e = c.backbone.endpoints[i];
     std::string key = "backbone.endpoints[" + std::to_string(i) + "]";
     if (e.name.empty()) err(key + ".name", "must not be empty");
+    for (size_t j = 0; j < i; ++j) {
+      if (!e.name.empty() && c.backbone.endpoints[j].name == e.name) {
+        err(key + ".name", "\"" + e.name + "\" is already the name of endpoint " + std::to_string(j) +
+                               " (logs, status and metrics tell endpoints apart by name)");
+        break;
+      }
+    }
     if (e.host.empty()) err(key + ".host", "must not be empty");
     if (e.port == 0) err(key + ".port", "must be 1-65535");
     // A missing or unreadable TLS or password file fails check-config here

@@ -105,8 +105,13 @@ TEST(ConfigTest, EachBadValueNamesItsKey) {
       {"endpoint port 0", [](Config* c) { c->backbone.endpoints[0].port = 0; }, "backbone.endpoints[0].port"},
       {"second endpoint without host", [](Config* c) {
          c->backbone.endpoints.push_back(c->backbone.endpoints[0]);
+         c->backbone.endpoints[1].name = "secondary";
          c->backbone.endpoints[1].host = "";
        }, "backbone.endpoints[1].host"},
+      {"two endpoints of one name", [](Config* c) {
+         c->backbone.endpoints.push_back(c->backbone.endpoints[0]);
+         c->backbone.endpoints[1].port = 8884;
+       }, "backbone.endpoints[1].name"},
       {"endpoint without name", [](Config* c) { c->backbone.endpoints[0].name = ""; }, "backbone.endpoints[0].name"},
       {"inflight_window 0", [](Config* c) { c->backbone.inflight_window = 0; }, "backbone.inflight_window"},
       {"inflight_window too big", [](Config* c) { c->backbone.inflight_window = 65536; }, "backbone.inflight_window"},
