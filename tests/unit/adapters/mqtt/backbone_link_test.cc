@@ -812,6 +812,38 @@ TEST_F(BackboneLinkTest, TheUserNameAndThePasswordFileAreSentAndARotatedPassword
   EXPECT_EQ(log.find("right-pass"), std::string::npos) << log;
 }
 
+TEST_F(BackboneLinkTest, APasswordTravelsInsideTlsToABrokerThatWantsBoth) {
+  TestPki pki;
+  ASSERT_TRUE(pki.ok()) << pki.error();
+  TempDir broker_dir;
+  const std::string auth = PasswordOnlyBrokerConfig(broker_dir, "gw1", "tls-pass");
+  ASSERT_FALSE(auth.empty());
+  MosquittoBroker broker(auth + pki.BrokerConfig(/*require_client_cert=*/false, testing::FreeLoopbackPort()));
+  ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
+  const std::string secret = dir_.File("backbone.pass");
+  std::ofstream(secret) << "tls-pass";  // no trailing newline: taken as it is
+  std::filesystem::permissions(secret, std::filesystem::perms(0600));
+  BackboneOptions o = Options(broker.port());
+  o.endpoints[0].tls.enabled = true;
+  o.endpoints[0].tls.ca_file = pki.ca();
+  o.endpoints[0].username = "gw1";
+  o.endpoints[0].password_file = secret;
+  const std::string log_path = dir_.File("link.log");
+  {
+    StderrCapture capture(log_path);
+    StartLink(std::move(o));
+    Append(1, 10);
+    ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; })) << Slurp(broker.log_path());
+  }
+  BackboneStats st = LinkStats();
+  EXPECT_EQ(st.connects, 1u);
+  EXPECT_EQ(st.connect_failures, 0u);
+  EXPECT_EQ(st.acked, 10u);
+  const std::string log = Slurp(log_path);
+  EXPECT_EQ(log.find("unencrypted"), std::string::npos) << log;
+  EXPECT_EQ(log.find("read by other users"), std::string::npos) << log;
+}
+
 TEST_F(BackboneLinkTest, AnUnreadablePasswordFileFailsTheConnectWithItsNameAndKeepsTheEvents) {
   MosquittoBroker broker;
   BackboneOptions o = Options(broker.port());
