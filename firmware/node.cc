@@ -273,6 +273,7 @@ class Node::Impl {
     if (st.integrity_failed) w.String("", "store_integrity_failed");
     if (st.clock_shift_pending) w.String("", "store_clock_shift_pending");
     if (api_->tls_reload_failed()) w.String("", "api_tls_reload_failed");
+    if (ls.session_flapping) w.String("", "backbone_session_flapping");
     w.End();
     return w.Finish();
   }
@@ -343,6 +344,12 @@ class Node::Impl {
         .Sample("", ls.connect_failures);
     m.Family("waystation_backbone_disconnects_total", "counter", "Sessions that ended, planned or not.")
         .Sample("", ls.disconnects);
+    m.Family("waystation_backbone_short_sessions_total", "counter",
+             "Sessions lost within a minute of their CONNACK.")
+        .Sample("", ls.short_sessions);
+    m.Family("waystation_backbone_session_flapping", "gauge",
+             "1 while three or more sessions were lost within a minute of connecting in the last ten minutes.")
+        .Sample("", uint64_t{ls.session_flapping ? 1u : 0u});
     m.Family("waystation_backbone_rate_limit_pauses_total", "counter",
              "Times event publishing waited for backbone.max_bytes_per_s.")
         .Sample("", ls.rate_limit_pauses);

@@ -47,6 +47,11 @@ constexpr int64_t kMinProbeIntervalMs = 50;
 // sends what has gathered in one run: tens of wake-ups a second, not one
 // per event.
 constexpr int64_t kRateLimitMinWaitMs = 20;
+// A session lost sooner than this after its CONNACK is short: the reconnect
+// delay keeps growing across it. Three short ones within the window raise
+// the session_flapping alarm.
+constexpr int64_t kStableSessionMs = 60'000;
+constexpr int64_t kFlappingWindowMs = 10 * 60'000;
 constexpr int64_t kNackPollMs = 1000;         // a short lease while nacked events are due: look again after this
 constexpr int64_t kNackPollWindowMs = 60'000;  // ... for this long past the last not-before time
 constexpr size_t kMaxLibraryErrors = 4;       // TLS library messages kept to explain a failed connect
@@ -156,6 +161,8 @@ class BackboneLink::Impl {
   BackboneStats Stats() const;
 
  private:
+  void NoteIfShort(const std::string& why);
+  bool Flapping(int64_t now_ms) const;
   using TimerId = EventLoop::TimerId;
   // Work posted from other threads holds a weak reference to this; the link
   // is destroyed on the loop thread, so a posted task that finds it expired
@@ -306,6 +313,9 @@ class BackboneLink::Impl {
   bool retry_same_endpoint_now_ = false;  // the next reconnect: same endpoint, no delay
   std::string refusal_;  // this attempt's CONNACK refusal, described; empty if none
   int64_t previous_sleep_ms_ = 0;  // decorrelated jitter state; 0 after a successful connect
+  int64_t sleep_before_session_ms_ = 0;  // previous_sleep_ms_ as it was before the current session's connect
+  int64_t session_started_ms_ = 0;       // monotonic, at the current session's CONNACK
+  std::array<int64_t, 3> short_sessions_ms_{};  // when the last three short sessions ended (0: none)
   // Error lines the library logged during the current connect attempt (TLS
   // endpoints only): OpenSSL's reason for a failed handshake lives there.
   std::vector<std::string> library_errors_;
@@ -499,8 +509,29 @@ void BackboneLink::Impl::NotifyAppended() {
   });
 }
 
+void BackboneLink::Impl::NoteIfShort(const std::string& why) {
+  const int64_t now = SystemClock().MonotonicMillis();
+  if (now - session_started_ms_ >= kStableSessionMs) return;
+  ++stats_.short_sessions;
+  short_sessions_ms_ = {short_sessions_ms_[1], short_sessions_ms_[2], now};
+  // The next reconnect waits as if this session had never come up.
+  previous_sleep_ms_ = sleep_before_session_ms_;
+  if (Flapping(now)) {
+    WS_LOG_ERROR(kLog,
+                 "sessions keep ending within a minute of connecting: does another node use this client id "
+                 "(give each its own node.id or backbone.client_id), or does the broker drop this client?",
+                 {{"client_id", options_.client_id}, {"endpoint", stats_.endpoint},
+                  {"short_sessions", std::to_string(stats_.short_sessions)}, {"reason", why}});
+  }
+}
+
+bool BackboneLink::Impl::Flapping(int64_t now_ms) const {
+  return short_sessions_ms_[0] != 0 && now_ms - short_sessions_ms_[0] <= kFlappingWindowMs;
+}
+
 BackboneStats BackboneLink::Impl::Stats() const {
   BackboneStats s = stats_;
+  s.session_flapping = Flapping(SystemClock().MonotonicMillis());
   s.state = state_;
   s.endpoint_index = static_cast<uint32_t>(endpoint_index_);
   s.inflight = static_cast<uint32_t>(inflight_.size());
@@ -786,7 +817,9 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
   session_up_ = true;
   if (state_ == LinkState::kConnecting) state_ = LinkState::kConnected;
   ++stats_.connects;
+  sleep_before_session_ms_ = previous_sleep_ms_;
   previous_sleep_ms_ = 0;
+  session_started_ms_ = SystemClock().MonotonicMillis();
   window_ = std::min(options_.inflight_window, kMaxWindow);
   broker_max_packet_ = 0;
   if (props != nullptr) {
@@ -887,6 +920,7 @@ void BackboneLink::Impl::HandleConnectionEnd(uint64_t attempt, bool was_up, cons
   }
   WS_LOG_WARN(kLog, "connection lost", {{"endpoint", stats_.endpoint}, {"reason", why}});
   NoteError("connection lost: " + why);
+  NoteIfShort(why);
   ScheduleReconnect();
 }
 

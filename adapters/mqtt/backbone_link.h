@@ -40,6 +40,13 @@
 // password per endpoint; the password comes from a file read at every
 // connect (a rotated password applies at the next one) and is never logged.
 //
+// Reconnect delays start again from the minimum only after a session that
+// lasted a minute. A session lost sooner (the broker accepts the node and
+// drops it again, or another node with the same client id takes the session
+// in turn) keeps the delay growing towards the cap, so such a pair does not
+// hammer the broker; three of them within ten minutes raise the
+// session_flapping alarm and log an error.
+//
 // Presence: a retained `{prefix}/state` "online" message on every connect,
 // the same topic as Last Will ("offline"), and a retained "offline" on Stop
 // and before leaving a secondary for the primary. Without the retain flag
@@ -133,6 +140,11 @@ struct BackboneStats {
   uint64_t nacked = 0;              // of those, handed back to the outbox with a not-before time
   uint64_t ack_timeouts = 0;        // sessions ended because no PUBACK came within ack_timeout_ms
   uint64_t rate_limit_pauses = 0;   // times publishing waited for max_bytes_per_s
+  // Sessions lost within a minute of their CONNACK (not a planned end): a
+  // broker that accepts the node and then drops it, or another node with
+  // the same client id taking the session in turn.
+  uint64_t short_sessions = 0;
+  bool session_flapping = false;    // alarm: three or more short sessions within the last ten minutes
   uint32_t window = 0;              // in-flight limit of the current session (ours and the broker's)
   uint32_t broker_max_packet = 0;   // the broker's Maximum Packet Size; 0 = none given
   // Why the last connect attempt failed or the last session ended (not a

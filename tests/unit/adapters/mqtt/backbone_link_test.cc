@@ -906,6 +906,42 @@ TEST_F(BackboneLinkTest, MaxBytesPerSecondHoldsTheBacklogToTheBucketAndDrainsItI
   EXPECT_GE(LinkStats().rate_limit_pauses, 2u);
 }
 
+// Two gateways flashed from one image without ids of their own: the broker
+// hands the session back and forth between them.
+TEST_F(BackboneLinkTest, TwoNodesWithOneClientIdRaiseTheFlappingAlarmAndTheSurvivorDeliversOnceTheOtherIsGone) {
+  MosquittoBroker broker;
+  StartLink(Options(broker.port()));
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().state == LinkState::kConnected; }));
+  EXPECT_EQ(LinkStats().short_sessions, 0u);
+  EXPECT_FALSE(LinkStats().session_flapping);
+
+  SqliteOutboxOptions so;
+  so.path = dir_.File("var/twin.db");
+  so.commit_window_us = 500;
+  auto twin_outbox = SqliteOutbox::Open(so);
+  ASSERT_TRUE(twin_outbox.ok()) << twin_outbox.status().ToString();
+  std::unique_ptr<BackboneLink> twin;
+  Status made = loop_.Call([&]() -> Status {
+    auto link = BackboneLink::Create(loop_.loop(), twin_outbox->get(), Options(broker.port()));
+    if (!link.ok()) return link.status();
+    twin = std::move(link).value();
+    twin->Start();
+    return Status::Ok();
+  });
+  ASSERT_TRUE(made.ok()) << made.ToString();
+  auto twin_stats = [&] { return loop_.Call([&] { return twin->Stats(); }); };
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().session_flapping || twin_stats().session_flapping; }, 60000))
+      << LinkStats().short_sessions << " " << twin_stats().short_sessions;
+  EXPECT_GE(LinkStats().short_sessions + twin_stats().short_sessions, 3u);
+  EXPECT_NE(LinkStats().last_error.find("connection lost"), std::string::npos) << LinkStats().last_error;
+
+  loop_.Call([&] { twin.reset(); });
+  twin_outbox->reset();
+  Append(1, 3);
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; })) << LinkStats().last_error;
+  EXPECT_EQ(LinkStats().state, LinkState::kConnected);
+}
+
 TEST_F(BackboneLinkTest, StopWhileTheBrokerIsDownFinishesAndKeepsTheEvents) {
   MosquittoBroker broker;
   broker.Kill();
