@@ -398,6 +398,18 @@ class BackboneLinkTest : public testing::LinkFixture {
     return o;
   }
 
+  // Options for `port` with the user gw1 and a password file (mode `mode`)
+  // that holds `contents`.
+  BackboneOptions WithPasswordFile(uint16_t port, const std::string& contents, std::filesystem::perms mode) const {
+    const std::string secret = dir_.File("backbone.pass");
+    std::ofstream(secret) << contents;
+    std::filesystem::permissions(secret, mode);
+    BackboneOptions o = Options(port);
+    o.endpoints[0].username = "gw1";
+    o.endpoints[0].password_file = secret;
+    return o;
+  }
+
   // Options for two regions on loopback, "primary" first, then "secondary".
   BackboneOptions TwoRegions(uint16_t primary_port, uint16_t secondary_port) const {
     BackboneOptions o = Options(primary_port);
@@ -784,12 +796,9 @@ TEST_F(BackboneLinkTest, TheUserNameAndThePasswordFileAreSentAndARotatedPassword
   MosquittoBroker broker(auth);
   ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
 
-  const std::string secret = dir_.File("backbone.pass");
-  std::ofstream(secret) << "wrong-pass\n";
-  std::filesystem::permissions(secret, std::filesystem::perms(0644));  // said in the log: others may read it
-  BackboneOptions o = Options(broker.port());
-  o.endpoints[0].username = "gw1";
-  o.endpoints[0].password_file = secret;
+  // Readable by others: said in the log.
+  BackboneOptions o = WithPasswordFile(broker.port(), "wrong-pass\n", std::filesystem::perms(0644));
+  const std::string secret = o.endpoints[0].password_file;
   const std::string log_path = dir_.File("link.log");
   {
     StderrCapture capture(log_path);
@@ -820,14 +829,10 @@ TEST_F(BackboneLinkTest, APasswordTravelsInsideTlsToABrokerThatWantsBoth) {
   ASSERT_FALSE(auth.empty());
   MosquittoBroker broker(auth + pki.BrokerConfig(/*require_client_cert=*/false, testing::FreeLoopbackPort()));
   ASSERT_TRUE(broker.running()) << Slurp(broker.log_path());
-  const std::string secret = dir_.File("backbone.pass");
-  std::ofstream(secret) << "tls-pass";  // no trailing newline: taken as it is
-  std::filesystem::permissions(secret, std::filesystem::perms(0600));
-  BackboneOptions o = Options(broker.port());
+  // No trailing newline: taken as it is.
+  BackboneOptions o = WithPasswordFile(broker.port(), "tls-pass", std::filesystem::perms(0600));
   o.endpoints[0].tls.enabled = true;
   o.endpoints[0].tls.ca_file = pki.ca();
-  o.endpoints[0].username = "gw1";
-  o.endpoints[0].password_file = secret;
   const std::string log_path = dir_.File("link.log");
   {
     StderrCapture capture(log_path);
