@@ -1227,32 +1227,44 @@ TEST(BackboneLinkBasics, CreateRefusesTlsOptionsTheLibraryCannotHonour) {
 // ---------------------------------------------------------------------------
 // Return to the primary
 
-TEST_F(BackboneLinkTest, ReturnsToThePrimaryOnceItIsStableAgainAndEveryEventArrivesSomewhere) {
+// Two brokers as two regions, each with a subscriber on every topic.
+struct TwoRegionBrokers {
+  explicit TwoRegionBrokers(const TempDir& dir)
+      : at_primary(primary.port(), dir.File("primary.out")), at_secondary(secondary.port(), dir.File("secondary.out")) {}
+  // Both brokers run and both subscribers listen.
+  ::testing::AssertionResult Ready() {
+    if (!primary.running() || !secondary.running()) return ::testing::AssertionFailure() << "a broker did not start";
+    if (!at_primary.WaitSubscribed()) return ::testing::AssertionFailure() << at_primary.Raw();
+    if (!at_secondary.WaitSubscribed()) return ::testing::AssertionFailure() << at_secondary.Raw();
+    return ::testing::AssertionSuccess();
+  }
   MosquittoBroker primary;
   MosquittoBroker secondary;
-  ASSERT_TRUE(primary.running() && secondary.running());
-  Subscriber at_primary(primary.port(), dir_.File("primary.out"));
-  Subscriber at_secondary(secondary.port(), dir_.File("secondary.out"));
-  ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
-  ASSERT_TRUE(at_secondary.WaitSubscribed()) << at_secondary.Raw();
+  Subscriber at_primary;
+  Subscriber at_secondary;
+};
 
-  BackboneOptions o = TwoRegions(primary.port(), secondary.port());
+TEST_F(BackboneLinkTest, ReturnsToThePrimaryOnceItIsStableAgainAndEveryEventArrivesSomewhere) {
+  TwoRegionBrokers r(dir_);
+  ASSERT_TRUE(r.Ready());
+
+  BackboneOptions o = TwoRegions(r.primary.port(), r.secondary.port());
   o.return_to_primary_ms = 1000;
   o.primary_probe_interval_ms = 200;
   StartLink(o);
   ASSERT_TRUE(WaitConnected());
   Append(1, 100);
-  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_primary.Events(), 1, 100); })) << at_primary.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(r.at_primary.Events(), 1, 100); })) << r.at_primary.Raw();
 
   // The primary dies: traffic moves to the secondary.
-  primary.Kill();
+  r.primary.Kill();
   ASSERT_TRUE(WaitUntil([&] {
     BackboneStats st = LinkStats();
     return st.state == LinkState::kConnected && st.endpoint == "secondary";
   }));
   EXPECT_EQ(LinkStats().endpoint_index, 1u);
   Append(101, 100);
-  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_secondary.Events(), 101, 200); })) << at_secondary.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(r.at_secondary.Events(), 101, 200); })) << r.at_secondary.Raw();
   EXPECT_EQ(LinkStats().returns_to_primary, 0u);
 
   // The primary comes back while events keep flowing; the link must not get
@@ -1260,8 +1272,8 @@ TEST_F(BackboneLinkTest, ReturnsToThePrimaryOnceItIsStableAgainAndEveryEventArri
   {
     LoopGate gate(loop_.loop());
     gate.HoldNow();
-    ASSERT_TRUE(primary.Start());
-    ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
+    ASSERT_TRUE(r.primary.Start());
+    ASSERT_TRUE(r.at_primary.WaitSubscribed()) << r.at_primary.Raw();
   }
   std::atomic<bool> producing{true};
   std::atomic<int> next{201};
@@ -1279,19 +1291,19 @@ TEST_F(BackboneLinkTest, ReturnsToThePrimaryOnceItIsStableAgainAndEveryEventArri
   });
   producing = false;
   producer.join();
-  ASSERT_TRUE(returned) << Slurp(primary.log_path());
+  ASSERT_TRUE(returned) << Slurp(r.primary.log_path());
   ASSERT_FALSE(append_failed);
   // After the return, traffic goes to the primary.
   const int first_after = next;
   Append(first_after, 50);
   const int last = first_after + 49;
-  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_primary.Events(), first_after, last); })) << at_primary.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(r.at_primary.Events(), first_after, last); })) << r.at_primary.Raw();
   ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
 
   // Every acknowledged event arrived at one of them; at both only around
   // the switches (in flight when the primary died, or at the return).
-  std::map<int, int> p = Counts(at_primary.Events());
-  std::map<int, int> s = Counts(at_secondary.Events());
+  std::map<int, int> p = Counts(r.at_primary.Events());
+  std::map<int, int> s = Counts(r.at_secondary.Events());
   int only_primary = 0, only_secondary = 0, both = 0, missing = 0, duplicates = 0;
   for (int n = 1; n <= last; ++n) {
     const int cp = p.count(n) != 0 ? p[n] : 0;
@@ -1316,8 +1328,8 @@ TEST_F(BackboneLinkTest, ReturnsToThePrimaryOnceItIsStableAgainAndEveryEventArri
   EXPECT_EQ(st.endpoint, "primary");
   EXPECT_EQ(st.dead_lettered, 0u);
   // The secondary was told the node left; the primary has it online.
-  EXPECT_NE(RetainedState(secondary.port()).find("offline"), std::string::npos);
-  EXPECT_NE(RetainedState(primary.port()).find("online"), std::string::npos);
+  EXPECT_NE(RetainedState(r.secondary.port()).find("offline"), std::string::npos);
+  EXPECT_NE(RetainedState(r.primary.port()).find("online"), std::string::npos);
 }
 
 TEST_F(BackboneLinkTest, StaysOnTheSecondaryWhenReturningIsTurnedOff) {
@@ -1350,30 +1362,25 @@ TEST_F(BackboneLinkTest, StaysOnTheSecondaryWhenReturningIsTurnedOff) {
 // without a PUBACK the link gives the session up, and the events go to the
 // secondary.
 TEST_F(BackboneLinkTest, ABrokerThatStopsAcknowledgingIsLeftAfterTheAckTimeout) {
-  MosquittoBroker primary;
-  MosquittoBroker secondary;
-  ASSERT_TRUE(primary.running() && secondary.running());
-  Subscriber at_primary(primary.port(), dir_.File("primary.out"));
-  Subscriber at_secondary(secondary.port(), dir_.File("secondary.out"));
-  ASSERT_TRUE(at_primary.WaitSubscribed()) << at_primary.Raw();
-  ASSERT_TRUE(at_secondary.WaitSubscribed()) << at_secondary.Raw();
+  TwoRegionBrokers r(dir_);
+  ASSERT_TRUE(r.Ready());
 
-  BackboneOptions o = TwoRegions(primary.port(), secondary.port());
+  BackboneOptions o = TwoRegions(r.primary.port(), r.secondary.port());
   o.return_to_primary_ms = 0;
   o.keepalive_s = 60;
   o.ack_timeout_ms = 2000;
   StartLink(o);
   ASSERT_TRUE(WaitConnected());
   Append(1, 50);
-  ASSERT_TRUE(WaitUntil([&] { return AllArrived(at_primary.Events(), 1, 50); })) << at_primary.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(r.at_primary.Events(), 1, 50); })) << r.at_primary.Raw();
   ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
   EXPECT_EQ(LinkStats().ack_timeouts, 0u);  // acknowledged in time: no timeout, even when idle since
 
-  ASSERT_TRUE(primary.Pause());
+  ASSERT_TRUE(r.primary.Pause());
   Append(51, 50);
-  const bool moved = WaitUntil([&] { return AllArrived(at_secondary.Events(), 51, 100); }, 30'000);
-  ASSERT_TRUE(primary.Resume());
-  ASSERT_TRUE(moved) << at_secondary.Raw();
+  const bool moved = WaitUntil([&] { return AllArrived(r.at_secondary.Events(), 51, 100); }, 30'000);
+  ASSERT_TRUE(r.primary.Resume());
+  ASSERT_TRUE(moved) << r.at_secondary.Raw();
   ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
   const BackboneStats st = LinkStats();
   EXPECT_GE(st.ack_timeouts, 1u);
