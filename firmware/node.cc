@@ -248,7 +248,10 @@ class Node::Impl {
         .Int("ack_timeouts", static_cast<int64_t>(ls.ack_timeouts))
         .Int("connect_failures", static_cast<int64_t>(ls.connect_failures))
         .Int("disconnects", static_cast<int64_t>(ls.disconnects))
-        .Int("inflight", ls.inflight);
+        .Int("inflight", ls.inflight)
+        .Int("window", ls.window)
+        .Int("publish_limit", ls.publish_limit)
+        .Int("shortest_round_trip_us", ls.shortest_round_trip_us);
     if (!ls.last_error.empty()) {
       char at[48];
       FormatRfc3339(ls.last_error_us, at);
@@ -360,6 +363,13 @@ class Node::Impl {
     m.Family("waystation_backbone_acked_total", "counter", "Publishes acknowledged by the broker.").Sample("", ls.acked);
     m.Family("waystation_backbone_inflight", "gauge", "Publishes awaiting acknowledgement.")
         .Sample("", uint64_t{ls.inflight});
+    m.Family("waystation_backbone_publish_limit", "gauge",
+             "Publishes that may await acknowledgement at once, following the measured round trips; 0 while "
+             "disconnected.")
+        .Sample("", uint64_t{ls.publish_limit});
+    m.Family("waystation_backbone_shortest_round_trip_seconds", "gauge",
+             "Shortest PUBLISH to PUBACK round trip of the current session; 0 while disconnected.")
+        .Sample("", static_cast<double>(ls.shortest_round_trip_us) / 1e6);
     m.Family("waystation_http_requests_total", "counter", "Requests to the local API.").Sample("", hs.requests);
     m.Family("waystation_http_connections_open", "gauge", "Open local API connections.").Sample("", hs.connections_open);
     m.Family("waystation_api_events_accepted_total", "counter", "Events acknowledged with 202.")

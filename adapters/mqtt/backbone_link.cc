@@ -23,6 +23,7 @@
 #include "adapters/mqtt/mosquitto_api.h"
 #include "adapters/mqtt/name_lookup.h"
 #include "adapters/mqtt/tcp_probe.h"
+#include "core/publish_limit.h"
 #include "core/rate_limiter.h"
 #include "platform/clock.h"
 #include "platform/file_system.h"
@@ -171,6 +172,7 @@ class BackboneLink::Impl {
   struct InflightEvent {
     int64_t sequence = 0;
     bool bulk = false;
+    int64_t published_ns = 0;  // monotonic, when handed to the library
   };
 
   static void OnConnectCallback(mosquitto* m, void* self, int rc, int flags, const mosquitto_property* props);
@@ -349,6 +351,9 @@ class BackboneLink::Impl {
 
   // Delivery state of the current session.
   uint32_t window_ = 0;                          // min(our window, the broker's Receive Maximum)
+  // Of the window, how many PUBLISHes may wait for their PUBACK at once:
+  // follows the measured round trips (core/publish_limit.h).
+  PublishLimit publish_limit_{1};
   uint32_t broker_max_packet_ = 0;               // 0: the broker gave none
   std::unordered_map<int, InflightEvent> inflight_;  // message id -> event
   size_t bulk_inflight_ = 0;                     // of those, bulk class
@@ -536,6 +541,8 @@ BackboneStats BackboneLink::Impl::Stats() const {
   s.endpoint_index = static_cast<uint32_t>(endpoint_index_);
   s.inflight = static_cast<uint32_t>(inflight_.size());
   s.window = window_;
+  s.publish_limit = session_up_ ? publish_limit_.limit() : 0;
+  s.shortest_round_trip_us = session_up_ ? publish_limit_.shortest_round_trip_us() : 0;
   s.broker_max_packet = broker_max_packet_;
   return s;
 }
@@ -833,6 +840,7 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
       broker_max_packet_ = max_packet;
     }
   }
+  publish_limit_.Reset(window_);
   // Absent means available. A broker that takes retained messages again is
   // sent a retained Will from the next connect on.
   uint8_t retain_available = 1;
@@ -1426,7 +1434,8 @@ void BackboneLink::Impl::Pump() {
   // (and, on the broker's side, its own wake-up). Uncorking at the end of
   // the run sends what is left at once, so nothing waits.
   const int fd = (client_ && !client_lost_) ? mosquitto_socket(client_.get()) : -1;
-  const bool cork = fd >= 0 && ready_count_ > 1 && used_window() + 1 < window_;
+  const bool cork =
+      fd >= 0 && ready_count_ > 1 && used_window() + 1 < window_ && inflight_.size() + 1 < publish_limit_.limit();
   const int on = 1;
   if (cork) static_cast<void>(setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on));  // only an optimisation
   PumpRun();
@@ -1441,7 +1450,7 @@ void BackboneLink::Impl::Pump() {
 }
 
 void BackboneLink::Impl::PumpRun() {
-  while (ready_count_ > 0 && used_window() < window_) {
+  while (ready_count_ > 0 && used_window() < window_ && inflight_.size() < publish_limit_.limit()) {
     // A transient failure pauses publishing: what follows is sent again
     // after the backoff, from the oldest undelivered event on.
     if (!session_up_ || state_ != LinkState::kConnected || returning_ || retry_pending_) return;
@@ -1533,7 +1542,7 @@ uint64_t BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
   if (rc == MOSQ_ERR_SUCCESS) {
     const bool bulk = leased.priority == Priority::kBulk;
     StartAckClockIfIdle();
-    inflight_[mid] = InflightEvent{seq, bulk};
+    inflight_[mid] = InflightEvent{seq, bulk, SystemClock().MonotonicNanos()};
     if (bulk) ++bulk_inflight_;
     ++stats_.published;
     return packet_bytes;
@@ -1576,6 +1585,7 @@ void BackboneLink::Impl::OnPublished(int mid, int reason_code) {
   auto it = inflight_.find(mid);
   if (it == inflight_.end()) return;
   const int64_t seq = it->second.sequence;
+  publish_limit_.OnAck((SystemClock().MonotonicNanos() - it->second.published_ns) / 1000);
   if (it->second.bulk) --bulk_inflight_;
   inflight_.erase(it);
   if (reason_code < 0x80) {

@@ -146,6 +146,11 @@ struct BackboneStats {
   uint64_t short_sessions = 0;
   bool session_flapping = false;    // alarm: three or more short sessions within the last ten minutes
   uint32_t window = 0;              // in-flight limit of the current session (ours and the broker's)
+  // Of the window, the PUBLISHes that may wait for a PUBACK at once (see
+  // core/publish_limit.h), and the session's shortest PUBLISH -> PUBACK
+  // round trip; 0 while disconnected.
+  uint32_t publish_limit = 0;
+  int64_t shortest_round_trip_us = 0;
   uint32_t broker_max_packet = 0;   // the broker's Maximum Packet Size; 0 = none given
   // Why the last connect attempt failed or the last session ended (not a
   // planned end), and when (wall clock, µs); empty / 0 until then. Kept

@@ -7,6 +7,7 @@
 //
 // No timing assertions: every wait is for a condition, with a generous bound.
 #include "adapters/mqtt/backbone_link.h"
+#include "core/publish_limit.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -546,6 +547,57 @@ TEST_F(BackboneLinkTest, DeliversEventsOnceInOrderAndEmptiesTheOutbox) {
   EXPECT_EQ(st.connects, 1u);
   EXPECT_EQ(st.endpoint, "primary");
   EXPECT_EQ(outbox_->Stats().removed_delivered, 200u);
+}
+
+TEST_F(BackboneLinkTest, ThePublishLimitStartsEachSessionWithinTheWindowAndMeasuresTheRoundTrips) {
+  MosquittoBroker broker;
+  Subscriber sub(broker.port(), dir_.File("sub.out"));
+  ASSERT_TRUE(sub.WaitSubscribed()) << sub.Raw();
+  BackboneOptions o = Options(broker.port());
+  o.inflight_window = 512;
+  StartLink(o);
+  ASSERT_TRUE(WaitConnected()) << Slurp(broker.log_path());
+  BackboneStats st = LinkStats();
+  EXPECT_EQ(st.window, 512u);
+  EXPECT_EQ(st.publish_limit, PublishLimit::kStart);
+  EXPECT_EQ(st.shortest_round_trip_us, 0);  // no event PUBACK yet
+
+  constexpr int kEvents = 3000;
+  Append(1, kEvents);
+  ASSERT_TRUE(WaitUntil([&] { return AllArrived(sub.Events(), 1, kEvents); })) << sub.Raw();
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+  st = LinkStats();
+  EXPECT_EQ(st.acked, static_cast<uint64_t>(kEvents));
+  EXPECT_GT(st.shortest_round_trip_us, 0);
+  EXPECT_GE(st.publish_limit, 1u);
+  EXPECT_LE(st.publish_limit, 512u);
+  auto events = sub.Events();
+  ASSERT_EQ(events.size(), static_cast<size_t>(kEvents));
+  for (size_t i = 0; i < events.size(); ++i) EXPECT_EQ(EventNumber(events[i].payload), static_cast<int>(i + 1));
+
+  // Disconnected: nothing to report. The next session starts afresh.
+  broker.Kill();
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().state != LinkState::kConnected; }));
+  st = LinkStats();
+  EXPECT_EQ(st.publish_limit, 0u);
+  EXPECT_EQ(st.shortest_round_trip_us, 0);
+  ASSERT_TRUE(broker.Start());
+  ASSERT_TRUE(WaitConnected()) << Slurp(broker.log_path());
+  EXPECT_EQ(LinkStats().publish_limit, PublishLimit::kStart);
+  EXPECT_EQ(LinkStats().shortest_round_trip_us, 0);
+}
+
+TEST_F(BackboneLinkTest, AWindowBelowTheStartingLimitBoundsIt) {
+  MosquittoBroker broker;
+  BackboneOptions o = Options(broker.port());
+  o.inflight_window = 10;
+  StartLink(o);
+  ASSERT_TRUE(WaitConnected()) << Slurp(broker.log_path());
+  EXPECT_EQ(LinkStats().publish_limit, 10u);
+  Append(1, 200);
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }));
+  EXPECT_LE(LinkStats().publish_limit, 10u);
+  EXPECT_EQ(LinkStats().acked, 200u);
 }
 
 TEST_F(BackboneLinkTest, EventsAppendedWhileTheBrokerIsDownArriveInOrderOnceItStarts) {
