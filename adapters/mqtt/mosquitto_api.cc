@@ -154,18 +154,31 @@ std::string DescribeReasonCode(int reason_code) {
   return out;
 }
 
+// The library wants NUL-terminated text. Each event's PUBLISH adds half a
+// dozen properties, so the copies reuse this thread's buffers instead of
+// allocating (the library allocates its own copies anyway), and the error
+// context is put together only for an error.
+namespace {
+const char* Terminated(std::string* buffer, std::string_view text) {
+  buffer->assign(text);
+  return buffer->c_str();
+}
+}  // namespace
+
 Status PropertyList::AddString(int identifier, std::string_view value) {
   if (HasNul(value)) return InvalidArgument("MQTT property value contains a NUL character");
-  std::string v(value);
-  return MosquittoStatus(mosquitto_property_add_string(&head_, identifier, v.c_str()), "add MQTT property");
+  thread_local std::string v;
+  return MosquittoStatus(mosquitto_property_add_string(&head_, identifier, Terminated(&v, value)),
+                         "add MQTT property");
 }
 
 Status PropertyList::AddStringPair(int identifier, std::string_view name, std::string_view value) {
   if (HasNul(name) || HasNul(value)) return InvalidArgument("MQTT user property contains a NUL character");
-  std::string n(name);
-  std::string v(value);
-  return MosquittoStatus(mosquitto_property_add_string_pair(&head_, identifier, n.c_str(), v.c_str()),
-                         "add MQTT user property '" + n + "'");
+  thread_local std::string n;
+  thread_local std::string v;
+  const int rc = mosquitto_property_add_string_pair(&head_, identifier, Terminated(&n, name), Terminated(&v, value));
+  if (rc == MOSQ_ERR_SUCCESS) return Status::Ok();
+  return MosquittoStatus(rc, "add MQTT user property '" + std::string(name) + "'");
 }
 
 }  // namespace ws
