@@ -28,7 +28,8 @@ void PublishLimit::EndRound() {
   const double queued = static_cast<double>(limit_) * (1.0 - static_cast<double>(shortest_us_) / average);
   round_acks_ = 0;
   round_sum_us_ = 0;
-  if (queued < static_cast<double>(kQueuedLow)) {
+  const double acks_per_s = static_cast<double>(limit_) * 1e6 / average;
+  if (queued < static_cast<double>(kQueuedLow) || acks_per_s < kBusyAcksPerS) {
     const uint32_t step = doubling_ ? limit_ : std::max<uint32_t>(limit_ / 8, 1);
     limit_ = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{limit_} + step, ceiling_));
   } else if (queued > static_cast<double>(kQueuedHigh)) {
