@@ -1,8 +1,10 @@
 // The backbone link: forwards the outbox to the regional MQTT broker with
 // libmosquitto, driven from the platform EventLoop (mosquitto_socket,
 // mosquitto_loop_read/write/misc). QoS 1 with a bounded in-flight window;
-// PUBACK acks the event in the outbox; after a reconnect everything not
-// acknowledged is sent again, in order.
+// of the window, only as many PUBLISHes wait for their PUBACK at once as
+// the measured round trips call for (core/publish_limit.h); PUBACK acks the
+// event in the outbox; after a reconnect everything not acknowledged is
+// sent again, in order.
 //
 // Events travel per the CloudEvents MQTT binding: binary mode on MQTT 5
 // (attributes as User Properties, datacontenttype as Content Type), structured

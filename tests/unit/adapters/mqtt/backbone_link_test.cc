@@ -587,6 +587,37 @@ TEST_F(BackboneLinkTest, ThePublishLimitStartsEachSessionWithinTheWindowAndMeasu
   EXPECT_EQ(LinkStats().shortest_round_trip_us, 0);
 }
 
+TEST_F(BackboneLinkTest, AcksHeldForMorePubacksReachTheStoreWhenTheBrokerStallsMidStream) {
+  MosquittoBroker broker;
+  BackboneOptions o = Options(broker.port());
+  o.inflight_window = 512;  // room beside the publish limit: acks may be held
+  o.ack_timeout_ms = 0;     // the stalled session is not ended (which would flush them)
+  StartLink(o);
+  ASSERT_TRUE(WaitConnected()) << Slurp(broker.log_path());
+  constexpr int kEvents = 50'000;
+  Append(1, kEvents);
+  ASSERT_TRUE(WaitUntil([&] { return LinkStats().acked >= 200; }));
+  ASSERT_TRUE(broker.Pause());
+  // No PUBACK comes any more; wait until the link has read the last ones.
+  uint64_t acked = LinkStats().acked;
+  for (int i = 0; i < 50; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const uint64_t now = LinkStats().acked;
+    if (now == acked) break;
+    acked = now;
+  }
+  const BackboneStats st = LinkStats();
+  ASSERT_GT(st.inflight, 0u) << "the stream ended before the broker stalled";
+  ASSERT_LT(st.acked, static_cast<uint64_t>(kEvents));
+  // Publishes still wait for their PUBACKs, yet every PUBACK the link got
+  // is committed in the store: none waits for PUBACKs that do not come.
+  EXPECT_TRUE(WaitUntil([&] { return outbox_->Stats().removed_delivered == LinkStats().acked; }, 10'000))
+      << "acked " << LinkStats().acked << ", removed " << outbox_->Stats().removed_delivered;
+  ASSERT_TRUE(broker.Resume());
+  ASSERT_TRUE(WaitUntil([&] { return Backlog() == 0; }, 60'000)) << "backlog " << Backlog();
+  EXPECT_EQ(outbox_->Stats().removed_delivered, static_cast<uint64_t>(kEvents));
+}
+
 TEST_F(BackboneLinkTest, AWindowBelowTheStartingLimitBoundsIt) {
   MosquittoBroker broker;
   BackboneOptions o = Options(broker.port());
