@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <semaphore>
 #include <string>
 #include <thread>
 #include <vector>
@@ -151,14 +152,22 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (int p = 0; p < producers; ++p) {
       threads.emplace_back([&, p] {
+        // The thread's own semaphore outlives every call, so the store's
+        // thread can release it after the answer without a lock (one
+        // futex wake) and without racing the waiter's return.
+        std::binary_semaphore answered(0);
         for (;;) {
           uint64_t n = next.fetch_add(1);
           if (n >= events || Clock::now() > deadline) return;
           std::vector<ws::OutboxEntry> one;
           one.push_back(MakeEncodedEntry(n));
           auto s0 = Clock::now();
-          auto r = Await<ws::Result<std::vector<ws::AppendOutcome>>>(
-              [&](auto done) { store->Append(std::move(one), std::move(done)); });
+          ws::Result<std::vector<ws::AppendOutcome>> r{ws::Status(ws::StatusCode::kInternal, "no answer")};
+          store->Append(std::move(one), [&](ws::Result<std::vector<ws::AppendOutcome>> answer) {
+            r = std::move(answer);
+            answered.release();
+          });
+          answered.acquire();
           lat[static_cast<size_t>(p)].push_back(Seconds(Clock::now() - s0) * 1e6);
           (r.ok() ? acked : failed).fetch_add(1);
         }
