@@ -48,6 +48,15 @@ PathResult RunPath(PublishLimit* limit, int64_t one_way_us, int64_t service_us, 
   return r;
 }
 
+// `rounds` whole rounds (as many PUBACKs as the limit at each round's
+// start), every round trip `round_trip_us`.
+void Rounds(PublishLimit* limit, int rounds, int64_t round_trip_us) {
+  for (int r = 0; r < rounds; ++r) {
+    const uint32_t n = limit->limit();
+    for (uint32_t i = 0; i < n; ++i) limit->OnAck(round_trip_us);
+  }
+}
+
 TEST(PublishLimit, StartsAtTheStartValueWithinTheWindow) {
   PublishLimit big(512);
   EXPECT_EQ(big.limit(), PublishLimit::kStart);
@@ -132,39 +141,30 @@ TEST(PublishLimit, ConstantRoundTripsDoubleTheLimitEachRoundUpToTheWindow) {
 
 TEST(PublishLimit, LongerRoundTripsWhilePubacksComeFastShrinkItByAnEighthUntilTheQueueIsSmall) {
   PublishLimit limit(1000);
-  for (int r = 0; r < 4; ++r) {
-    const uint32_t n = limit.limit();
-    for (uint32_t i = 0; i < n; ++i) limit.OnAck(1'000);
-  }
+  Rounds(&limit, 4, 1'000);
   ASSERT_EQ(limit.limit(), 1000u);
   // Every round trip of the next round ten times the shortest: 900 of 1,000
   // waited in a queue, at 100,000 PUBACKs/s.
-  for (uint32_t i = 0; i < 1000; ++i) limit.OnAck(10'000);
+  Rounds(&limit, 1, 10'000);
   EXPECT_EQ(limit.limit(), 875u);
   // Each later round like it shrinks it again, until no more than
   // kQueuedHigh wait (9/10 of the limit here).
-  for (int r = 0; r < 100; ++r) {
-    const uint32_t n = limit.limit();
-    for (uint32_t i = 0; i < n; ++i) limit.OnAck(10'000);
-  }
+  Rounds(&limit, 100, 10'000);
   EXPECT_LE(limit.limit() * 9 / 10, PublishLimit::kQueuedHigh);
   EXPECT_GT(limit.limit() * 9 / 10, PublishLimit::kQueuedHigh * 7 / 8);
   // Once the queue is gone it grows again by an eighth, no longer doubling.
   const uint32_t shrunk = limit.limit();
-  for (uint32_t i = 0; i < shrunk; ++i) limit.OnAck(1'000);
+  Rounds(&limit, 1, 1'000);
   EXPECT_EQ(limit.limit(), shrunk + shrunk / 8);
   // The same queue with slow PUBACKs (2,000/s) does not shrink it.
   const uint32_t before = limit.limit();
-  for (uint32_t i = 0; i < before; ++i) limit.OnAck(before * 500);
+  Rounds(&limit, 1, before * 500);
   EXPECT_GT(limit.limit(), before);
 }
 
 TEST(PublishLimit, ResetForgetsTheSessionAndTakesTheNewWindow) {
   PublishLimit limit(1000);
-  for (int r = 0; r < 4; ++r) {
-    const uint32_t n = limit.limit();
-    for (uint32_t i = 0; i < n; ++i) limit.OnAck(5'000);
-  }
+  Rounds(&limit, 4, 5'000);
   ASSERT_EQ(limit.limit(), 1000u);
   ASSERT_EQ(limit.shortest_round_trip_us(), 5'000);
   limit.Reset(20);
