@@ -3,9 +3,9 @@
 //
 // Why not simply the window: libmosquitto keeps the messages that wait for a
 // PUBACK in a list and walks the whole list at every PUBACK. With 512 events
-// waiting on a loopback broker, that walk was a quarter of the link thread's
-// time, and the extra PUBLISHes bought nothing: they only waited in the
-// broker's socket. On a long round trip, though, the link needs events/s x
+// waiting on a loopback broker, that walk was about a third of the link
+// thread's samples in a drain, and the extra PUBLISHes bought nothing: they
+// only waited in the broker's socket. On a long round trip, though, the link needs events/s x
 // round-trip time of them in flight, or it cannot go faster than that.
 //
 // The limit follows the round trips it measures (the idea of TCP Vegas): the
@@ -22,8 +22,10 @@
 //
 // It shrinks only while PUBACKs come fast (limit / average round trip of
 // at least kBusyAcksPerS): only then does the library's walk cost anything
-// worth saving (at 10,000 PUBACKs/s a walk of 512 costs about 1 % of a
-// core), and a path whose round trips vary by themselves (a cellular link)
+// worth saving (scaled from the third of the link thread it took in a
+// loopback drain, a walk of 512 at 10,000 PUBACKs/s is a few per cent of a
+// core), and
+// a path whose round trips vary by themselves (a cellular link)
 // would otherwise look like a queue and get less than it can carry. Below
 // that rate the limit grows to the window.
 //

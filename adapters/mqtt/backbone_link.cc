@@ -1616,9 +1616,9 @@ void BackboneLink::Impl::QueueAck(int64_t sequence) {
 // still has room for the publish limit, fewer than kAckBatch acks wait for
 // the turns those PUBACKs bring, at most kAckHoldMs: the timer is not
 // cancelled by an earlier flush (one timer per kAckHoldMs, not one per
-// turn), so it may flush a later hold sooner, never later. In outage
+// turn), so it may flush a later hold sooner, never later. In five outage
 // drains of 200,000 events with a subscriber on the broker, the store's
-// thread spent 103-113 ticks against 155-175.
+// thread spent 123-154 ticks (of 10 ms) against 167-190 without the hold.
 void BackboneLink::Impl::HoldOrFlushAcks() {
   if (pending_acks_.empty()) return;
   const bool more_coming = !inflight_.empty() && session_up_ && state_ == LinkState::kConnected && !returning_;
