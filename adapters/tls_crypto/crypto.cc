@@ -6,6 +6,7 @@
 #include <mbedtls/sha256.h>
 #include <mbedtls/version.h>
 
+#include <algorithm>
 #include <mutex>
 
 namespace ws {
@@ -78,11 +79,13 @@ RandomSource::~RandomSource() = default;
 
 Status RandomSource::Fill(uint8_t* out, size_t len) { return impl_->Fill(out, len); }
 
-Result<std::string> RandomSource::UuidV4() {
-  uint8_t b[16];
-  WS_TRY(Fill(b, sizeof b));
-  b[6] = static_cast<uint8_t>((b[6] & 0x0f) | 0x40);  // version 4
-  b[8] = static_cast<uint8_t>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
+namespace {
+
+// The 16 bytes as "xxxxxxxx-xxxx-Vxxx-yxxx-xxxxxxxxxxxx" after setting the
+// version nibble and the RFC 9562 variant.
+std::string FormatUuid(uint8_t (&b)[16], uint8_t version) {
+  b[6] = static_cast<uint8_t>((b[6] & 0x0f) | (version << 4));
+  b[8] = static_cast<uint8_t>((b[8] & 0x3f) | 0x80);
   std::string out;
   out.reserve(36);
   for (int i = 0; i < 16; ++i) {
@@ -91,6 +94,23 @@ Result<std::string> RandomSource::UuidV4() {
     out += kHex[b[i] & 15];
   }
   return out;
+}
+
+}  // namespace
+
+Result<std::string> RandomSource::UuidV4() {
+  uint8_t b[16];
+  WS_TRY(Fill(b, sizeof b));
+  return FormatUuid(b, 4);
+}
+
+Result<std::string> RandomSource::UuidV7(int64_t unix_ms) {
+  constexpr int64_t kMaxMs = (int64_t{1} << 48) - 1;
+  const auto ms = static_cast<uint64_t>(std::clamp<int64_t>(unix_ms, 0, kMaxMs));
+  uint8_t b[16];
+  WS_TRY(Fill(b + 6, sizeof b - 6));
+  for (int i = 0; i < 6; ++i) b[i] = static_cast<uint8_t>(ms >> (40 - 8 * i));
+  return FormatUuid(b, 7);
 }
 
 Result<std::string> RandomSource::HexToken(size_t bytes) {

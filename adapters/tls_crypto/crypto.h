@@ -25,6 +25,11 @@ class RandomSource {
   Status Fill(uint8_t* out, size_t len);
   // A random (version 4) UUID: "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx".
   Result<std::string> UuidV4();
+  // A time-ordered (version 7, RFC 9562) UUID: the first 48 bits are
+  // `unix_ms` (clamped to 0 .. 2^48 - 1), the other 74 free bits random.
+  // Ids made later sort after earlier ones (within a millisecond in any
+  // order), so an index on them grows at one end, as the outbox's does.
+  Result<std::string> UuidV7(int64_t unix_ms);
   // `bytes` random bytes as lowercase hex.
   Result<std::string> HexToken(size_t bytes);
 

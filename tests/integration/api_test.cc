@@ -231,6 +231,19 @@ TEST_F(ApiTest, EventsBatchesBinaryModeAndIdempotentRetries) {
   EXPECT_NE(r.body.find("{\"id\":\"b-1\",\"sequence\":" + std::to_string(seq1 + 2) + "}"), std::string::npos) << r.body;
   EXPECT_NE(r.body.find("\"sequence\":" + std::to_string(seq1 + 3)), std::string::npos) << r.body;
 
+  // Generated ids are time-ordered UUIDs (version 7): a later one sorts
+  // after an earlier one, so the store's index of ids grows at one end.
+  Reply g1 = PostEvent(Event(""));
+  ASSERT_EQ(g1.status, 202) << g1.Describe();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  Reply g2 = PostEvent(Event(""));
+  ASSERT_EQ(g2.status, 202) << g2.Describe();
+  const std::string id1 = JsonString(g1.body, "id"), id2 = JsonString(g2.body, "id");
+  ASSERT_EQ(id1.size(), 36u) << g1.body;
+  ASSERT_EQ(id2.size(), 36u) << g2.body;
+  EXPECT_EQ(id1[14], '7') << id1;
+  EXPECT_LT(id1, id2);
+
   // Idempotency-Key: the retry answers the first answer, with the same
   // sequence, and appends nothing.
   std::string generated_id_event = Event("");

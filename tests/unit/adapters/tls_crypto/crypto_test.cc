@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <set>
 
 namespace ws {
@@ -29,6 +31,42 @@ TEST(RandomSource, UuidsAreVersion4AndDistinct) {
   Result<std::string> tok = (*r)->HexToken(16);
   ASSERT_TRUE(tok.ok());
   EXPECT_EQ(tok->size(), 32u);
+}
+
+TEST(RandomSource, TimeOrderedUuidsCarryTheirMillisecondAndSortByIt) {
+  Result<std::unique_ptr<RandomSource>> r = RandomSource::Create();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  // 2026-11-21T10:00:00.123Z = 1795255200123 ms = 0x01a1fd8c697b.
+  Result<std::string> id = (*r)->UuidV7(INT64_C(1795255200123));
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_EQ(id->size(), 36u);
+  EXPECT_EQ(id->substr(0, 13), "01a1fd8c-697b") << *id;
+  EXPECT_EQ((*id)[13], '-');
+  EXPECT_EQ((*id)[14], '7') << *id;
+  EXPECT_TRUE((*id)[19] == '8' || (*id)[19] == '9' || (*id)[19] == 'a' || (*id)[19] == 'b') << *id;
+
+  // Later milliseconds sort later; within one millisecond they are distinct.
+  std::set<std::string> same_ms;
+  std::string previous;
+  for (int64_t ms = 1795255200000; ms < 1795255200000 + 300; ++ms) {
+    Result<std::string> a = (*r)->UuidV7(ms);
+    Result<std::string> b = (*r)->UuidV7(ms);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_NE(*a, *b);
+    EXPECT_LT(previous, std::min(*a, *b)) << ms;
+    previous = std::max(*a, *b);
+    same_ms.insert(*a);
+  }
+  EXPECT_EQ(same_ms.size(), 300u);
+
+  // Out of the 48-bit range: clamped, still well-formed.
+  Result<std::string> early = (*r)->UuidV7(-5);
+  ASSERT_TRUE(early.ok());
+  EXPECT_EQ(early->substr(0, 13), "00000000-0000") << *early;
+  Result<std::string> late = (*r)->UuidV7(INT64_MAX);
+  ASSERT_TRUE(late.ok());
+  EXPECT_EQ(late->substr(0, 13), "ffffffff-ffff") << *late;
+  EXPECT_EQ((*late)[14], '7');
 }
 
 TEST(ConstantTimeEquals, ComparesContentAndLength) {
