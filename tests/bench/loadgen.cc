@@ -11,7 +11,10 @@
 //   ws_loadgen free-port                 prints a loopback TCP port that was free a moment ago
 //
 // Events are 200-byte CloudEvents (structured JSON) numbered n = --first,
-// --first+1, ...; the id is "<prefix>-<n>" and the data carries "n", so the
+// --first+1, ...; the id is "<prefix>-<n>" (--ids counter, the default), a
+// UUIDv4-shaped id derived from the prefix and n (--ids random, the ids most
+// CloudEvents SDKs make; the same n always gets the same id) or left out
+// (--ids none: the node generates one); the data carries "n", so the
 // subscriber finds the number in either MQTT form (Waystation's MQTT 5
 // binary mode puts only the data in the payload; the peer forwards the whole
 // structured event). Each producer connection has at most --window requests
@@ -50,6 +53,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -127,6 +131,7 @@ struct Options {
   int window = 1;   // mqtt: publishes outstanding per connection
   int64_t first = 0;
   std::string prefix = "b";
+  std::string ids = "counter";  // counter | random | none
   std::string topic = "waystation/bench/peer/events/com.example.bench.reading";
   std::string acked_file;
   uint16_t sub_port = 0;
@@ -192,6 +197,10 @@ Options ParseOptions(int argc, char** argv) {
     else if (a == "--window") o.window = static_cast<int>(need_int(1, 65535));
     else if (a == "--first") o.first = need_int(0, INT64_C(1'000'000'000'000));
     else if (a == "--prefix") o.prefix = v;
+    else if (a == "--ids") {
+      o.ids = v;
+      if (o.ids != "counter" && o.ids != "random" && o.ids != "none") Die("--ids: expected counter, random or none");
+    }
     else if (a == "--topic") o.topic = v;
     else if (a == "--acked") o.acked_file = v;
     else if (a == "--sub-port") o.sub_port = static_cast<uint16_t>(need_int(1, 65535));
@@ -211,14 +220,38 @@ Options ParseOptions(int argc, char** argv) {
 // ---------------------------------------------------------------------------
 // Events
 
+// A 64-bit mix (splitmix64's finaliser): distinct inputs, scattered outputs.
+uint64_t Mix64(uint64_t x) {
+  x += UINT64_C(0x9e3779b97f4a7c15);
+  x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return x ^ (x >> 31);
+}
+
+// The id member of event n, as --ids asks: "<prefix>-<n>", a UUIDv4-shaped
+// id that depends only on the prefix and n (ids of one run sort in no useful
+// order, as random ids from real producers do), or none.
+std::string EventIdMember(const std::string& prefix, int64_t n, const std::string& ids) {
+  if (ids == "none") return "";
+  if (ids == "counter") return "\"id\":\"" + prefix + "-" + std::to_string(n) + "\",";
+  const uint64_t seed = std::hash<std::string>{}(prefix);
+  const uint64_t hi = Mix64(seed ^ static_cast<uint64_t>(n));
+  const uint64_t lo = Mix64(hi ^ UINT64_C(0x5851f42d4c957f2d));
+  char id[64];
+  std::snprintf(id, sizeof id, "\"id\":\"%08" PRIx64 "-%04" PRIx64 "-4%03" PRIx64 "-%04" PRIx64 "-%012" PRIx64 "\",",
+                hi >> 32, (hi >> 16) & 0xffff, hi & 0xfff, ((lo >> 48) & 0x3fff) | 0x8000, lo & UINT64_C(0xffffffffffff));
+  return id;
+}
+
 // One structured CloudEvent of exactly kEventBytes bytes (padded in data).
-std::string EventJson(const std::string& prefix, int64_t n, int connection) {
+std::string EventJson(const std::string& prefix, int64_t n, int connection, const std::string& ids) {
   char head[256];
+  const std::string id = EventIdMember(prefix, n, ids);
   const int len = std::snprintf(head, sizeof head,
-                                "{\"specversion\":\"1.0\",\"id\":\"%s-%" PRId64
-                                "\",\"source\":\"/bench/p%d\",\"type\":\"com.example.bench.reading\","
+                                "{\"specversion\":\"1.0\",%s"
+                                "\"source\":\"/bench/p%d\",\"type\":\"com.example.bench.reading\","
                                 "\"datacontenttype\":\"application/json\",\"data\":{\"n\":%" PRId64 ",\"pad\":\"",
-                                prefix.c_str(), n, connection, n);
+                                id.c_str(), connection, n);
   if (len < 0 || static_cast<size_t>(len) + 3 > kEventBytes) Die("event prefix or number too long for a 200-byte event");
   std::string e(head, static_cast<size_t>(len));
   constexpr std::string_view kTail = "\"}}";
@@ -556,11 +589,11 @@ class HttpProducers {
       body.push_back('[');
       for (int64_t i = 0; i < k; ++i) {
         if (i > 0) body.push_back(',');
-        body += EventJson(o_.prefix, o_.first + c->first_k + i, c->index);
+        body += EventJson(o_.prefix, o_.first + c->first_k + i, c->index, o_.ids);
       }
       body.push_back(']');
     } else {
-      body = EventJson(o_.prefix, o_.first + c->first_k, c->index);
+      body = EventJson(o_.prefix, o_.first + c->first_k, c->index, o_.ids);
     }
     c->out = batch ? "POST /v1/events:batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      "Content-Type: application/cloudevents-batch+json\r\n"
@@ -829,7 +862,7 @@ class MqttProducers {
 
   void Publish(Client* c, int64_t now) {
     const int64_t k = next_k_++;
-    const std::string payload = EventJson(o_.prefix, o_.first + k, c->index);
+    const std::string payload = EventJson(o_.prefix, o_.first + k, c->index, o_.ids);
     int mid = 0;
     const int rc = mosquitto_publish(c->m, &mid, o_.topic.c_str(), static_cast<int>(payload.size()), payload.data(), 1,
                                      false);
