@@ -558,8 +558,7 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
   // Before SQLite touches the file: SQLite reads a truncated file without
   // complaint until it needs a page that is not there.
   if (!options.full_check && PathExists(options.path)) WS_TRY(CheckFileHeader(options.path));
-  // The committer's connection gathers its WAL writes (wal_write_vfs.h)
-  // once ConfigureConnection below has made every commit sync.
+  // The committer's connection gathers its WAL writes (wal_write_vfs.h).
   WS_ASSIGN_OR_RETURN(std::string vfs, WalWriteVfs(options.vfs));
   WS_ASSIGN_OR_RETURN(store->db_, Connection::Open(options.path, vfs));
 
@@ -576,7 +575,7 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
   WS_TRY(SetCheckpointOnClose(store->db_, true));
 
   WS_ASSIGN_OR_RETURN(store->page_size_, ConfigureConnection(store->db_, options.cache_kib));
-  WS_TRY(store->SetWalGathering(true));  // ConfigureConnection made every commit sync
+  WS_TRY(store->SetWalGathering(true));
   WS_TRY(Migrate(store->db_, report->schema_version_found));
   WS_TRY(store->Prepare());
   WS_TRY(store->LoadTopics());
@@ -779,14 +778,11 @@ void OutboxDb::Rollback() {
 
 // Not a prepared statement: SQLite applies PRAGMA synchronous while it
 // compiles the statement, so a prepared one would act once, at Prepare.
-// WAL writes are gathered only while every commit syncs (wal_write_vfs.h).
+// WAL writes stay gathered either way: the VFS passes a commit's frames on
+// at its commit frame, whether a sync follows or not (wal_write_vfs.h).
 Status OutboxDb::SetDurableCommits(bool durable) {
-  if (!durable) {
-    WS_TRY(SetWalGathering(false));
-    return db_.Exec("PRAGMA synchronous=NORMAL", "set synchronous=NORMAL");
-  }
-  WS_TRY(db_.Exec("PRAGMA synchronous=FULL", "set synchronous=FULL"));
-  return SetWalGathering(true);
+  return durable ? db_.Exec("PRAGMA synchronous=FULL", "set synchronous=FULL")
+                 : db_.Exec("PRAGMA synchronous=NORMAL", "set synchronous=NORMAL");
 }
 
 Status OutboxDb::SetWalGathering(bool on) {

@@ -218,8 +218,8 @@ class OutboxDb {
   // or only write it (NORMAL: consistent after a power cut, but the last
   // such commits may be undone until a later FULL commit or SyncWal).
   Status SetDurableCommits(bool durable);
-  // Whether the connection gathers its WAL writes until the commit's sync
-  // (wal_write_vfs.h); only while every commit syncs.
+  // Whether the connection gathers each commit's WAL writes into one
+  // (wal_write_vfs.h).
   Status SetWalGathering(bool on);
   // fsyncs the WAL file, making every commit so far durable.
   Status SyncWal();

@@ -40,7 +40,21 @@ struct WalFile {
   char* buf;       // kWalWriteGatherBytes, allocated at the first gathered write
   size_t len;      // bytes gathered
   sqlite3_int64 offset;  // where buf[0] goes
+  // WAL files: where the page of the last commit frame whose header was
+  // gathered goes (-1: none pending). Once that page is gathered the
+  // commit's frames are complete and are passed on at once.
+  sqlite3_int64 commit_page_at;
 };
+
+// A WAL frame's header: page number, then the database size in pages after
+// a commit (0 in every other frame), both 32-bit big-endian.
+constexpr int kFrameHeaderBytes = 24;
+
+bool IsCommitFrameHeader(const void* data, int n) {
+  if (n != kFrameHeaderBytes) return false;
+  const auto* b = static_cast<const unsigned char*>(data);
+  return (b[4] | b[5] | b[6] | b[7]) != 0;
+}
 
 constexpr size_t kRealOffset = (sizeof(WalFile) + alignof(std::max_align_t) - 1) / alignof(std::max_align_t) *
                                alignof(std::max_align_t);
@@ -70,9 +84,9 @@ int Flush(WalFile* f) {
 }
 
 // Before anything on a main database file: nothing gathered may get past a
-// call on the WAL index, a lock or the database file. While gathering, each
-// commit's sync has passed its frames on already; this is the second line,
-// should SQLite ever publish frames it has not synced.
+// call on the WAL index, a lock or the database file. Each commit's frames
+// were passed on at its commit frame already; this is the second line,
+// should SQLite ever publish frames without writing a commit frame last.
 int FlushPartner(WalFile* f) { return (!f->wal && f->partner != nullptr) ? Flush(f->partner) : SQLITE_OK; }
 
 // What every call but a gathered write does first: a WAL's own bytes, or
@@ -126,6 +140,15 @@ int Write(sqlite3_file* p, const void* data, int n, sqlite3_int64 offset) {
   if (f->len == 0) f->offset = offset;
   std::memcpy(f->buf + f->len, data, size);
   f->len += size;
+  if (IsCommitFrameHeader(data, n)) {
+    f->commit_page_at = offset + kFrameHeaderBytes;
+  } else if (offset == f->commit_page_at) {
+    // The commit frame's page: the commit is written. Passed on now, so a
+    // failure fails this write and the commit with it, before SQLite
+    // publishes it, whether or not a sync follows.
+    f->commit_page_at = -1;
+    return Flush(f);
+  }
   return SQLITE_OK;
 }
 
@@ -180,9 +203,9 @@ int DeviceCharacteristics(sqlite3_file* p) {
   return Self(p)->real->pMethods->xDeviceCharacteristics(Self(p)->real);
 }
 // Calls on the WAL index (on the main file) pass the WAL's bytes on first:
-// SQLite publishes a commit's frames there after writing them all. While
-// gathering, the commit's sync has passed them on already (with its error,
-// if any); these calls only make sure that nothing gets past the index
+// SQLite publishes a commit's frames there after writing them all. The
+// commit frame's write has passed them on already (with its error, if
+// any); these calls only make sure that nothing gets past the index
 // unwritten.
 int ShmMap(sqlite3_file* p, int region, int size, int extend, void volatile** out) {
   const int rc = FlushPartner(Self(p));
@@ -259,6 +282,7 @@ int Open(sqlite3_vfs* vfs, const char* name, sqlite3_file* file, int flags, int*
   f->buf = nullptr;
   f->len = 0;
   f->offset = 0;
+  f->commit_page_at = -1;
   const int rc = Real(vfs)->xOpen(Real(vfs), name, f->real, flags, out_flags);
   if (rc != SQLITE_OK) {
     // SQLite will not close our file: close what the wrapped VFS left open.

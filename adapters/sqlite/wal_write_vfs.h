@@ -1,24 +1,26 @@
 // A VFS that gathers the writes SQLite makes to a -wal file and hands them
-// to the file it wraps as one write at the next sync.
+// to the file it wraps as one write per commit.
 //
 // A commit writes each changed page as a WAL frame in two calls (a 24-byte
-// header, then the page), one after the other at rising offsets, and then
-// syncs the file: each a system call that copies a little into the page
-// cache. Gathered, a commit's frames are one call. In the in-process
-// benchmark (400,000 appends, about 6,250 commits) the store's threads made
-// 642,000 pwrite calls, and 159,000 with this VFS.
+// header, then the page), one after the other at rising offsets, and then,
+// under synchronous=FULL, syncs the file: each a system call that copies a
+// little into the page cache. Gathered, a commit's frames are one call. In
+// the in-process benchmark (400,000 appends, about 6,250 commits) the
+// store's threads made 642,000 pwrite calls, and 159,000 with this VFS.
 //
-// A connection gathers only while told to (kWalGatherControl), and only a
-// connection whose every commit syncs the WAL may be told so: one with
-// synchronous=FULL. Then the gathered bytes reach the file before the sync
-// that makes them durable (a failed write fails that sync, and the commit
-// with it), and so before SQLite publishes the commit to other connections
-// through the WAL index. They also reach it before anything reads,
-// truncates, sizes or closes the file, and before any call on the WAL index
-// or a lock: nothing is durable later, and no reader sees less, than
-// without this VFS. Without the control, or for any file but a -wal file
-// whose connection's main file it can pair it with, calls pass straight
-// through.
+// The gathered bytes are passed on as soon as the page of the commit's
+// last frame (the one whose header carries the database size) is gathered,
+// within that write: a failed write fails it, so the commit fails, before
+// SQLite publishes the commit to other connections through the WAL index
+// and before any sync could make it durable. That holds whether the
+// commit syncs (FULL) or not (NORMAL, the store's delivery acks). Frames a
+// transaction writes before its commit (a page cache that spills) wait
+// with it. Everything gathered also reaches the file before anything
+// reads, truncates, sizes, syncs or closes it, and before any call on the
+// WAL index or a lock: nothing is durable later, and no reader sees less,
+// than without this VFS. A connection gathers only while told to
+// (kWalGatherControl); without it, or for any file but a -wal file whose
+// connection's main file it can pair it with, calls pass straight through.
 #pragma once
 
 #include <string>

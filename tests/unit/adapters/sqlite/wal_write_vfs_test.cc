@@ -119,25 +119,52 @@ TEST_F(WalWriteVfsTest, AnotherConnectionSeesEveryCommitWhileTheWriterStaysOpen)
   }
 }
 
-// As the store's acks do: synchronous=NORMAL with gathering off, between
-// FULL commits with it on. Commits that do not sync must reach the file
-// before SQLite publishes them, or the reader would read frames that are
-// not there.
-TEST_F(WalWriteVfsTest, CommitsThatDoNotSyncAreWrittenAsTheyCommit) {
+// As the store's acks do: synchronous=NORMAL between FULL commits, with
+// gathering on throughout. A commit that does not sync is one write too,
+// and reaches the file before SQLite publishes it, or the reader would
+// read frames that are not there.
+TEST_F(WalWriteVfsTest, CommitsThatDoNotSyncReachTheWalInOneWriteBeforeTheyArePublished) {
   Connection writer = OpenWriter(/*gather=*/true);
   auto reader = Connection::Open(path_, "");
   ASSERT_TRUE(reader.ok());
   ASSERT_GT(InsertRows(writer, 50), 0);
-  ASSERT_EQ(Gather(writer, false), SQLITE_OK);
   ASSERT_TRUE(writer.Exec("PRAGMA synchronous=NORMAL", "normal").ok());
   const int64_t syncs = fault_->Counters().syncs;
+  const int64_t writes = fault_->Counters().writes;
   ASSERT_TRUE(writer.Exec("DELETE FROM t WHERE k % 2 = 0", "delete").ok());
+  EXPECT_EQ(fault_->Counters().writes, writes + 1);
   EXPECT_EQ(fault_->Counters().syncs, syncs);
   EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM t"), 25);
+  // Several in a row, each seen by the reader as it returns.
+  for (int i = 1; i <= 3; ++i) {
+    ASSERT_GT(InsertRows(writer, 4), 0);
+    EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM t"), 25 + 4 * i);
+  }
+  EXPECT_EQ(fault_->Counters().syncs, syncs);
   ASSERT_TRUE(writer.Exec("PRAGMA synchronous=FULL", "full").ok());
-  ASSERT_EQ(Gather(writer, true), SQLITE_OK);
   ASSERT_GT(InsertRows(writer, 10), 0);
-  EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM t"), 35);
+  EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM t"), 47);
+  EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM pragma_quick_check WHERE quick_check != 'ok'"), 0);
+}
+
+// The gathered write of a commit that does not sync fails: no sync would
+// report it later, so the commit itself must fail, leave nothing behind,
+// and the next one must succeed once space returns.
+TEST_F(WalWriteVfsTest, AFailedWriteFailsACommitThatDoesNotSyncAndNothingElse) {
+  Connection writer = OpenWriter(/*gather=*/true);
+  auto reader = Connection::Open(path_, "");
+  ASSERT_TRUE(reader.ok());
+  ASSERT_GT(InsertRows(writer, 20), 0);
+  ASSERT_TRUE(writer.Exec("PRAGMA synchronous=NORMAL", "normal").ok());
+  fault_->FailWrite(1, FaultError::kDiskFull);
+  EXPECT_FALSE(writer.Exec("DELETE FROM t WHERE k % 2 = 0", "delete").ok());
+  EXPECT_EQ(fault_->Counters().faults_injected, 1);
+  fault_->ClearFaults();
+  EXPECT_EQ(QueryInt(writer, "SELECT count(*) FROM t"), 20);
+  EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM t"), 20);
+  ASSERT_TRUE(writer.Exec("DELETE FROM t WHERE k % 2 = 0", "delete again").ok());
+  EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM t"), 10);
+  EXPECT_EQ(QueryInt(*reader, "SELECT count(*) FROM pragma_quick_check WHERE quick_check != 'ok'"), 0);
 }
 
 // A transaction larger than the page cache writes frames before it commits
