@@ -79,10 +79,10 @@ class Reader {
     }
     return false;
   }
-  bool String(std::string* s) {
+  bool String(std::string_view* s) {
     uint64_t n = 0;
     if (!Varint(&n) || n > in_.size()) return false;
-    s->assign(in_.data(), static_cast<size_t>(n));
+    *s = in_.substr(0, static_cast<size_t>(n));
     in_.remove_prefix(static_cast<size_t>(n));
     return true;
   }
@@ -96,6 +96,77 @@ class Reader {
 
  private:
   std::string_view in_;
+};
+
+// Reads a record, handing its fields to `out` as views into the record (or
+// into `id`): out.Header(specversion, id, source, type, attribute_count),
+// out.Attribute(index, name, value) for each attribute in order, then
+// out.Data(kind, data). The one reader of the record layout. A record
+// that ends early, or has more after its end, is kDataLoss, whatever
+// `out` was handed by then.
+template <class Out>
+Status ReadEventRecord(std::string_view record, std::string_view id, Out& out) {
+  Reader r(record);
+  uint8_t version = 0;
+  if (!r.Byte(&version) || (version != kRecordV1 && version != kRecordV2)) {
+    return DataLoss("event record: unknown version");
+  }
+  std::string_view specversion = "1.0";
+  if (version == kRecordV1 && (!r.String(&specversion) || !r.String(&id))) {
+    return DataLoss("event record: truncated header");
+  }
+  std::string_view source, type;
+  uint64_t n = 0;
+  if (!r.String(&source) || !r.String(&type) || !r.Varint(&n) || n > record.size()) {
+    return DataLoss("event record: truncated header");
+  }
+  out.Header(specversion, id, source, type, static_cast<size_t>(n));
+  for (uint64_t i = 0; i < n; ++i) {
+    std::string_view k, v;
+    if (!r.String(&k)) return DataLoss("event record: truncated attributes");
+    if (k.empty() && version == kRecordV2) {
+      uint8_t code = 0;
+      if (!r.Byte(&code)) return DataLoss("event record: truncated attributes");
+      if (code == 0 || code > std::size(kKnownAttributes)) return DataLoss("event record: unknown attribute code");
+      k = kKnownAttributes[code - 1];
+    }
+    if (!r.String(&v)) return DataLoss("event record: truncated attributes");
+    out.Attribute(static_cast<size_t>(i), k, v);
+  }
+  uint8_t kind = 0;
+  std::string_view data;
+  if (!r.Byte(&kind) || kind > static_cast<uint8_t>(DataKind::kBinary) || !r.String(&data) || !r.done()) {
+    return DataLoss("event record: bad data section");
+  }
+  out.Data(static_cast<DataKind>(kind), data);
+  return Status::Ok();
+}
+
+// Fills an Event, reusing the room its strings already have.
+struct IntoEvent {
+  Event* e;
+  void Header(std::string_view specversion, std::string_view id, std::string_view source, std::string_view type,
+              size_t attributes) {
+    e->specversion.assign(specversion);
+    e->id.assign(id);
+    e->source.assign(source);
+    e->type.assign(type);
+    e->attributes.resize(attributes);
+  }
+  void Attribute(size_t i, std::string_view name, std::string_view value) {
+    e->attributes[i].first.assign(name);
+    e->attributes[i].second.assign(value);
+  }
+  void Data(DataKind kind, std::string_view data) {
+    e->data_kind = kind;
+    e->data.assign(data);
+  }
+};
+
+struct NoOutput {
+  void Header(std::string_view, std::string_view, std::string_view, std::string_view, size_t) {}
+  void Attribute(size_t, std::string_view, std::string_view) {}
+  void Data(DataKind, std::string_view) {}
 };
 
 }  // namespace
@@ -206,40 +277,19 @@ std::string EncodeEventRecord(const Event& e) {
 }
 
 Result<Event> DecodeEventRecord(std::string_view record, std::string_view id) {
-  Reader r(record);
-  uint8_t version = 0;
-  if (!r.Byte(&version) || (version != kRecordV1 && version != kRecordV2)) {
-    return DataLoss("event record: unknown version");
-  }
   Event e;
-  if (version == kRecordV1) {
-    if (!r.String(&e.specversion) || !r.String(&e.id)) return DataLoss("event record: truncated header");
-  } else {
-    e.id.assign(id);
-  }
-  uint64_t n = 0;
-  if (!r.String(&e.source) || !r.String(&e.type) || !r.Varint(&n) || n > record.size()) {
-    return DataLoss("event record: truncated header");
-  }
-  e.attributes.reserve(static_cast<size_t>(n));
-  for (uint64_t i = 0; i < n; ++i) {
-    std::string k, v;
-    if (!r.String(&k)) return DataLoss("event record: truncated attributes");
-    if (k.empty() && version == kRecordV2) {
-      uint8_t code = 0;
-      if (!r.Byte(&code)) return DataLoss("event record: truncated attributes");
-      if (code == 0 || code > std::size(kKnownAttributes)) return DataLoss("event record: unknown attribute code");
-      k.assign(kKnownAttributes[code - 1]);
-    }
-    if (!r.String(&v)) return DataLoss("event record: truncated attributes");
-    e.attributes.emplace_back(std::move(k), std::move(v));
-  }
-  uint8_t kind = 0;
-  if (!r.Byte(&kind) || kind > static_cast<uint8_t>(DataKind::kBinary) || !r.String(&e.data) || !r.done()) {
-    return DataLoss("event record: bad data section");
-  }
-  e.data_kind = static_cast<DataKind>(kind);
+  WS_TRY(DecodeEventRecordInto(record, id, &e));
   return e;
+}
+
+Status DecodeEventRecordInto(std::string_view record, std::string_view id, Event* out) {
+  IntoEvent into{out};
+  return ReadEventRecord(record, id, into);
+}
+
+Status CheckEventRecord(std::string_view record) {
+  NoOutput none;
+  return ReadEventRecord(record, "", none);
 }
 
 bool SameEventRecord(std::string_view stored, std::string_view id, std::string_view record) {

@@ -58,6 +58,12 @@ bool IsRfc3339(std::string_view s);
 // kDataLoss.
 std::string EncodeEventRecord(const Event& event);
 Result<Event> DecodeEventRecord(std::string_view record, std::string_view id);
+// The same into `*out`, whose strings keep the room they have: decoding
+// one event after another into the same Event allocates only when one is
+// larger than any before. On an error *out holds part of the record.
+Status DecodeEventRecordInto(std::string_view record, std::string_view id, Event* out);
+// Whether Decode would read `record`, without making anything of it.
+Status CheckEventRecord(std::string_view record);
 
 // Whether the stored record of the event `id` holds the same event as
 // `record` (a fresh EncodeEventRecord), also when `stored` was written in an

@@ -55,7 +55,12 @@ struct LeasedEvent {
   int32_t attempts = 0;
   int64_t accepted_at_us = 0;  // wall clock at commit (of the retry or replay for those)
   int64_t replay_of = 0;       // Replay: the delivered sequence this sends again; 0 = an original
-  Event event;
+  std::string id;
+  // The event as stored (EncodeEventRecord), checked readable when it was
+  // leased; DecodeEventRecord(record, id) gives it back. Left encoded, so
+  // the store's thread does not build (and the link's thread free) a
+  // string per attribute: the link decodes each into one reused Event.
+  std::string record;
 };
 
 struct ClassBacklog {

@@ -363,6 +363,9 @@ class BackboneLink::Impl {
   // Leased, not yet published, per class: published highest class first as
   // the window frees up.
   std::array<std::deque<LeasedEvent>, kPriorityCount> ready_;
+  // The event PublishEvent is sending, decoded from its record: one Event
+  // reused for all, so its strings are allocated once, not per event.
+  Event publishing_;
   size_t ready_count_ = 0;
   std::unordered_set<int> control_mids_;         // presence messages awaiting PUBACK
   bool lease_outstanding_ = false;               // at most one Lease at a time
@@ -1507,9 +1510,14 @@ uint64_t BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
   std::string_view payload;
   PropertyList properties;
   uint64_t packet_bytes = 0;
+  // Checked when it was leased, so this fails only for a store that lies.
+  if (Status s = DecodeEventRecordInto(leased.record, leased.id, &publishing_); !s.ok()) {
+    DeadLetter(seq, "record unreadable: " + s.message());
+    return 0;
+  }
   if (mqtt5()) {
-    BinaryModeProperties binary = EncodeBinaryMode(leased.event);
-    payload = BinaryModePayload(leased.event);
+    BinaryModeProperties binary = EncodeBinaryMode(publishing_);
+    payload = BinaryModePayload(publishing_);
     packet_bytes = Mqtt5PublishPacketSize(topic, binary, payload.size());
     if (broker_max_packet_ != 0 && packet_bytes > broker_max_packet_) {
       DeadLetter(seq, "PUBLISH of " + std::to_string(packet_bytes) + " bytes exceeds the broker's maximum packet size of " +
@@ -1527,7 +1535,7 @@ uint64_t BackboneLink::Impl::PublishEvent(const LeasedEvent& leased) {
       return 0;
     }
   } else {
-    structured = EncodeStructuredMode(leased.event);
+    structured = EncodeStructuredMode(publishing_);
     payload = structured;
     // Fixed header (at most 5 bytes), topic with its length, packet id.
     packet_bytes = 5 + 2 + topic.size() + 2 + payload.size();

@@ -1095,8 +1095,9 @@ Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t up_to, int64_t 
     const int64_t seq = read_class_.ColumnInt64(0);
     if (seq > up_to) return Status::Ok();  // in sequence order: the rest are too
     *last_seen = seq;
-    Result<Event> event = DecodeEventRecord(read_class_.ColumnBlob(5), read_class_.ColumnText(7));
-    Result<std::string> topic = event.ok() ? TopicColumn(read_class_, 1) : event.status();
+    const std::string_view record = read_class_.ColumnBlob(5);
+    const Status readable = CheckEventRecord(record);
+    Result<std::string> topic = readable.ok() ? TopicColumn(read_class_, 1) : readable;
     if (!topic.ok()) {
       unreadable->emplace_back(seq, topic.status());
       continue;
@@ -1109,7 +1110,8 @@ Status OutboxDb::ReadLeasable(Priority p, int64_t after, int64_t up_to, int64_t 
     e.attempts = static_cast<int32_t>(read_class_.ColumnInt64(3));
     e.accepted_at_us = read_class_.ColumnInt64(4);
     e.replay_of = read_class_.ColumnInt64(6);
-    e.event = std::move(event).value();
+    e.id.assign(read_class_.ColumnText(7));
+    e.record.assign(record);
   }
 }
 
@@ -1120,8 +1122,9 @@ Status OutboxDb::ReadLeasableBySequence(int64_t sequence, int64_t now_us, std::v
   WS_TRY(read_one_.Bind(2, now_us));
   WS_ASSIGN_OR_RETURN(bool row, read_one_.Step());
   if (!row) return Status::Ok();
-  Result<Event> event = DecodeEventRecord(read_one_.ColumnBlob(5), read_one_.ColumnText(8));
-  Result<std::string> topic = event.ok() ? TopicColumn(read_one_, 1) : event.status();
+  const std::string_view record = read_one_.ColumnBlob(5);
+  const Status readable = CheckEventRecord(record);
+  Result<std::string> topic = readable.ok() ? TopicColumn(read_one_, 1) : readable;
   if (!topic.ok()) {
     unreadable->emplace_back(sequence, topic.status());
     return Status::Ok();
@@ -1136,7 +1139,8 @@ Status OutboxDb::ReadLeasableBySequence(int64_t sequence, int64_t now_us, std::v
   e.attempts = static_cast<int32_t>(read_one_.ColumnInt64(3));
   e.accepted_at_us = read_one_.ColumnInt64(4);
   e.replay_of = read_one_.ColumnInt64(6);
-  e.event = std::move(event).value();
+  e.id.assign(read_one_.ColumnText(8));
+  e.record.assign(record);
   return Status::Ok();
 }
 

@@ -406,7 +406,7 @@ Verdict Verify(const std::string& path, Ledger& ledger) {
     for (size_t i = 0; i < all.size(); ++i) {
       const LeasedEvent& e = all[i];
       if (!sequences.insert(e.sequence).second) problem("sequence " + std::to_string(e.sequence) + " leased twice");
-      if (!by_id.emplace(e.event.id, &e).second) problem("id " + e.event.id + " leased twice");
+      if (!by_id.emplace(e.id, &e).second) problem("id " + e.id + " leased twice");
       if (i > 0) {
         const LeasedEvent& prev = all[i - 1];
         const bool ordered = prev.priority < e.priority || (prev.priority == e.priority && prev.sequence < e.sequence);
@@ -420,7 +420,7 @@ Verdict Verify(const std::string& path, Ledger& ledger) {
 
     // Everything present was sent, acknowledged, intact, and not removed.
     for (const LeasedEvent& e : all) {
-      const std::string& id = e.event.id;
+      const std::string& id = e.id;
       auto sent = ledger.sent.find(id);
       if (sent == ledger.sent.end()) {
         problem("event " + id + " is in the store but was never appended");
@@ -438,8 +438,9 @@ Verdict Verify(const std::string& path, Ledger& ledger) {
         problem("event " + id + " was acknowledged with sequence " + std::to_string(seq->second) + " but has " +
                 std::to_string(e.sequence));
       }
-      if (e.event.data != sent->second.data || e.stream != sent->second.stream || e.priority != sent->second.priority ||
-          e.topic != kTopic || e.event.type != "com.acme.crash") {
+      Result<Event> event = DecodeEventRecord(e.record, e.id);
+      if (!event.ok() || event->data != sent->second.data || e.stream != sent->second.stream ||
+          e.priority != sent->second.priority || e.topic != kTopic || event->type != "com.acme.crash") {
         problem("event " + id + " came back altered");
       }
       if (ledger.delivered_ok.count(e.sequence) != 0) {
@@ -950,10 +951,10 @@ TEST_F(PowerCutTest, NoEventIsLostWhereverThePowerIsCutDuringACompaction) {
       ASSERT_TRUE(leased && leased->ok()) << name << " " << n;
       std::vector<std::string> kept;
       for (const LeasedEvent& e : **leased) {
-        if (e.event.id.rfind("kept-", 0) == 0) {
-          kept.push_back(e.event.id);
-        } else if (e.event.id.rfind("drained-", 0) != 0) {
-          ADD_FAILURE() << name << " " << n << ": unknown event " << e.event.id;
+        if (e.id.rfind("kept-", 0) == 0) {
+          kept.push_back(e.id);
+        } else if (e.id.rfind("drained-", 0) != 0) {
+          ADD_FAILURE() << name << " " << n << ": unknown event " << e.id;
         }
       }
       std::vector<std::string> want;

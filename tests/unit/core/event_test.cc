@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -242,6 +243,20 @@ TEST(EventRecordTest, EveryTruncationIsDataLoss) {
   EXPECT_TRUE(DecodeEventRecord(record, e.id).ok());
 }
 
+TEST(EventRecordTest, CheckAndDecodeIntoAgreeWithDecodeOnEveryPrefix) {
+  Event e = RichEvent();
+  e.SetAttribute("subject", std::string(200, 's'));
+  const std::string record = EncodeEventRecord(e);
+  for (size_t len = 0; len <= record.size(); ++len) {
+    const std::string_view prefix(record.data(), len);
+    Event into = RichEvent();
+    const bool whole = len == record.size();
+    EXPECT_EQ(CheckEventRecord(prefix).ok(), whole) << len;
+    EXPECT_EQ(DecodeEventRecordInto(prefix, e.id, &into).ok(), whole) << len;
+    if (whole) ExpectSameEvent(into, e);
+  }
+}
+
 TEST(EventRecordTest, WrongVersionIsDataLoss) {
   std::string record = EncodeEventRecord(MinimalEvent());
   for (char v : {'\0', '\x03', '\x7f', '\xff'}) {
@@ -299,6 +314,26 @@ TEST(EventRecordTest, FirstVersionRecordsStillDecode) {
   Result<Event> back = DecodeEventRecord(EventRecordV1(e), "ignored: the record has its own id");
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   ExpectSameEvent(*back, e);
+}
+
+// The link decodes one event after another into one Event: nothing of the
+// one before may stay, whichever is larger or has more attributes, and a
+// current-version record (which leaves specversion out) must set it.
+TEST(EventRecordTest, DecodingIntoAReusedEventLeavesNothingOfTheOneBefore) {
+  Event rich = RichEvent();
+  for (int i = 0; i < 20; ++i) rich.attributes.emplace_back("x" + std::to_string(i), std::string(50, 'x'));
+  rich.data.assign(5000, 'r');
+  const Event small = MinimalEvent();
+  const Event old = ShortRichEvent();
+
+  Event into;
+  into.specversion = "0.3";
+  for (const Event* want : std::initializer_list<const Event*>{&small, &rich, &small, &old, &rich, &old, &small}) {
+    const bool v1 = want == &old;
+    const std::string record = v1 ? EventRecordV1(*want) : EncodeEventRecord(*want);
+    ASSERT_TRUE(DecodeEventRecordInto(record, v1 ? "ignored" : want->id, &into).ok());
+    ExpectSameEvent(into, *want);
+  }
 }
 
 TEST(EventRecordTest, CurrentVersionLeavesOutIdSpecversionAndKnownNames) {

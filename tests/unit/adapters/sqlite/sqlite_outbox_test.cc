@@ -33,6 +33,14 @@ namespace {
 using AppendResult = Result<std::vector<AppendOutcome>>;
 using LeaseResult = Result<std::vector<LeasedEvent>>;
 
+// The event a lease handed out, decoded from its record (an empty Event,
+// and a failure, if it cannot be).
+Event Decoded(const LeasedEvent& e) {
+  Result<Event> event = DecodeEventRecord(e.record, e.id);
+  EXPECT_TRUE(event.ok()) << e.id << ": " << event.status().ToString();
+  return event.ok() ? std::move(event).value() : Event{};
+}
+
 // ---------------------------------------------------------------------------
 // A VFS over SQLite's default one whose writes fail with SQLITE_FULL while
 // g_disk_full is set: a disk that fills up and later has room again.
@@ -204,7 +212,7 @@ std::vector<std::string> LeaseIds(Outbox& o, size_t max) {
   EXPECT_TRUE(r.ok()) << r.status().ToString();
   std::vector<std::string> ids;
   if (r.ok()) {
-    for (const LeasedEvent& e : *r) ids.push_back(e.event.id);
+    for (const LeasedEvent& e : *r) ids.push_back(e.id);
   }
   return ids;
 }
@@ -320,12 +328,12 @@ TEST_F(SqliteOutboxTest, AppendLeaseAckRoundTrip) {
   EXPECT_EQ(b.attempts, 0);
   EXPECT_EQ(b.accepted_at_us, clock_.WallMicros());
   Event want = MakeEvent("b", "{\"v\":2}");
-  EXPECT_EQ(b.event.id, want.id);
-  EXPECT_EQ(b.event.source, want.source);
-  EXPECT_EQ(b.event.type, want.type);
-  EXPECT_EQ(b.event.attributes, want.attributes);
-  EXPECT_EQ(b.event.data_kind, want.data_kind);
-  EXPECT_EQ(b.event.data, want.data);
+  EXPECT_EQ(b.id, want.id);
+  EXPECT_EQ(Decoded(b).source, want.source);
+  EXPECT_EQ(Decoded(b).type, want.type);
+  EXPECT_EQ(Decoded(b).attributes, want.attributes);
+  EXPECT_EQ(Decoded(b).data_kind, want.data_kind);
+  EXPECT_EQ(Decoded(b).data, want.data);
 
   ASSERT_TRUE(AckSync(*o, {(*r)[0].sequence, (*r)[1].sequence}).ok());
   s = o->Stats();
@@ -559,8 +567,8 @@ TEST_F(SqliteOutboxTest, LeaseFollowsPriorityThenSequenceAndResetStartsOver) {
   ASSERT_TRUE(again.ok());
   std::vector<std::string> ids;
   for (const LeasedEvent& e : *again) {
-    ids.push_back(e.event.id);
-    EXPECT_EQ(e.attempts, 1) << e.event.id;
+    ids.push_back(e.id);
+    EXPECT_EQ(e.attempts, 1) << e.id;
   }
   EXPECT_EQ(ids, (std::vector<std::string>{"control-1", "high-2", "normal-1", "normal-2", "normal-3", "bulk-1"}));
   EXPECT_TRUE(LeaseIds(*o, 10).empty());
@@ -1236,7 +1244,7 @@ TEST_F(SqliteOutboxTest, NackedEventComesBackOnlyAfterItsTimeWithTheAttemptCount
   LeaseResult again = LeaseSync(*o, 10);
   ASSERT_TRUE(again.ok());
   ASSERT_EQ(again->size(), 1u);
-  EXPECT_EQ((*again)[0].event.id, "b");
+  EXPECT_EQ((*again)[0].id, "b");
   EXPECT_EQ((*again)[0].attempts, 1) << "the nack counts one attempt, the reset none more";
   EXPECT_TRUE(LeaseIds(*o, 10).empty());
 }
@@ -1272,7 +1280,7 @@ TEST_F(SqliteOutboxTest, RetryTimesSurviveAReopen) {
   LeaseResult r = LeaseSync(*o, 10);
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->size(), 1u);
-  EXPECT_EQ((*r)[0].event.id, "a");
+  EXPECT_EQ((*r)[0].id, "a");
   EXPECT_EQ((*r)[0].attempts, 1);
 }
 
@@ -1337,8 +1345,8 @@ TEST_F(SqliteOutboxTest, RetryDeadLetterQueuesItAgainUnderANewSequence) {
     LeaseResult leased = LeaseSync(*o, 10);
     ASSERT_TRUE(leased.ok());
     ASSERT_EQ(leased->size(), 2u);  // c, then a: it is sent after what was queued
-    EXPECT_EQ((*leased)[0].event.id, "c");
-    EXPECT_EQ((*leased)[1].event.id, "a");
+    EXPECT_EQ((*leased)[0].id, "c");
+    EXPECT_EQ((*leased)[1].id, "a");
     EXPECT_EQ((*leased)[1].sequence, retried_seq);
     EXPECT_EQ((*leased)[1].attempts, 0);
     EXPECT_EQ(notified.load(), before + 1);
@@ -1447,12 +1455,12 @@ TEST_F(SqliteOutboxTest, ReplayRequeuesRetainedDeliveriesBySequenceOrTime) {
   LeaseResult leased = LeaseSync(*o, 10);
   ASSERT_TRUE(leased.ok());
   ASSERT_EQ(leased->size(), 2u);
-  EXPECT_EQ((*leased)[0].event.id, "r1");
+  EXPECT_EQ((*leased)[0].id, "r1");
   EXPECT_EQ((*leased)[0].replay_of, seqs[1]);
   EXPECT_GT((*leased)[0].sequence, seqs[3]);
-  EXPECT_EQ((*leased)[1].event.id, "r2");
+  EXPECT_EQ((*leased)[1].id, "r2");
   EXPECT_EQ((*leased)[1].replay_of, seqs[2]);
-  EXPECT_EQ((*leased)[0].event.data, MakeEvent("r1").data);
+  EXPECT_EQ(Decoded((*leased)[0]).data, MakeEvent("r1").data);
   EXPECT_EQ(o->Stats().replayed, 2u);
 
   // Still queued: a second replay of the same range adds nothing.
@@ -1712,10 +1720,10 @@ TEST_F(SqliteOutboxTest, AVersionOneStoreIsMigratedWithItsEventsAndTotals) {
   for (int i = 0; i < 3; ++i) {
     const OutboxEntry want = Entry(Numbered("old-", i));
     const LeasedEvent& got = (*r)[static_cast<size_t>(i)];
-    EXPECT_EQ(got.event.id, want.event.id);
+    EXPECT_EQ(got.id, want.event.id);
     EXPECT_EQ(got.topic, want.topic);
     EXPECT_EQ(got.stream, want.stream);
-    EXPECT_EQ(EncodeEventRecord(got.event), EncodeEventRecord(want.event));
+    EXPECT_EQ(EncodeEventRecord(Decoded(got)), EncodeEventRecord(want.event));
   }
   // An old event sent again is the same event in the new record version,
   // and different content under its id is still a conflict.
@@ -1859,8 +1867,8 @@ TEST_F(SqliteOutboxTest, NewStoresUseSmallPagesAndAnOlderPageSizeKeepsWorking) {
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(r->size(), 2u);
   EXPECT_EQ((*r)[0].sequence, b);
-  EXPECT_EQ((*r)[0].event.data.size(), 10010u);
-  EXPECT_EQ((*r)[1].event.id, "c");
+  EXPECT_EQ(Decoded((*r)[0]).data.size(), 10010u);
+  EXPECT_EQ((*r)[1].id, "c");
 }
 
 TEST_F(SqliteOutboxTest, AStreamEqualToTheTopicIsStoredOnceAndReadBackEverywhere) {
@@ -1882,7 +1890,7 @@ TEST_F(SqliteOutboxTest, AStreamEqualToTheTopicIsStoredOnceAndReadBackEverywhere
   auto streams_of = [](const LeaseResult& r) {
     std::vector<std::string> s;
     if (r.ok()) {
-      for (const LeasedEvent& e : *r) s.push_back(e.event.id + "=" + e.stream);
+      for (const LeasedEvent& e : *r) s.push_back(e.id + "=" + e.stream);
     }
     return s;
   };
@@ -1954,7 +1962,7 @@ TEST_F(SqliteOutboxTest, ATopicFromARefusedCallIsForgottenWithIt) {
   LeaseResult r = LeaseSync(*o, 10);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->size(), 2u);
-  EXPECT_EQ((*r)[1].event.id, "new");
+  EXPECT_EQ((*r)[1].id, "new");
   EXPECT_EQ((*r)[1].topic, fresh);
 }
 
@@ -2184,7 +2192,7 @@ TEST_F(SqliteOutboxTest, AnAckQueuedBeforeAnAppendFreesItsRoomInTheSameTransacti
     ASSERT_TRUE(r.ok());
     ASSERT_EQ(r->size(), 2u);
     EXPECT_EQ((*r)[0].sequence, b);
-    EXPECT_EQ((*r)[1].event.id, Numbered("c", round));
+    EXPECT_EQ((*r)[1].id, Numbered("c", round));
     ASSERT_TRUE(AckSync(*o, {(*r)[0].sequence, (*r)[1].sequence}).ok());
   }
   EXPECT_EQ(o->Stats().removed_delivered, 90u);
@@ -2217,7 +2225,7 @@ TEST_F(SqliteOutboxTest, ALeaseBetweenAppendsDoesNotSplitTheirCommit) {
   LeaseResult r = leased.get_future().get();
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->size(), 3u);
-  EXPECT_EQ((*r)[0].event.id, "m0");
+  EXPECT_EQ((*r)[0].id, "m0");
   // The lease ran while the two appends were gathered: one commit for both.
   EXPECT_EQ(o->Stats().commits, 2u);
   EXPECT_EQ((*b)[0].sequence, (*a)[0].sequence + 1);
