@@ -39,7 +39,8 @@ Result<std::string> WalWriteVfs(const std::string& base);
 // SQLITE_NOTFOUND when the connection's VFS is not one of these.
 constexpr int kWalGatherControl = 0x57530001;
 
-// Most bytes gathered before they are passed on without waiting for the sync.
+// Most bytes gathered before they are passed on without waiting for the
+// commit frame.
 // Below 128 KiB: SQLite's unix VFS takes at most 0x1ffff bytes per write
 // (SQLite itself never writes more at once) and masks the length with it, so
 // a longer write comes back short and fails as "disk full" (a 259,904-byte
