@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -13,6 +14,7 @@ namespace ws {
 
 using json_internal::CjsonPtr;
 using json_internal::ParseExact;
+using json_internal::ParseScope;
 using json_internal::PrintCompact;
 
 namespace {
@@ -44,14 +46,20 @@ size_t SkipSpace(std::string_view t, size_t i) {
   return i;
 }
 
-// `i` at a '"': the index after the closing quote, or npos.
+// `i` at a '"': the index after the closing quote, or npos. Inside a
+// string a backslash only starts an escape, so a quote closes the string
+// unless an odd run of backslashes stands right before it. memchr finds the
+// candidates a word at a time; strings are most of an event's text.
 size_t SkipString(std::string_view t, size_t i) {
-  for (++i; i < t.size(); ++i) {
-    if (t[i] == '\\') {
-      ++i;
-    } else if (t[i] == '"') {
-      return i + 1;
-    }
+  const size_t open = i;
+  for (size_t from = i + 1; from < t.size();) {
+    const void* q = std::memchr(t.data() + from, '"', t.size() - from);
+    if (q == nullptr) break;
+    const auto at = static_cast<size_t>(static_cast<const char*>(q) - t.data());
+    size_t backslashes = 0;
+    while (at - backslashes > open + 1 && t[at - backslashes - 1] == '\\') ++backslashes;
+    if (backslashes % 2 == 0) return at + 1;
+    from = at + 1;
   }
   return std::string_view::npos;
 }
@@ -252,12 +260,14 @@ Result<Event> EventFromObject(const cJSON* obj, std::string_view raw, bool allow
 }  // namespace
 
 Result<Event> ParseStructuredEvent(std::string_view json, bool allow_missing_id) {
+  ParseScope scope;  // before the tree: the tree goes first
   CjsonPtr root = ParseExact(json);
   if (!root) return InvalidArgument("body: not valid JSON");
   return EventFromObject(root.get(), json, allow_missing_id);
 }
 
 Result<std::vector<Event>> ParseEventBatch(std::string_view json, bool allow_missing_id, size_t max_events) {
+  ParseScope scope;  // before the tree: the tree goes first
   CjsonPtr root = ParseExact(json);
   if (!root) return InvalidArgument("body: not valid JSON");
   if (!cJSON_IsArray(root.get())) return InvalidArgument("body: a batch must be a JSON array of events");
@@ -265,7 +275,9 @@ Result<std::vector<Event>> ParseEventBatch(std::string_view json, bool allow_mis
   // Each element's own text, when the scan agrees with the parser on how
   // many there are.
   std::vector<std::string_view> raw = RawElements(json);
-  if (static_cast<size_t>(cJSON_GetArraySize(root.get())) != raw.size()) raw.clear();
+  const auto elements = static_cast<size_t>(cJSON_GetArraySize(root.get()));
+  if (elements != raw.size()) raw.clear();
+  out.reserve(std::min(elements, max_events));
   size_t i = 0;
   for (const cJSON* it = root->child; it != nullptr; it = it->next, ++i) {
     if (i >= max_events) {
@@ -300,7 +312,10 @@ std::string EncodeStructuredEvent(const Event& e) {
   return out;
 }
 
-bool IsValidJson(std::string_view json) { return ParseExact(json) != nullptr; }
+bool IsValidJson(std::string_view json) {
+  ParseScope scope;
+  return ParseExact(json) != nullptr;
+}
 
 std::string CjsonLibraryVersion() { return cJSON_Version(); }
 

@@ -194,6 +194,25 @@ TEST(EventBatch, EachEventKeepsItsOwnData) {
   EXPECT_EQ((*b)[2].data_kind, DataKind::kNone);
 }
 
+TEST(EventBatch, RunsOfBackslashesBeforeAQuoteEndOrContinueAString) {
+  // Even runs end the string at the quote, odd runs escape it; the keys and
+  // values around them must still be found where the parser found them.
+  // The numbers show that the data is the producer's text: the fallback
+  // through cJSON's tree would print 1.5.
+  Result<std::vector<Event>> b = ParseEventBatch(
+      R"([{"specversion":"1.0","id":"a\\","source":"/s\\\"","type":"t",)"
+      R"("data": { "p" : "\\", "q": "\\\" , ]", "r" : "\\\\", "n": 1.50 }},)"
+      R"({"specversion":"1.0","id":"b\"","source":"/s","type":"t","data":[ "\\" , "\"", 1.50 ]}])",
+      false, 10);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_EQ(b->size(), 2u);
+  EXPECT_EQ((*b)[0].id, "a\\");
+  EXPECT_EQ((*b)[0].source, "/s\\\"");
+  EXPECT_EQ((*b)[0].data, R"({"p":"\\","q":"\\\" , ]","r":"\\\\","n":1.50})");
+  EXPECT_EQ((*b)[1].id, "b\"");
+  EXPECT_EQ((*b)[1].data, R"(["\\","\"",1.50])");
+}
+
 TEST(EventBatch, ControlBytesBetweenTokensAreWhitespaceAsForTheParser) {
   static constexpr char kBody[] =
       "\t[\x01\0{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"/s\",\"type\":\"t\","
