@@ -1,7 +1,7 @@
 // Memory for the cJSON trees of one parse. Internal to adapters/json.
 //
 // cJSON allocates a node for every value and a copy of every key and
-// string: a batch of 100 benchmark events is about 2,300 allocations, freed
+// string: a batch of 100 benchmark events is about 2,400 allocations, freed
 // a moment later when the tree is dropped. On the daemon's loop thread those
 // small frees also made the next large allocation consolidate the heap.
 //
