@@ -1,6 +1,11 @@
 #include "core/routing.h"
 
 namespace ws {
+namespace {
+
+constexpr std::string_view kDefaultTopic = "{prefix}/events/{type}";
+
+}  // namespace
 
 bool GlobMatch(std::string_view pattern, std::string_view text) {
   // Iterative matcher with one backtrack point: linear for the patterns
@@ -27,29 +32,33 @@ bool GlobMatch(std::string_view pattern, std::string_view text) {
 Router::Router(std::vector<RouteConfig> routes, std::string prefix, std::string site, std::string node)
     : routes_(std::move(routes)), prefix_(std::move(prefix)), site_(std::move(site)), node_(std::move(node)) {}
 
-std::string Router::Expand(const std::string& tmpl, const Event& event) const {
+std::string Router::Expand(std::string_view tmpl, const Event& event) const {
   std::string out;
   out.reserve(tmpl.size() + event.type.size() + prefix_.size());
-  for (size_t i = 0; i < tmpl.size();) {
-    if (tmpl[i] == '{') {
-      size_t close = tmpl.find('}', i);
-      if (close != std::string::npos) {
-        std::string_view key(tmpl.data() + i + 1, close - i - 1);
-        const std::string* value = nullptr;
-        if (key == "prefix") value = &prefix_;
-        else if (key == "type") value = &event.type;
-        else if (key == "source") value = &event.source;
-        else if (key == "site") value = &site_;
-        else if (key == "node") value = &node_;
-        if (value != nullptr) {
-          out += *value;
-          i = close + 1;
-          continue;
-        }
-      }
+  size_t i = 0;
+  while (i < tmpl.size()) {
+    const size_t open = tmpl.find('{', i);
+    if (open == std::string_view::npos) break;
+    const size_t close = tmpl.find('}', open);
+    if (close == std::string_view::npos) break;
+    const std::string_view key = tmpl.substr(open + 1, close - open - 1);
+    const std::string* value = nullptr;
+    if (key == "prefix") value = &prefix_;
+    else if (key == "type") value = &event.type;
+    else if (key == "source") value = &event.source;
+    else if (key == "site") value = &site_;
+    else if (key == "node") value = &node_;
+    if (value == nullptr) {
+      // Not a placeholder: the brace is text, and the search goes on after it.
+      out.append(tmpl.substr(i, open + 1 - i));
+      i = open + 1;
+      continue;
     }
-    out += tmpl[i++];
+    out.append(tmpl.substr(i, open - i));
+    out += *value;
+    i = close + 1;
   }
+  out.append(tmpl.substr(i));
   return out;
 }
 
@@ -63,11 +72,11 @@ RouteDecision Router::Route(const Event& event) const {
     }
   }
   if (match != nullptr) {
-    d.topic = Expand(match->topic.empty() ? "{prefix}/events/{type}" : match->topic, event);
+    d.topic = Expand(match->topic.empty() ? kDefaultTopic : std::string_view(match->topic), event);
     d.priority = match->priority;
     d.ttl_s = match->ttl_s;
   } else {
-    d.topic = Expand("{prefix}/events/{type}", event);
+    d.topic = Expand(kDefaultTopic, event);
   }
   d.stream = d.topic;
   return d;

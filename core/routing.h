@@ -33,7 +33,7 @@ class Router {
   RouteDecision Route(const Event& event) const;
 
  private:
-  std::string Expand(const std::string& tmpl, const Event& event) const;
+  std::string Expand(std::string_view tmpl, const Event& event) const;
 
   std::vector<RouteConfig> routes_;
   std::string prefix_;

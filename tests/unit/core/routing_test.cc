@@ -137,6 +137,9 @@ TEST(RouterTest, PlaceholdersRepeatAndUnknownOnesStayLiteral) {
   Router router({MakeRoute("*", "{type}/{type}/{unknown}/{node")}, "p", "s", "n");
   RouteDecision d = router.Route(MakeEvent("t"));
   EXPECT_EQ(d.topic, "t/t/{unknown}/{node");
+  // A brace that opens no placeholder is text, also right before one.
+  Router braces({MakeRoute("*", "x{{type}}/{}/{site}}{")}, "p", "s", "n");
+  EXPECT_EQ(braces.Route(MakeEvent("t")).topic, "x{t}/{}/s}{");
 }
 
 TEST(RouterTest, RouteWithoutTopicUsesDefaultTemplateButKeepsItsClass) {
