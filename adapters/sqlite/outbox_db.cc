@@ -625,7 +625,7 @@ Status OutboxDb::Prepare() {
       {&topic_by_ref_, "SELECT topic FROM topics WHERE ref = ?1"},
       {&insert_event_,
        "INSERT INTO events(seq, id, priority, stream, topic, accepted_us, expires_us, attempts, bytes, record,"
-       " replay_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10)"},
+       " replay_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?11, ?8, ?9, ?10)"},
       {&copy_to_delivered_,
        "INSERT INTO delivered(seq, id, priority, stream, topic, accepted_us, delivered_us, record)"
        " SELECT seq, id, priority, stream, topic, accepted_us, ?2, record FROM events WHERE seq = ?1"},
@@ -931,6 +931,7 @@ Status OutboxDb::InsertEvent(const NewEventRow& r) {
   WS_TRY(insert_event_.Bind(8, static_cast<int64_t>(r.bytes)));
   WS_TRY(insert_event_.BindBlob(9, r.record));
   WS_TRY(insert_event_.Bind(10, r.replay_of));
+  WS_TRY(insert_event_.Bind(11, static_cast<int64_t>(r.attempts)));
   WS_TRY(insert_event_.Run());
   return Count(static_cast<int64_t>(r.priority), 1, static_cast<int64_t>(r.bytes));
 }

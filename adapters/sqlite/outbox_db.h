@@ -121,6 +121,7 @@ struct NewEventRow {
   uint64_t bytes = 0;
   std::string_view record;
   int64_t replay_of = 0;  // the delivered sequence this event re-sends; 0 = none
+  int32_t attempts = 0;   // leases that ended without an ack so far
 };
 
 // Checks the first 100 bytes of a database file (its header) against the

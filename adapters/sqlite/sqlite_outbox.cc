@@ -20,10 +20,12 @@
 #include <span>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
 
+#include "adapters/sqlite/intake_log.h"
 #include "adapters/sqlite/outbox_db.h"
 #include "platform/file_system.h"
 #include "platform/log.h"
@@ -52,6 +54,18 @@ constexpr auto kCompactRetry = std::chrono::minutes(10);
 // commit) alone. After a crash the sequence goes on from the ceiling: a gap,
 // never a sequence given twice. A clean shutdown writes the exact value.
 constexpr int64_t kSequenceReserve = 1024;
+
+// The intake log (intake_log.h) beside the database file.
+constexpr const char* kIntakeSuffix = "-intake";
+// Events held only in the intake log move into the database (settle) once
+// the oldest has waited this long (the link is down or slow), ...
+constexpr int64_t kIntakeHoldUs = 1'000'000;
+// ... or once they hold this many bytes, or the log has grown this large.
+constexpr uint64_t kIntakeMaxHeldBytes = 4 << 20;
+constexpr int64_t kIntakeMaxLogBytes = 8 << 20;
+// With nothing held, the log starts over at its beginning once it is
+// this large: its blocks are then rewritten rather than new ones dirtied.
+constexpr int64_t kIntakeRestartBytes = 1 << 20;
 // The fewest and the most batches that skip the linger wait after one that
 // gained nothing (see Linger).
 constexpr size_t kMinLingerBackoff = 16;
@@ -233,6 +247,14 @@ struct OpenBatch {
   std::vector<Result<std::vector<AppendOutcome>>> results;  // one per stored op
   int64_t acked_removed = 0;
   std::optional<sqlite::StoreTotals> after_acks;
+  // The intake: the batch's events that go to the intake log instead of
+  // the database (until `direct`), and where each id is among them.
+  std::vector<sqlite::IntakeEvent> intake;
+  std::unordered_map<std::string, size_t> intake_ids;
+  // Held events its acks removed, with the index of the ack in `acks`.
+  std::vector<std::pair<size_t, sqlite::IntakeEvent>> held_taken;
+  bool direct = false;   // the batch writes its events into the database
+  bool settled = false;  // held events moved into the database in its transaction
 };
 
 }  // namespace
@@ -314,6 +336,9 @@ class SqliteOutbox::Impl {
     }
     FinishClockShift();
   }
+
+  // Before Start: the intake log OpenIntake opened (null: none).
+  void SetIntake(std::unique_ptr<sqlite::IntakeLog> log) { intake_ = std::move(log); }
 
   Status LoadWaiting() {
     std::vector<sqlite::WaitingRow> rows;
@@ -470,6 +495,27 @@ class SqliteOutbox::Impl {
 
   void CloseDatabase() {
     if (db_ == nullptr) return;
+    if (intake_ != nullptr) {
+      // A clean stop leaves every event in the database.
+      if (Status s = Settle(); !s.ok()) {
+        WS_LOG_WARN(kComponent, "could not move held events into the database at shutdown; the next start does",
+                    {{"error", s.ToString()}});
+      }
+      // The acks not yet in the log must not bring their events back at
+      // the next start: with nothing held the log starts over, else they
+      // are written. A write that failed once is tried once more.
+      auto finish = [this] {
+        if (held_.empty()) return intake_->clean() ? Status::Ok() : intake_->Clear();
+        return unwritten_marks_.empty() ? Status::Ok() : intake_->Write({}, unwritten_marks_, /*sync=*/true);
+      };
+      Status s = finish();
+      if (!s.ok()) s = finish();
+      if (!s.ok()) {
+        WS_LOG_WARN(kComponent, "could not write the last acks into the intake log; their events are sent again",
+                    {{"error", s.ToString()}});
+      }
+      intake_.reset();
+    }
     db_->SetWalHook(nullptr);  // the checkpoint thread is gone
     // The exact last sequence instead of the ceiling, so that a clean
     // restart goes on without a gap. If this fails the ceiling stands.
@@ -864,6 +910,10 @@ class SqliteOutbox::Impl {
   void StoreTaken(OpenBatch* b) {
     if (!b->begun || !b->storage.ok()) return;
     if (b->acks_applied < b->acks.size()) {
+      // At once, so the limits see the room they free; put back if the
+      // transaction fails.
+      TakeHeldAcks(std::span<AckOp>(b->acks).subspan(b->acks_applied), &b->tally.usage, b->acks_applied,
+                   &b->held_taken);
       int64_t removed = 0;
       b->storage = RemoveAcked(std::span<const AckOp>(b->acks).subspan(b->acks_applied), b->now, &removed);
       b->acks_applied = b->acks.size();
@@ -873,7 +923,7 @@ class SqliteOutbox::Impl {
         Result<sqlite::StoreTotals> t = db_->ReadTotals();
         if (t.ok()) {
           b->after_acks = *t;
-          b->tally.usage = UsageOf(*t);
+          b->tally.usage = WithIntake(UsageOf(*t), b);
         } else {
           b->storage = t.status();
         }
@@ -881,7 +931,7 @@ class SqliteOutbox::Impl {
       if (!b->storage.ok()) return;
     }
     while (b->stored < b->ops.size()) {
-      b->results.push_back(RunAppendRequest(b->ops[b->stored], b->now, &b->tally, &b->storage));
+      b->results.push_back(RunAppendRequest(b->ops[b->stored], b));
       ++b->stored;
       if (!b->storage.ok()) {
         b->failed_at = b->results.size() - 1;
@@ -897,22 +947,41 @@ class SqliteOutbox::Impl {
     if (storage.ok()) storage = CoverSequences(&b.tally);
     if (storage.ok()) storage = db_->Commit();
     open_batch_ = nullptr;
+    if (!storage.ok()) db_->Rollback();
+    settle_pending_ = false;
+    if (storage.ok() && b.settled) AfterSettle();
+    if (storage.ok()) {
+      MaybeRestartIntake();
+    } else {
+      RestoreHeld(b);
+    }
+    // The events that went to the intake are durable once their chunk is.
+    Status appends = storage;
+    if (storage.ok() && !b.intake.empty()) appends = WriteIntake(b);
     std::vector<Result<std::vector<AppendOutcome>>>& results = b.results;
     std::vector<AppendOp>& batch = b.ops;
 
-    if (!storage.ok()) {
-      db_->Rollback();
-      storage = storage.WithContext("append");
+    if (!appends.ok()) {
+      appends = appends.WithContext("append");
       WS_LOG_WARN(kComponent, "append transaction failed; nothing of it was stored",
-                  {{"requests", std::to_string(batch.size())}, {"error", storage.ToString()}});
+                  {{"requests", std::to_string(batch.size())}, {"error", appends.ToString()}});
       std::vector<Result<std::vector<AppendOutcome>>> failed;
       failed.reserve(batch.size());
       for (size_t i = 0; i < batch.size(); ++i) {
         // A request that was refused on its own keeps its precise reason.
         const bool own_rejection = i < results.size() && i != b.failed_at && !results[i].ok();
-        failed.push_back(own_rejection ? std::move(results[i]) : Result<std::vector<AppendOutcome>>(storage));
+        failed.push_back(own_rejection ? std::move(results[i]) : Result<std::vector<AppendOutcome>>(appends));
       }
       results = std::move(failed);
+      if (storage.ok()) {
+        // The transaction (acks, the sequence ceiling) committed; only the
+        // intake chunk failed. The next chunk goes to the same place in the
+        // log, so its sequences can be handed out again.
+        unsynced_acks_ = false;
+        sequence_ceiling_ = b.tally.sequence_ceiling;
+        b.intake.clear();
+        RefreshTotals();
+      }
     } else {
       unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
       if (b.after_acks.has_value()) ApplyTotals(*b.after_acks);
@@ -946,16 +1015,29 @@ class SqliteOutbox::Impl {
     for (size_t i = 0; i < batch.size(); ++i) {
       if (batch[i].done) batch[i].done(std::move(results[i]));
     }
-    if (storage.ok() && b.tally.new_events > 0) NotifyListener();
+    if (appends.ok() && b.tally.new_events > 0) NotifyListener();
   }
 
   // One Append call inside the batch transaction, under its own savepoint.
   // Sets *storage when the transaction as a whole can no longer commit.
   // A call of one event writes nothing before it is sure to be admitted
   // unless drop_oldest makes room, so its savepoint is taken only then.
-  Result<std::vector<AppendOutcome>> RunAppendRequest(const AppendOp& op, int64_t now, BatchTally* tally,
-                                                      Status* storage) {
+  Result<std::vector<AppendOutcome>> RunAppendRequest(AppendOp& op, OpenBatch* b) {
     if (op.entries.empty()) return std::vector<AppendOutcome>{};
+    if (intake_ != nullptr && !b->direct) {
+      if (IntakeCanTake(op.entries, b->tally)) return AppendToIntake(op.entries, b);
+      // This call's events go into the database. What the intake holds
+      // goes there first, in this transaction: the database then holds
+      // every event below the intake's sequences, as leasing assumes.
+      if (Status s = SettleInto(b); !s.ok()) {
+        b->storage = s;
+        return s;
+      }
+      b->direct = true;
+    }
+    const int64_t now = b->now;
+    BatchTally* tally = &b->tally;
+    Status* storage = &b->storage;
     savepoint_taken_ = false;
     if (op.entries.size() > 1) {
       if (Status s = db_->Savepoint(); !s.ok()) {
@@ -1089,6 +1171,338 @@ class SqliteOutbox::Impl {
     outcomes->push_back(AppendOutcome{tally->last_sequence, e.event.id, false});
   }
 
+  // ---- the intake (intake_log.h) ----
+  //
+  // An append batch writes its new events as one chunk of the intake log
+  // and syncs it; they are acknowledged then and held in memory (held_)
+  // until the link's ack removes them, and never reach the database. What
+  // stays longer (kIntakeHoldUs: the link is down or slow), grows beyond
+  // kIntakeMaxHeldBytes, or must be handled by the database (a TTL, a
+  // drop to make room, a nack, a dead letter, a retry, a replay, a clock
+  // step, shutdown) is settled: inserted into the database in one
+  // transaction, after which the log starts over. So every sequence in
+  // the database is below every held one, and a class's events lease from
+  // the database first, then from held_.
+
+  // Whether an Append call's events can go to the intake: no TTL (expiry is
+  // the database's sweep) and each is admitted without making room.
+  bool IntakeCanTake(const std::vector<OutboxEntry>& entries, const BatchTally& t) const {
+    if (HeldBytes() > kIntakeMaxHeldBytes || intake_->used_bytes() > kIntakeMaxLogBytes) return false;
+    StoreUsage u = t.usage;
+    for (const OutboxEntry& e : entries) {
+      const auto p = static_cast<size_t>(e.priority);
+      if (e.event.id.empty() || p >= kPriorityCount) continue;  // refused as in the database
+      if (e.ttl_us > 0) return false;
+      const uint64_t bytes = StoredBytes(e, e.record.empty() ? EncodeEventRecord(e.event) : e.record);
+      if (DecideAdmission(limits_, u, e.priority, bytes).action != Admission::kAdmit) return false;
+      u.classes[p].count += 1;
+      u.classes[p].bytes += bytes;
+    }
+    return true;
+  }
+
+  // One Append call into the batch's intake events: all of them, or (a
+  // refusal of this call alone, or a storage failure) none.
+  Result<std::vector<AppendOutcome>> AppendToIntake(std::vector<OutboxEntry>& entries, OpenBatch* b) {
+    const size_t mark = b->intake.size();
+    auto undo = [&] {
+      for (size_t i = mark; i < b->intake.size(); ++i) b->intake_ids.erase(b->intake[i].id);
+      b->intake.resize(mark);
+    };
+    const bool only_outbox = dlq_count_ == 0 && delivered_empty_;
+    BatchTally mine = b->tally;
+    std::vector<AppendOutcome> outcomes;
+    outcomes.reserve(entries.size());
+    for (OutboxEntry& e : entries) {
+      const auto p = static_cast<size_t>(e.priority);
+      if (e.event.id.empty() || p >= kPriorityCount) {
+        undo();
+        return InvalidArgument(e.event.id.empty() ? "event id must not be empty"
+                                                  : "event \"" + e.event.id + "\" has an unknown priority class");
+      }
+      std::string record = e.record.empty() ? EncodeEventRecord(e.event) : std::move(e.record);
+      const uint64_t bytes = StoredBytes(e, record);
+      // Already stored: in this batch, held, or in the database.
+      std::optional<int64_t> found_seq;
+      std::string_view found_record;
+      std::optional<sqlite::StoredId> stored;
+      if (auto it = b->intake_ids.find(e.event.id); it != b->intake_ids.end()) {
+        found_seq = b->intake[it->second].sequence;
+        found_record = b->intake[it->second].record;
+      } else if (auto h = held_ids_.find(e.event.id); h != held_ids_.end()) {
+        const sqlite::IntakeEvent& held = held_.at(h->second);
+        found_seq = held.sequence;
+        found_record = held.record;
+      } else {
+        Result<std::optional<sqlite::StoredId>> r =
+            only_outbox ? db_->FindIdInOutbox(e.event.id) : db_->FindId(e.event.id);
+        if (!r.ok()) {
+          undo();
+          b->storage = r.status();
+          return r.status();
+        }
+        stored = std::move(r).value();
+        if (stored.has_value()) {
+          found_seq = stored->sequence;
+          found_record = stored->record;
+        }
+      }
+      if (found_seq.has_value()) {
+        if (SameEventRecord(found_record, e.event.id, record)) {
+          outcomes.push_back(AppendOutcome{*found_seq, e.event.id, true});
+          continue;
+        }
+        undo();
+        return AlreadyExists("event id \"" + e.event.id + "\" is already stored (sequence " +
+                             std::to_string(*found_seq) + ") with different content");
+      }
+      sqlite::IntakeEvent ev;
+      ev.sequence = mine.last_sequence + 1;
+      ev.priority = e.priority;
+      ev.accepted_us = b->now;
+      ev.bytes = bytes;
+      ev.id = e.event.id;
+      ev.stream = std::move(e.stream);
+      ev.topic = std::move(e.topic);
+      ev.record = std::move(record);
+      b->intake_ids.emplace(ev.id, b->intake.size());
+      b->intake.push_back(std::move(ev));
+      CountStored(e, bytes, &mine, &outcomes);
+    }
+    b->tally = mine;
+    return outcomes;
+  }
+
+  // Inside an open transaction: inserts the held events and those the
+  // batch `b` (if any) took so far into the database.
+  Status SettleInto(OpenBatch* b) {
+    auto insert = [this](const sqlite::IntakeEvent& e) {
+      return db_->InsertEvent(sqlite::NewEventRow{e.sequence, e.id, e.priority, e.stream, e.topic, e.accepted_us, 0,
+                                                  e.bytes, e.record, 0, e.attempts});
+    };
+    for (const auto& [seq, e] : held_) WS_TRY(insert(e));
+    // Until this transaction ends, an ack of a held event deletes its row.
+    settle_pending_ = !held_.empty();
+    if (b != nullptr) {
+      for (const sqlite::IntakeEvent& e : b->intake) WS_TRY(insert(e));
+      b->settled = b->settled || !held_.empty();
+      b->intake.clear();
+      b->intake_ids.clear();
+    }
+    return Status::Ok();
+  }
+
+  // After the transaction that settled them committed: the held events are
+  // the database's now, and the log starts over.
+  void AfterSettle() {
+    if (!held_.empty()) {
+      WS_LOG_INFO(kComponent, "events moved from the intake log into the database",
+                  {{"count", std::to_string(held_.size())}});
+    }
+    held_.clear();
+    held_ids_.clear();
+    held_usage_ = {};
+    unwritten_marks_.clear();
+    if (Status s = intake_->Clear(); !s.ok()) {
+      // The old chunks stay: a restart would settle those events again
+      // (each id once) or send delivered ones again. Never a loss.
+      WS_LOG_WARN(kComponent, "could not start the intake log over", {{"error", s.ToString()}});
+      intake_->Restart();
+    }
+  }
+
+  // Settles every held event in a transaction of its own.
+  Status Settle() {
+    if (intake_ == nullptr || held_.empty()) return Status::Ok();
+    Status s = Transact([&]() -> Status { return SettleInto(nullptr); });
+    settle_pending_ = false;
+    WS_TRY(s.WithContext("move held events into the database"));
+    AfterSettle();
+    RefreshTotals();
+    return Status::Ok();
+  }
+
+  bool Held(int64_t sequence) const { return held_.find(sequence) != held_.end(); }
+
+  // After the acks' transaction (if any) committed: removes the held events
+  // that `acks` name from held_ and from the acks (the database never had
+  // them), counting them as delivered; their ack records go out with the
+  // next chunk.
+  // With `taken`, the events go there (with the index in `acks`, plus
+  // `first_index`), to be put back by RestoreHeld.
+  void TakeHeldAcks(std::span<AckOp> acks, StoreUsage* tally_usage = nullptr, size_t first_index = 0,
+                    std::vector<std::pair<size_t, sqlite::IntakeEvent>>* taken = nullptr) {
+    if (held_.empty() || settle_pending_) return;
+    uint64_t n = 0;
+    for (size_t k = 0; k < acks.size(); ++k) {
+      AckOp& a = acks[k];
+      auto keep = a.sequences.begin();
+      for (int64_t seq : a.sequences) {
+        auto it = held_.find(seq);
+        if (it == held_.end()) {
+          *keep++ = seq;
+          continue;
+        }
+        const auto p = static_cast<size_t>(it->second.priority);
+        for (ClassUsage* u : {&usage_.classes[p], &held_usage_[p],
+                              tally_usage != nullptr ? &tally_usage->classes[p] : nullptr}) {
+          if (u == nullptr) continue;
+          u->count -= std::min<uint64_t>(u->count, 1);
+          u->bytes -= std::min(u->bytes, it->second.bytes);
+        }
+        held_ids_.erase(it->second.id);
+        if (taken != nullptr) taken->emplace_back(first_index + k, std::move(it->second));
+        held_.erase(it);
+        unwritten_marks_.push_back(seq);
+        ++n;
+      }
+      a.sequences.erase(keep, a.sequences.end());
+    }
+    if (n == 0) return;
+    PublishUsage(n);
+  }
+
+  // The backlog figures after held events left (`delivered` of them by an
+  // ack) or came back (RestoreHeld).
+  void PublishUsage(uint64_t delivered) {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.removed_delivered += delivered;
+    for (size_t p = 0; p < kPriorityCount; ++p) {
+      stats_.backlog[p].count = usage_.classes[p].count;
+      stats_.backlog[p].bytes = usage_.classes[p].bytes;
+      if (stats_.backlog[p].count == 0) stats_.backlog[p].oldest_accepted_us = 0;
+    }
+  }
+
+  // A batch's transaction failed: the held events its acks took are held
+  // again, their acks go back to the calls that named them (and run again
+  // on their own), and their ack records are not written.
+  void RestoreHeld(OpenBatch& b) {
+    if (b.held_taken.empty()) return;
+    std::unordered_map<int64_t, bool> back;
+    for (auto& [index, e] : b.held_taken) {
+      const int64_t seq = e.sequence;
+      back[seq] = true;
+      b.acks[index].sequences.push_back(seq);
+      const auto p = static_cast<size_t>(e.priority);
+      for (ClassUsage* u : {&usage_.classes[p], &held_usage_[p]}) {
+        u->count += 1;
+        u->bytes += e.bytes;
+      }
+      held_ids_.emplace(e.id, seq);
+      held_.emplace(seq, std::move(e));
+    }
+    std::erase_if(unwritten_marks_, [&back](int64_t seq) { return back.count(seq) != 0; });
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.removed_delivered -= std::min<uint64_t>(stats_.removed_delivered, b.held_taken.size());
+    }
+    b.held_taken.clear();
+    PublishUsage(0);
+  }
+
+  // With nothing held, a log grown past kIntakeRestartBytes starts over at
+  // its beginning. Only after the acks that emptied it are final.
+  void MaybeRestartIntake() {
+    if (intake_ == nullptr || !held_.empty() || intake_->used_bytes() <= kIntakeRestartBytes) return;
+    intake_->Restart();
+    unwritten_marks_.clear();
+  }
+
+  uint64_t HeldBytes() const {
+    uint64_t n = 0;
+    for (const ClassUsage& u : held_usage_) n += u.bytes;
+    return n;
+  }
+
+  // The accepted time of the first held event of class `p`; 0 if none.
+  int64_t OldestHeld(Priority p) const {
+    if (held_usage_[static_cast<size_t>(p)].count == 0) return 0;
+    for (const auto& [seq, e] : held_) {
+      if (e.priority == p) return e.accepted_us;
+    }
+    return 0;
+  }
+
+  // The database's usage plus what the intake holds and the batch `b` took.
+  StoreUsage WithIntake(StoreUsage u, const OpenBatch* b) const {
+    for (size_t p = 0; p < kPriorityCount; ++p) {
+      u.classes[p].count += held_usage_[p].count;
+      u.classes[p].bytes += held_usage_[p].bytes;
+    }
+    if (b != nullptr) {
+      for (const sqlite::IntakeEvent& e : b->intake) {
+        u.classes[static_cast<size_t>(e.priority)].count += 1;
+        u.classes[static_cast<size_t>(e.priority)].bytes += e.bytes;
+      }
+    }
+    return u;
+  }
+
+  // After the batch's transaction committed: writes its intake events (with
+  // the ack records not yet written) as one chunk and syncs it; then they
+  // are held.
+  Status WriteIntake(OpenBatch& b) {
+    std::vector<const sqlite::IntakeEvent*> events;
+    events.reserve(b.intake.size());
+    for (const sqlite::IntakeEvent& e : b.intake) events.push_back(&e);
+    WS_TRY(intake_->Write(events, unwritten_marks_, /*sync=*/true).WithContext("write the intake log"));
+    unwritten_marks_.clear();
+    for (sqlite::IntakeEvent& e : b.intake) {
+      held_usage_[static_cast<size_t>(e.priority)].count += 1;
+      held_usage_[static_cast<size_t>(e.priority)].bytes += e.bytes;
+      held_ids_.emplace(e.id, e.sequence);
+      const int64_t seq = e.sequence;
+      held_.emplace_hint(held_.end(), seq, std::move(e));
+    }
+    b.intake.clear();
+    b.intake_ids.clear();
+    return Status::Ok();
+  }
+
+  // Appends to `out` held events of class `p` after `*cursor`, up to `max`
+  // in all, moving the cursor.
+  void LeaseHeld(Priority p, size_t max, int64_t* cursor, std::vector<LeasedEvent>* out) const {
+    for (auto it = held_.upper_bound(*cursor); it != held_.end() && out->size() < max; ++it) {
+      const sqlite::IntakeEvent& e = it->second;
+      if (e.priority != p) continue;
+      LeasedEvent l;
+      l.sequence = e.sequence;
+      l.topic = e.topic;
+      l.stream = e.stream;
+      l.priority = e.priority;
+      l.attempts = e.attempts;
+      l.accepted_at_us = e.accepted_us;
+      l.id = e.id;
+      l.record = e.record;
+      out->push_back(std::move(l));
+      *cursor = e.sequence;
+    }
+  }
+
+  // Once a second and before a lease: what waited too long, or grew too
+  // large, settles; once a second, an empty intake whose last acks are not
+  // in the log yet starts its log over (so a restart sends none of them
+  // again).
+  // `tick`: the once-a-second maintenance (else a lease).
+  void MaintainIntake(int64_t now, bool tick) {
+    if (intake_ == nullptr) return;
+    if (held_.empty()) {
+      if (tick && intake_->used_bytes() > 0 && !unwritten_marks_.empty()) {
+        AfterSettle();  // nothing to move; writes the log's new start
+      }
+      return;
+    }
+    const int64_t oldest = held_.begin()->second.accepted_us;
+    const bool old = now - oldest >= kIntakeHoldUs;
+    if (old || HeldBytes() > kIntakeMaxHeldBytes || intake_->used_bytes() > kIntakeMaxLogBytes) {
+      if (Status s = Settle(); !s.ok()) {
+        WS_LOG_WARN(kComponent, "could not move held events into the database; they stay in the intake log",
+                    {{"error", s.ToString()}});
+      }
+    }
+  }
+
   void NotifyListener() {
     std::shared_ptr<const std::function<void()>> listener;
     {
@@ -1118,8 +1532,10 @@ class SqliteOutbox::Impl {
   // syncs them along with itself; without one, the next maintenance pass
   // (at most kMaintenanceInterval later) syncs the WAL.
   void RunAcks(std::vector<AckOp>& acks) {
-    size_t wanted = 0;
-    for (const AckOp& a : acks) wanted += a.sequences.size();
+    size_t wanted = 0;  // in the database
+    for (const AckOp& a : acks) {
+      for (int64_t seq : a.sequences) wanted += Held(seq) ? 0U : 1U;
+    }
     Status s;
     int64_t removed = 0;
     if (wanted > 0) {
@@ -1136,6 +1552,11 @@ class SqliteOutbox::Impl {
         unsynced_acks_ = true;
         RefreshTotals();
       }
+    }
+    // Held events go only with the others: the acks answer as one.
+    if (s.ok()) {
+      TakeHeldAcks(acks);
+      MaybeRestartIntake();
     }
     FinishAcks(acks, removed, s);
   }
@@ -1155,7 +1576,12 @@ class SqliteOutbox::Impl {
     // PUBACKs come in order, so the acknowledged sequences are mostly runs:
     // one range delete per run instead of one statement per event.
     std::vector<int64_t> seqs;
-    for (const AckOp& a : acks) seqs.insert(seqs.end(), a.sequences.begin(), a.sequences.end());
+    for (const AckOp& a : acks) {
+      for (int64_t seq : a.sequences) {
+        // A held event has no row, unless this transaction settles it.
+        if (settle_pending_ || !Held(seq)) seqs.push_back(seq);
+      }
+    }
     std::sort(seqs.begin(), seqs.end());
     seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
     for (size_t i = 0; i < seqs.size();) {
@@ -1196,6 +1622,9 @@ class SqliteOutbox::Impl {
     const int64_t now = JudgeTime(Now());
     const bool in_batch = open_batch_ != nullptr;
     if (!in_batch) {
+      // Held events that waited too long go to the database first, where
+      // the sweep judges their age.
+      MaintainIntake(now, /*tick=*/false);
       SweepExpired(now);
       PurgeDelivered(now);
     }
@@ -1238,6 +1667,8 @@ class SqliteOutbox::Impl {
           if (op.done) op.done(s.WithContext("lease"));
           return;
         }
+        // The database has no more of this class: the held events follow.
+        if (out.size() < op.max_events) LeaseHeld(p, op.max_events, &cursor[i], &out);
       }
       std::sort(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(),
                 [](const LeasedEvent& a, const LeasedEvent& b) { return a.sequence < b.sequence; });
@@ -1278,6 +1709,9 @@ class SqliteOutbox::Impl {
         WS_LOG_WARN(kComponent, "could not count delivery attempts", {{"error", s.ToString()}});
       }
     }
+    for (auto& [seq, e] : held_) {
+      if (seq <= cursor_[static_cast<size_t>(e.priority)]) ++e.attempts;
+    }
     // Events waiting for a retry time stay waiting: the scan from the start
     // skips them until their time has come.
     cursor_.fill(0);
@@ -1285,6 +1719,12 @@ class SqliteOutbox::Impl {
 
   void RunNack(NackOp& op) {
     const int64_t not_before = Now() + std::max<int64_t>(op.retry_in_us, 0);
+    if (std::any_of(op.sequences.begin(), op.sequences.end(), [this](int64_t seq) { return Held(seq); })) {
+      if (Status s = Settle(); !s.ok()) {
+        if (op.done) op.done(s.WithContext("nack"));
+        return;
+      }
+    }
     std::vector<std::pair<Priority, int64_t>> found;
     Status s;
     if (!op.sequences.empty()) {
@@ -1310,6 +1750,12 @@ class SqliteOutbox::Impl {
   void RunDeadLetter(DeadLetterOp& op) {
     bool found = false;
     const int64_t now = Now();
+    if (Held(op.sequence)) {
+      if (Status s = Settle(); !s.ok()) {
+        if (op.done) op.done(s.WithContext("dead-letter"));
+        return;
+      }
+    }
     Status s = Transact([&]() -> Status {
       dlq_count_ = std::max<uint64_t>(dlq_count_, 1);  // until the totals say otherwise
       WS_ASSIGN_OR_RETURN(found, db_->MoveToDeadLetters(op.sequence, op.reason, now));
@@ -1355,6 +1801,8 @@ class SqliteOutbox::Impl {
       return answer(InvalidArgument("name the dead letter to retry by sequence (> 0) or by id"));
     }
     const int64_t now = Now();
+    // It comes back under a new sequence, above the held ones.
+    if (Status s = Settle(); !s.ok()) return answer(s.WithContext("retry dead letter"));
     BatchTally tally = StartTally();
     AppendOutcome outcome;
     Status s = Transact([&]() -> Status {
@@ -1455,6 +1903,7 @@ class SqliteOutbox::Impl {
     const int64_t now = Now();
     // Retention may have run out for some of them since the last sweep.
     PurgeDelivered(now);
+    if (Status s = Settle(); !s.ok()) return answer(s.WithContext("replay"));
     BatchTally tally = StartTally();
     uint64_t replayed = 0;
     Status s = Transact([&]() -> Status {
@@ -1547,6 +1996,11 @@ class SqliteOutbox::Impl {
                    {{"step_s", step_s}});
       return;
     }
+    // The held events' times move with the others.
+    if (Status s = Settle(); !s.ok()) {
+      WS_LOG_WARN(kComponent, "could not move held events into the database before a clock step",
+                  {{"error", s.ToString()}});
+    }
     Result<int64_t> first = db_->FirstSequence();
     if (first.ok() && *first == 0) return;  // nothing stored
     // Without the first sequence the shift starts from 0: slower, not wrong.
@@ -1619,6 +2073,7 @@ class SqliteOutbox::Impl {
       }
     }
     const int64_t now = Now();
+    MaintainIntake(now, /*tick=*/true);
     SweepExpired(now);
     PurgeDelivered(now);
     MaybeCompact();
@@ -1759,10 +2214,15 @@ class SqliteOutbox::Impl {
   }
 
   void ApplyTotals(const sqlite::StoreTotals& t) {
-    usage_ = UsageOf(t);
+    usage_ = WithIntake(UsageOf(t), nullptr);
     dlq_count_ = t.dlq_count;
     std::lock_guard<std::mutex> lock(stats_mu_);
-    for (size_t p = 0; p < kPriorityCount; ++p) stats_.backlog[p] = t.backlog[p];
+    for (size_t p = 0; p < kPriorityCount; ++p) {
+      stats_.backlog[p] = t.backlog[p];
+      stats_.backlog[p].count = usage_.classes[p].count;
+      stats_.backlog[p].bytes = usage_.classes[p].bytes;
+      if (t.backlog[p].count == 0) stats_.backlog[p].oldest_accepted_us = OldestHeld(static_cast<Priority>(p));
+    }
     stats_.dlq_count = t.dlq_count;
   }
 
@@ -1784,8 +2244,17 @@ class SqliteOutbox::Impl {
   bool unsynced_acks_ = false;
   bool durable_commits_broken_ = false;  // synchronous=FULL could not be set back after an ack
   std::chrono::steady_clock::time_point compact_not_before_{};  // after a failed compaction
-  // Backlog per class and dead letters, as counted against the limits.
+  // Backlog per class and dead letters, as counted against the limits
+  // (the held events included).
   StoreUsage usage_;
+  // The intake log and the events held only there (see "the intake"
+  // above); null when delivered events are kept (an ack moves a row).
+  std::unique_ptr<sqlite::IntakeLog> intake_;
+  std::map<int64_t, sqlite::IntakeEvent> held_;          // by sequence
+  std::unordered_map<std::string, int64_t> held_ids_;    // id -> sequence
+  std::array<ClassUsage, kPriorityCount> held_usage_{};  // their count and bytes per class
+  std::vector<int64_t> unwritten_marks_;                 // acks of held events, for the next chunk
+  bool settle_pending_ = false;  // the open transaction inserts the held events
   std::array<int64_t, kPriorityCount> cursor_{};  // last leased sequence per class
   // Per class: nacked events (sequence -> retry time) that the cursor scan
   // may already have passed. Bounded by what the link had in flight.
@@ -1829,6 +2298,62 @@ class SqliteOutbox::Impl {
   std::thread ckpt_thread_;
   std::thread thread_;
 };
+
+// Opens the intake log beside the database and moves the events an earlier
+// run left held there into the database (each id once: a settle whose log
+// could not start over leaves events that are already there), then starts
+// the log over. A damaged log is moved aside like a damaged database and
+// the node goes on with a new one. Null when the store keeps delivered
+// events: then an ack moves a row in the database, and appends go there.
+Result<std::unique_ptr<sqlite::IntakeLog>> OpenIntake(const SqliteOutboxOptions& options, const Clock& clock,
+                                                      sqlite::OutboxDb& db, sqlite::OpenReport* report) {
+  const std::string path = options.path + kIntakeSuffix;
+  std::vector<sqlite::IntakeEvent> events;
+  int64_t highest = 0;
+  Result<std::unique_ptr<sqlite::IntakeLog>> log = sqlite::IntakeLog::Open(path, options.vfs, &events, &highest);
+  if (!log.ok() && log.status().code() == StatusCode::kDataLoss) {
+    WS_LOG_ERROR(kComponent, "ALARM: the intake log is damaged; moving it aside and starting a new one",
+                 {{"path", path}, {"error", log.status().ToString()}});
+    WS_ASSIGN_OR_RETURN(std::string moved_to, Quarantine(path, clock));
+    WS_LOG_ERROR(kComponent, "damaged intake log quarantined", {{"path", path}, {"moved_to", moved_to}});
+    events.clear();
+    highest = 0;
+    log = sqlite::IntakeLog::Open(path, options.vfs, &events, &highest);
+  }
+  if (!log.ok()) return log.status();
+  std::unique_ptr<sqlite::IntakeLog> none;
+  if (events.empty() && highest == 0) {
+    return options.retain_delivered_s > 0 || !options.intake_log ? std::move(none) : std::move(log).value();
+  }
+
+  const int64_t last = std::max(report->last_sequence, highest);
+  int64_t moved = 0;
+  WS_TRY(db.Begin());
+  Status s = [&]() -> Status {
+    for (const sqlite::IntakeEvent& e : events) {
+      WS_ASSIGN_OR_RETURN(std::optional<sqlite::StoredId> found, db.FindId(e.id));
+      if (found.has_value()) continue;
+      WS_TRY(db.InsertEvent(sqlite::NewEventRow{e.sequence, e.id, e.priority, e.stream, e.topic, e.accepted_us, 0,
+                                                e.bytes, e.record, 0}));
+      ++moved;
+    }
+    return db.SetLastSequence(last);
+  }();
+  if (s.ok()) s = db.Commit();
+  if (!s.ok()) {
+    db.Rollback();
+    return s.WithContext("move the intake log's events into the database");
+  }
+  report->last_sequence = last;
+  WS_ASSIGN_OR_RETURN(report->totals, db.ReadTotals());
+  if (moved > 0) {
+    WS_LOG_INFO(kComponent, "events held in the intake log at the last stop moved into the database",
+                {{"count", std::to_string(moved)}});
+  }
+  WS_TRY((*log)->Clear().WithContext("start the intake log over"));
+  if (options.retain_delivered_s > 0 || !options.intake_log) return none;
+  return std::move(log).value();
+}
 
 Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions options) {
   if (options.path.empty()) return InvalidArgument("storage path must not be empty");
@@ -1880,6 +2405,8 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
     RemoveMarker(options.path + kNeedsCheckSuffix);
   }
   if (!db.ok()) return db.status().WithContext("open outbox " + options.path);
+  Result<std::unique_ptr<sqlite::IntakeLog>> intake = OpenIntake(options, *clock, **db, &report);
+  if (!intake.ok()) return intake.status().WithContext("open outbox " + options.path);
 
   uint64_t backlog = 0;
   for (const ClassBacklog& b : report.totals.backlog) backlog += b.count;
@@ -1897,6 +2424,7 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
                {"sqlite", LibraryVersion()}});
 
   auto impl = std::make_unique<Impl>(std::move(options), clock, std::move(db).value(), report, quarantined);
+  impl->SetIntake(std::move(intake).value());
   impl->PrepareClockShift();
   WS_TRY(impl->LoadWaiting().WithContext("open outbox: read retry times"));
   WS_TRY(impl->LoadDeliveredState().WithContext("open outbox: look for delivered events"));

@@ -61,6 +61,13 @@ struct SqliteOutboxOptions {
   // Once the clock is past it, Open moves such times to the present (see
   // "Wall clock" below). 0 = never.
   int64_t earliest_plausible_wall_us = kEarliestPlausibleWallUs;
+  // New events become durable in the intake log beside the file
+  // (`<path>-intake`, see adapters/sqlite/intake_log.h) and reach the
+  // database only if the link has not delivered them within about a
+  // second. false: every event is written into the database. Either way a
+  // log left by an earlier run is read back at open. Off while delivered
+  // events are kept (retain_delivered_s > 0).
+  bool intake_log = true;
 };
 
 // Meanings specific to this store:

@@ -740,6 +740,7 @@ TEST_F(SqliteOutboxTest, DiskFullFailsCleanlyAndRecoversByItself) {
   RegisterFaultyVfs();
   auto options = Options(dir_, &clock_);
   options.vfs = kFaultyVfs;
+  options.intake_log = false;  // the database's own disk-full path
   int64_t second = 0;
   {
     auto o = OpenStore(options);
@@ -1920,7 +1921,8 @@ OutboxEntry EntryOnTopic(const std::string& id, const std::string& topic) {
 }
 
 TEST_F(SqliteOutboxTest, EachTopicIsStoredOnceAndReadBackAfterReopen) {
-  const auto options = Options(dir_, &clock_);
+  auto options = Options(dir_, &clock_);
+  options.intake_log = false;  // reads the database file while the store is open
   const std::string a = "waystation/b/gw/events/com.example.a", b = "waystation/b/gw/events/com.example.b";
   {
     auto o = OpenStore(options);
@@ -1967,7 +1969,8 @@ TEST_F(SqliteOutboxTest, ATopicFromARefusedCallIsForgottenWithIt) {
 }
 
 TEST_F(SqliteOutboxTest, TopicsBeyondTheTablesCapKeepTheirText) {
-  const auto options = Options(dir_, &clock_);
+  auto options = Options(dir_, &clock_);
+  options.intake_log = false;  // reads the database file while the store is open
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   constexpr int kTopics = 1030;  // the table takes 1,024
@@ -2008,7 +2011,8 @@ TEST_F(SqliteOutboxTest, ARowThatCannotBeReadIsDeadLetteredAndStillListed) {
 }
 
 TEST_F(SqliteOutboxTest, TheSequenceCeilingCoversEverySequenceSoACrashCopyNeverReusesOne) {
-  const auto options = Options(dir_, &clock_);
+  auto options = Options(dir_, &clock_);
+  options.intake_log = false;  // reads the database file while the store is open
   ws::testing::TempDir crash_dir;
   const std::string copy = crash_dir.File("outbox.db");
   int64_t last = 0;
@@ -2450,7 +2454,8 @@ std::string WalSalts(const std::string& wal) {
 // peaked a little above it was cut back and regrown in every cycle; the
 // limit is 16 MiB, so a file of 5-6 MiB is overwritten in place.
 TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowSixteenMiB) {
-  const SqliteOutboxOptions options = Options(dir_, &clock_);
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.intake_log = false;  // the WAL of commits into the database
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   const std::string data = "{\"pad\":\"" + std::string(1000, 'x') + "\"}";
@@ -2486,6 +2491,7 @@ SqliteOutboxOptions CompactingOptions(const ws::testing::TempDir& dir, Clock* cl
   SqliteOutboxOptions o = Options(dir, clock);
   o.compact_min_free_bytes = 512 * 1024;
   o.compact_max_live_bytes = 256 * 1024;
+  o.intake_log = false;  // the backlog must be written into the database
   return o;
 }
 
@@ -2815,6 +2821,7 @@ TEST_F(SqliteOutboxTest, AClockShiftThatCannotBeWrittenExpiresNothingAndFinishes
   FakeClock clock(120 * kSecondUs);
   SqliteOutboxOptions options = BulkMaxAgeOptions(dir_, &clock, 3600);
   options.vfs = kFaultyVfs;
+  options.intake_log = false;  // a shift the database cannot write
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   AppendOne(*o, Entry("ttl-10min", Priority::kNormal, "{}", 600 * kSecondUs));
