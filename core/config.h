@@ -27,6 +27,10 @@ struct StorageConfig {
   int64_t retain_delivered_s = 0;   // keep delivered events for replay; 0 = delete on ack
   int64_t commit_window_us = 5000;  // longest a group commit waits to gather more events
   uint64_t control_reserve_bytes = 1048576;  // top of max_bytes only control events may use
+  // New events are made durable in a small log beside the file and enter
+  // the database only if the link has not delivered them within about a
+  // second (adapters/sqlite/intake_log.h).
+  bool intake_log = true;
   // Per priority class (indexed by Priority); see core/outbox_policy.h.
   ClassLimitsArray classes = DefaultClassLimitsArray();
 

@@ -104,6 +104,7 @@ class Node::Impl {
     so.classes = config_.storage.classes;
     so.retain_delivered_s = config_.storage.retain_delivered_s;
     so.commit_window_us = config_.storage.commit_window_us;
+    so.intake_log = config_.storage.intake_log;
     int64_t t0 = SystemClock().MonotonicMillis();
     WS_ASSIGN_OR_RETURN(outbox_, SqliteOutbox::Open(so));
     OutboxStats st = outbox_->Stats();

@@ -71,7 +71,7 @@ struct IntakeEvent {
 };
 
 inline constexpr size_t kIntakeBlock = 4096;
-inline constexpr int64_t kIntakeGrowBytes = int64_t{1} << 20;
+inline constexpr int64_t kIntakeGrowBytes = int64_t{256} << 10;
 
 class IntakeLog {
  public:

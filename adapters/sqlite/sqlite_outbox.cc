@@ -63,9 +63,12 @@ constexpr int64_t kIntakeHoldUs = 1'000'000;
 // ... or once they hold this many bytes, or the log has grown this large.
 constexpr uint64_t kIntakeMaxHeldBytes = 4 << 20;
 constexpr int64_t kIntakeMaxLogBytes = 8 << 20;
+// New events go straight into the database while it holds more than this
+// many undelivered events.
+constexpr uint64_t kIntakeMaxDatabaseBacklog = 4096;
 // With nothing held, the log starts over at its beginning once it is
 // this large: its blocks are then rewritten rather than new ones dirtied.
-constexpr int64_t kIntakeRestartBytes = 1 << 20;
+constexpr int64_t kIntakeRestartBytes = 768 << 10;
 // The fewest and the most batches that skip the linger wait after one that
 // gained nothing (see Linger).
 constexpr size_t kMinLingerBackoff = 16;
@@ -1025,7 +1028,7 @@ class SqliteOutbox::Impl {
   Result<std::vector<AppendOutcome>> RunAppendRequest(AppendOp& op, OpenBatch* b) {
     if (op.entries.empty()) return std::vector<AppendOutcome>{};
     if (intake_ != nullptr && !b->direct) {
-      if (IntakeCanTake(op.entries, b->tally)) return AppendToIntake(op.entries, b);
+      if (IntakeCanTake(op.entries, *b)) return AppendToIntake(op.entries, b);
       // This call's events go into the database. What the intake holds
       // goes there first, in this transaction: the database then holds
       // every event below the intake's sequences, as leasing assumes.
@@ -1184,10 +1187,17 @@ class SqliteOutbox::Impl {
   // the database is below every held one, and a class's events lease from
   // the database first, then from held_.
 
-  // Whether an Append call's events can go to the intake: no TTL (expiry is
-  // the database's sweep) and each is admitted without making room.
-  bool IntakeCanTake(const std::vector<OutboxEntry>& entries, const BatchTally& t) const {
+  // Whether an Append call's events can go to the intake: the database
+  // holds few undelivered events (else the link is down or far behind, new
+  // events wait behind those, and the intake would only write them twice;
+  // a few, because the link acks a batch while the next one commits); no TTL
+  // (expiry is the database's sweep); each is admitted without making room.
+  bool IntakeCanTake(const std::vector<OutboxEntry>& entries, const OpenBatch& b) const {
     if (HeldBytes() > kIntakeMaxHeldBytes || intake_->used_bytes() > kIntakeMaxLogBytes) return false;
+    const BatchTally& t = b.tally;
+    uint64_t in_database = 0;
+    for (size_t p = 0; p < kPriorityCount; ++p) in_database += t.usage.classes[p].count - held_usage_[p].count;
+    if (in_database - b.intake.size() > kIntakeMaxDatabaseBacklog) return false;
     StoreUsage u = t.usage;
     for (const OutboxEntry& e : entries) {
       const auto p = static_cast<size_t>(e.priority);
@@ -1495,7 +1505,11 @@ class SqliteOutbox::Impl {
     }
     const int64_t oldest = held_.begin()->second.accepted_us;
     const bool old = now - oldest >= kIntakeHoldUs;
-    if (old || HeldBytes() > kIntakeMaxHeldBytes || intake_->used_bytes() > kIntakeMaxLogBytes) {
+    // A steady flow keeps a few events held at every moment (the link acks
+    // a batch while the next one commits), so the log would not start over
+    // by itself: once a second, what is held then settles instead.
+    const bool long_log = tick && intake_->used_bytes() > kIntakeRestartBytes;
+    if (old || long_log || HeldBytes() > kIntakeMaxHeldBytes || intake_->used_bytes() > kIntakeMaxLogBytes) {
       if (Status s = Settle(); !s.ok()) {
         WS_LOG_WARN(kComponent, "could not move held events into the database; they stay in the intake log",
                     {{"error", s.ToString()}});

@@ -1071,7 +1071,7 @@ TEST_F(IntakeLogFaultTest, WritesFailWhileTheDiskIsFullAndSucceedOnceSpaceReturn
 // found again.
 class IntakeLogFaultLoopTest : public IntakeLogFaultTest {
  protected:
-  const std::vector<IntakeEvent> first_ = {MakeEvent(1, Priority::kNormal, 950 * 1024), MakeEvent(2)};
+  const std::vector<IntakeEvent> first_ = {MakeEvent(1, Priority::kNormal, static_cast<size_t>(kIntakeGrowBytes) - 74 * 1024), MakeEvent(2)};
   const std::vector<IntakeEvent> growing_ = {MakeEvent(3, Priority::kBulk, 130 * 1024)};
   const std::vector<IntakeEvent> last_ = {MakeEvent(4)};
 

@@ -2846,5 +2846,303 @@ TEST_F(SqliteOutboxTest, AClockShiftThatCannotBeWrittenExpiresNothingAndFinishes
   EXPECT_EQ(Backlog(after, Priority::kBulk).oldest_accepted_us, kSetToUs);
 }
 
+// ---------------------------------------------------------------------------
+// ---- intake log ----
+//
+// New events wait in `<path>-intake` and in memory ("held"); the database
+// sees only those the link has not delivered within a second, or that need
+// it. QueryFile reads the database as committed while the store is open.
+
+constexpr const char* kCountEvents = "SELECT count(*) FROM events";
+
+std::vector<OutboxEntry> Entries(const char* prefix, int n) {
+  std::vector<OutboxEntry> entries;
+  for (int i = 0; i < n; ++i) entries.push_back(Entry(Numbered(prefix, i)));
+  return entries;
+}
+
+std::vector<int64_t> SequencesOf(const std::vector<AppendOutcome>& outcomes) {
+  std::vector<int64_t> seqs;
+  for (const AppendOutcome& a : outcomes) seqs.push_back(a.sequence);
+  return seqs;
+}
+
+std::vector<std::pair<std::string, int64_t>> IdsAndSequences(const std::vector<LeasedEvent>& leased) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const LeasedEvent& e : leased) out.emplace_back(e.id, e.sequence);
+  return out;
+}
+
+// The store's files as a kill -9 right now would leave them: every append
+// answered so far had its intake chunk synced.
+void CopyStoreFiles(const std::string& path, const std::string& to) {
+  std::filesystem::copy_file(path, to);
+  if (std::filesystem::exists(path + "-wal")) std::filesystem::copy_file(path + "-wal", to + "-wal");
+  ASSERT_TRUE(std::filesystem::exists(path + "-intake"));
+  std::filesystem::copy_file(path + "-intake", to + "-intake");
+}
+
+TEST_F(SqliteOutboxTest, IntakeDeliveredEventsNeverReachTheDatabase) {
+  constexpr int kN = 5;
+  const auto options = Options(dir_, &clock_);
+  ASSERT_TRUE(options.intake_log);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendResult r = AppendSync(*o, Entries("d", kN));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(QueryFile(options.path, kCountEvents), 0) << "an appended event was written into the database";
+    EXPECT_EQ(BacklogCount(o->Stats()), static_cast<uint64_t>(kN));
+
+    LeaseResult leased = LeaseSync(*o, 10);
+    ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+    ASSERT_EQ(leased->size(), static_cast<size_t>(kN));
+    std::vector<int64_t> seqs;
+    for (const LeasedEvent& e : *leased) seqs.push_back(e.sequence);
+    EXPECT_EQ(seqs, SequencesOf(*r));
+    ASSERT_TRUE(AckSync(*o, seqs).ok());
+
+    EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+    const OutboxStats s = o->Stats();
+    EXPECT_EQ(s.removed_delivered, static_cast<uint64_t>(kN));
+    EXPECT_EQ(BacklogCount(s), 0u);
+    o->ResetLeases();
+    EXPECT_TRUE(LeaseIds(*o, 10).empty());
+  }
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(BacklogCount(o->Stats()), 0u);
+  EXPECT_TRUE(LeaseIds(*o, 10).empty());
+}
+
+TEST_F(SqliteOutboxTest, IntakeUndeliveredEventsAreInTheDatabaseAfterACleanClose) {
+  constexpr int kN = 4;
+  const auto options = Options(dir_, &clock_);
+  std::vector<int64_t> seqs;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendResult r = AppendSync(*o, Entries("u", kN));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    seqs = SequencesOf(*r);
+    EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+  }
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), kN);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(BacklogCount(o->Stats()), static_cast<uint64_t>(kN));
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  EXPECT_EQ(IdsAndSequences(*leased), (std::vector<std::pair<std::string, int64_t>>{
+                                          {"u0", seqs[0]}, {"u1", seqs[1]}, {"u2", seqs[2]}, {"u3", seqs[3]}}));
+}
+
+TEST_F(SqliteOutboxTest, IntakeHeldEventsSurviveACrashCopyAndSequencesGoOnAboveThem) {
+  const auto options = Options(dir_, &clock_);
+  ws::testing::TempDir crash_dir;
+  const std::string copy = crash_dir.File("outbox.db");
+  std::vector<int64_t> seqs;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendResult first = AppendSync(*o, Entries("c", 3));
+    ASSERT_TRUE(first.ok()) << first.status().ToString();
+    seqs = SequencesOf(*first);
+    seqs.push_back(AppendOne(*o, Entry("c3")));  // a second chunk
+    EXPECT_EQ(QueryFile(options.path, kCountEvents), 0) << "the events must be only in the intake log";
+    CopyStoreFiles(options.path, copy);
+  }
+  auto o = OpenStore(Options(crash_dir, &clock_));
+  ASSERT_NE(o, nullptr);
+  EXPECT_FALSE(o->Stats().quarantined_at_start);
+  EXPECT_EQ(BacklogCount(o->Stats()), 4u);
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  EXPECT_EQ(IdsAndSequences(*leased), (std::vector<std::pair<std::string, int64_t>>{
+                                          {"c0", seqs[0]}, {"c1", seqs[1]}, {"c2", seqs[2]}, {"c3", seqs[3]}}));
+  EXPECT_GT(AppendOne(*o, Entry("after-crash")), seqs.back());
+}
+
+TEST_F(SqliteOutboxTest, IntakeAcksCarriedByALaterChunkKeepDeliveredEventsOutOfACrashCopy) {
+  const auto options = Options(dir_, &clock_);
+  ws::testing::TempDir crash_dir;
+  const std::string copy = crash_dir.File("outbox.db");
+  std::vector<int64_t> seqs;
+  int64_t later = 0;
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendResult r = AppendSync(*o, Entries("k", 4));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    seqs = SequencesOf(*r);
+    ASSERT_TRUE(AckSync(*o, {seqs[0], seqs[2]}).ok());
+    later = AppendOne(*o, Entry("later"));  // its chunk carries the two acks
+    EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+    CopyStoreFiles(options.path, copy);
+  }
+  auto o = OpenStore(Options(crash_dir, &clock_));
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(BacklogCount(o->Stats()), 3u);
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  EXPECT_EQ(IdsAndSequences(*leased), (std::vector<std::pair<std::string, int64_t>>{
+                                          {"k1", seqs[1]}, {"k3", seqs[3]}, {"later", later}}));
+  EXPECT_GT(AppendOne(*o, Entry("after-crash")), later);
+}
+
+TEST_F(SqliteOutboxTest, IntakeEventsHeldForASecondSettleIntoTheDatabaseAtTheNextLease) {
+  const auto options = Options(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendResult r = AppendSync(*o, Entries("s", 3));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const std::vector<int64_t> seqs = SequencesOf(*r);
+
+  clock_.AdvanceMillis(500);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"s0", "s1", "s2"}));
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0) << "settled before the events were a second old";
+  o->ResetLeases();
+
+  clock_.AdvanceMillis(1000);
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  EXPECT_EQ(IdsAndSequences(*leased),
+            (std::vector<std::pair<std::string, int64_t>>{{"s0", seqs[0]}, {"s1", seqs[1]}, {"s2", seqs[2]}}));
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 3);
+  EXPECT_EQ(BacklogCount(o->Stats()), 3u);
+
+  ASSERT_TRUE(AckSync(*o, seqs).ok());
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+  EXPECT_EQ(o->Stats().removed_delivered, 3u);
+  EXPECT_EQ(BacklogCount(o->Stats()), 0u);
+  o->ResetLeases();
+  EXPECT_TRUE(LeaseIds(*o, 10).empty());
+}
+
+TEST_F(SqliteOutboxTest, IntakeAnEventWithATtlSettlesTheHeldOnesFirstAndOrderIsKept) {
+  const auto options = Options(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const int64_t a = AppendOne(*o, Entry("a"));
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+  const int64_t ttl = AppendOne(*o, Entry("ttl", Priority::kNormal, "{}", 600 * kSecondUs));
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 2) << "the TTL event and the held one go into the database";
+  const int64_t c = AppendOne(*o, Entry("c"));
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 2) << "an event without a TTL is held again";
+  EXPECT_LT(a, ttl);
+  EXPECT_LT(ttl, c);
+
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  EXPECT_EQ(IdsAndSequences(*leased),
+            (std::vector<std::pair<std::string, int64_t>>{{"a", a}, {"ttl", ttl}, {"c", c}}));
+}
+
+TEST_F(SqliteOutboxTest, IntakeAHeldIdIsKnownUntilItIsDelivered) {
+  const auto options = Options(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const int64_t first = AppendOne(*o, Entry("x"));
+
+  AppendResult same = AppendSync(*o, {Entry("x")});
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  ASSERT_EQ(same->size(), 1u);
+  EXPECT_TRUE((*same)[0].duplicate);
+  EXPECT_EQ((*same)[0].sequence, first);
+
+  AppendResult other = AppendSync(*o, {Entry("x", Priority::kNormal, "{\"v\":2}")});
+  EXPECT_EQ(other.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0) << "the answers must come from the held event";
+  EXPECT_EQ(BacklogCount(o->Stats()), 1u);
+  EXPECT_EQ(o->Stats().appended_events, 1u);
+
+  ASSERT_TRUE(AckSync(*o, {first}).ok());
+  AppendResult again = AppendSync(*o, {Entry("x", Priority::kNormal, "{\"v\":3}")});
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_FALSE((*again)[0].duplicate);
+  EXPECT_GT((*again)[0].sequence, first);
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  ASSERT_EQ(leased->size(), 1u);
+  EXPECT_EQ((*leased)[0].sequence, (*again)[0].sequence);
+  EXPECT_EQ(Decoded((*leased)[0]).data, "{\"v\":3}");
+}
+
+TEST_F(SqliteOutboxTest, IntakeDeadLetteringAHeldEventSettlesItWithItsAttempts) {
+  const auto options = Options(dir_, &clock_);
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    AppendResult r = AppendSync(*o, {Entry("bad", Priority::kHigh), Entry("fine", Priority::kHigh)});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const std::vector<int64_t> seqs = SequencesOf(*r);
+    ASSERT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"bad", "fine"}));
+    o->ResetLeases();  // one attempt each
+    EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+
+    ASSERT_TRUE(DeadLetterSync(*o, seqs[0], "broker: payload too large").ok());
+    EXPECT_EQ(DeadLetterSync(*o, 424242, "nothing").code(), StatusCode::kNotFound);
+    const OutboxStats s = o->Stats();
+    EXPECT_EQ(s.dlq_count, 1u);
+    EXPECT_EQ(s.removed_dead_lettered, 1u);
+    EXPECT_EQ(BacklogCount(s), 1u);
+
+    ListResult dead = ListSync(*o, 0, 10);
+    ASSERT_TRUE(dead.ok()) << dead.status().ToString();
+    ASSERT_EQ(dead->size(), 1u);
+    EXPECT_EQ((*dead)[0].sequence, seqs[0]);
+    EXPECT_EQ((*dead)[0].id, "bad");
+    EXPECT_EQ((*dead)[0].priority, Priority::kHigh);
+    EXPECT_EQ((*dead)[0].reason, "broker: payload too large");
+    EXPECT_EQ((*dead)[0].accepted_at_us, clock_.WallMicros());
+    EXPECT_EQ((*dead)[0].attempts, 1);
+
+    // The other held event settled with it, its attempt counted too.
+    EXPECT_EQ(QueryFile(options.path, kCountEvents), 1);
+    EXPECT_EQ(QueryFile(options.path, Numbered("SELECT attempts FROM events WHERE seq = ", seqs[1])), 1);
+    LeaseResult leased = LeaseSync(*o, 10);
+    ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+    ASSERT_EQ(leased->size(), 1u);
+    EXPECT_EQ((*leased)[0].id, "fine");
+    EXPECT_EQ((*leased)[0].sequence, seqs[1]);
+    EXPECT_EQ((*leased)[0].attempts, 1);
+  }
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_EQ(o->Stats().dlq_count, 1u);
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"fine"}));
+}
+
+TEST_F(SqliteOutboxTest, IntakeTurnedOffWritesAppendsIntoTheDatabase) {
+  constexpr int kN = 5;
+  auto options = Options(dir_, &clock_);
+  options.intake_log = false;
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendResult r = AppendSync(*o, Entries("d", kN));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), kN);
+  ASSERT_TRUE(AckSync(*o, SequencesOf(*r)).ok());
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+  EXPECT_EQ(o->Stats().removed_delivered, static_cast<uint64_t>(kN));
+}
+
+TEST_F(SqliteOutboxTest, IntakeIsOffWhileDeliveredEventsAreRetained) {
+  constexpr int kN = 5;
+  auto options = Options(dir_, &clock_);
+  options.retain_delivered_s = 3600;
+  ASSERT_TRUE(options.intake_log);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  AppendResult r = AppendSync(*o, Entries("d", kN));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), kN);
+  ASSERT_TRUE(AckSync(*o, SequencesOf(*r)).ok());
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM delivered"), kN);
+}
+
 }  // namespace
 }  // namespace ws
