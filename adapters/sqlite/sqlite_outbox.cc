@@ -980,13 +980,19 @@ class SqliteOutbox::Impl {
         // The transaction (acks, the sequence ceiling) committed; only the
         // intake chunk failed. The next chunk goes to the same place in the
         // log, so its sequences can be handed out again.
-        unsynced_acks_ = false;
         sequence_ceiling_ = b.tally.sequence_ceiling;
         b.intake.clear();
         RefreshTotals();
       }
     } else {
-      unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
+      if (b.direct || b.settled || b.acked_removed > 0) {
+        unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
+      } else if (unsynced_acks_) {
+        // Its events went to the intake: the database's transaction wrote
+        // nothing and synced nothing. Acks committed before it are durable
+        // once an append answered after them, as without the intake.
+        if (db_->SyncWal().ok()) unsynced_acks_ = false;
+      }
       if (b.after_acks.has_value()) ApplyTotals(*b.after_acks);
       CommitTally(b.tally, b.now);
       const auto committed = std::chrono::steady_clock::now();
@@ -1203,7 +1209,7 @@ class SqliteOutbox::Impl {
       const auto p = static_cast<size_t>(e.priority);
       if (e.event.id.empty() || p >= kPriorityCount) continue;  // refused as in the database
       if (e.ttl_us > 0) return false;
-      const uint64_t bytes = StoredBytes(e, e.record.empty() ? EncodeEventRecord(e.event) : e.record);
+      const uint64_t bytes = e.record.empty() ? StoredBytes(e, EncodeEventRecord(e.event)) : StoredBytes(e, e.record);
       if (DecideAdmission(limits_, u, e.priority, bytes).action != Admission::kAdmit) return false;
       u.classes[p].count += 1;
       u.classes[p].bytes += bytes;
