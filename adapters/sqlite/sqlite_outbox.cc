@@ -172,6 +172,12 @@ void RemoveMarker(const std::string& path) {
               {{"path", path}, {"error", ErrnoStatus(errno, "unlink").ToString()}});
 }
 
+// The database row of an event held in the intake log (no TTL, no replay).
+sqlite::NewEventRow RowOf(const sqlite::IntakeEvent& e) {
+  return sqlite::NewEventRow{e.sequence, e.id,    e.priority, e.stream, e.topic,   e.accepted_us,
+                             0,          e.bytes, e.record,   0,        e.attempts};
+}
+
 struct AppendOp {
   std::vector<OutboxEntry> entries;
   Outbox::AppendDone done;
@@ -1201,9 +1207,12 @@ class SqliteOutbox::Impl {
   bool IntakeCanTake(const std::vector<OutboxEntry>& entries, const OpenBatch& b) const {
     if (HeldBytes() > kIntakeMaxHeldBytes || intake_->used_bytes() > kIntakeMaxLogBytes) return false;
     const BatchTally& t = b.tally;
-    uint64_t in_database = 0;
-    for (size_t p = 0; p < kPriorityCount; ++p) in_database += t.usage.classes[p].count - held_usage_[p].count;
-    if (in_database - b.intake.size() > kIntakeMaxDatabaseBacklog) return false;
+    uint64_t counted = 0, held = b.intake.size();
+    for (size_t p = 0; p < kPriorityCount; ++p) {
+      counted += t.usage.classes[p].count;
+      held += held_usage_[p].count;
+    }
+    if (counted > held && counted - held > kIntakeMaxDatabaseBacklog) return false;
     StoreUsage u = t.usage;
     for (const OutboxEntry& e : entries) {
       const auto p = static_cast<size_t>(e.priority);
@@ -1245,8 +1254,8 @@ class SqliteOutbox::Impl {
       if (auto it = b->intake_ids.find(e.event.id); it != b->intake_ids.end()) {
         found_seq = b->intake[it->second].sequence;
         found_record = b->intake[it->second].record;
-      } else if (auto h = held_ids_.find(e.event.id); h != held_ids_.end()) {
-        const sqlite::IntakeEvent& held = held_.at(h->second);
+      } else if (auto h = held_ids_.find(e.event.id); h != held_ids_.end() && held_.count(h->second) != 0) {
+        const sqlite::IntakeEvent& held = held_.find(h->second)->second;
         found_seq = held.sequence;
         found_record = held.record;
       } else {
@@ -1292,15 +1301,11 @@ class SqliteOutbox::Impl {
   // Inside an open transaction: inserts the held events and those the
   // batch `b` (if any) took so far into the database.
   Status SettleInto(OpenBatch* b) {
-    auto insert = [this](const sqlite::IntakeEvent& e) {
-      return db_->InsertEvent(sqlite::NewEventRow{e.sequence, e.id, e.priority, e.stream, e.topic, e.accepted_us, 0,
-                                                  e.bytes, e.record, 0, e.attempts});
-    };
-    for (const auto& [seq, e] : held_) WS_TRY(insert(e));
+    for (const auto& [seq, e] : held_) WS_TRY(db_->InsertEvent(RowOf(e)));
     // Until this transaction ends, an ack of a held event deletes its row.
     settle_pending_ = !held_.empty();
     if (b != nullptr) {
-      for (const sqlite::IntakeEvent& e : b->intake) WS_TRY(insert(e));
+      for (const sqlite::IntakeEvent& e : b->intake) WS_TRY(db_->InsertEvent(RowOf(e)));
       b->settled = b->settled || !held_.empty();
       b->intake.clear();
       b->intake_ids.clear();
@@ -2353,8 +2358,7 @@ Result<std::unique_ptr<sqlite::IntakeLog>> OpenIntake(const SqliteOutboxOptions&
     for (const sqlite::IntakeEvent& e : events) {
       WS_ASSIGN_OR_RETURN(std::optional<sqlite::StoredId> found, db.FindId(e.id));
       if (found.has_value()) continue;
-      WS_TRY(db.InsertEvent(sqlite::NewEventRow{e.sequence, e.id, e.priority, e.stream, e.topic, e.accepted_us, 0,
-                                                e.bytes, e.record, 0}));
+      WS_TRY(db.InsertEvent(RowOf(e)));
       ++moved;
     }
     return db.SetLastSequence(last);
