@@ -965,8 +965,19 @@ class SqliteOutbox::Impl {
       RestoreHeld(b);
     }
     // The events that went to the intake are durable once their chunk is.
+    // Acks committed without a sync before them must be durable by the
+    // time these appends answer, as when a commit into the database syncs
+    // the WAL: when the transaction wrote nothing, the WAL is synced here.
     Status appends = storage;
-    if (storage.ok() && !b.intake.empty()) appends = WriteIntake(b);
+    if (storage.ok()) {
+      if (b.direct || b.settled || b.acked_removed > 0) {
+        unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
+      } else if (unsynced_acks_) {
+        appends = db_->SyncWal().WithContext("sync the acks before it");
+        if (appends.ok()) unsynced_acks_ = false;
+      }
+    }
+    if (appends.ok() && !b.intake.empty()) appends = WriteIntake(b);
     std::vector<Result<std::vector<AppendOutcome>>>& results = b.results;
     std::vector<AppendOp>& batch = b.ops;
 
@@ -983,22 +994,14 @@ class SqliteOutbox::Impl {
       }
       results = std::move(failed);
       if (storage.ok()) {
-        // The transaction (acks, the sequence ceiling) committed; only the
-        // intake chunk failed. The next chunk goes to the same place in the
-        // log, so its sequences can be handed out again.
+        // The transaction (acks, the sequence ceiling) committed; the WAL's
+        // sync or the intake chunk failed. The next chunk goes to the same
+        // place in the log, so its sequences can be handed out again.
         sequence_ceiling_ = b.tally.sequence_ceiling;
         b.intake.clear();
         RefreshTotals();
       }
     } else {
-      if (b.direct || b.settled || b.acked_removed > 0) {
-        unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
-      } else if (unsynced_acks_) {
-        // Its events went to the intake: the database's transaction wrote
-        // nothing and synced nothing. Acks committed before it are durable
-        // once an append answered after them, as without the intake.
-        if (db_->SyncWal().ok()) unsynced_acks_ = false;
-      }
       if (b.after_acks.has_value()) ApplyTotals(*b.after_acks);
       CommitTally(b.tally, b.now);
       const auto committed = std::chrono::steady_clock::now();
