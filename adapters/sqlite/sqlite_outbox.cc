@@ -970,7 +970,7 @@ class SqliteOutbox::Impl {
     // the WAL: when the transaction wrote nothing, the WAL is synced here.
     Status appends = storage;
     if (storage.ok()) {
-      if (b.direct || b.settled || b.acked_removed > 0) {
+      if (intake_ == nullptr || b.direct || b.settled || b.acked_removed > 0) {
         unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
       } else if (unsynced_acks_) {
         appends = db_->SyncWal().WithContext("sync the acks before it");
