@@ -66,8 +66,9 @@ constexpr int64_t kIntakeMaxLogBytes = 8 << 20;
 // New events go straight into the database while it holds more than this
 // many undelivered events.
 constexpr uint64_t kIntakeMaxDatabaseBacklog = 4096;
-// With nothing held, the log starts over at its beginning once it is
-// this large: its blocks are then rewritten rather than new ones dirtied.
+// Past this length the log starts over at its beginning (at once when
+// nothing is held, else by settling at the next once-a-second tick): its
+// blocks are then rewritten rather than new ones dirtied.
 constexpr int64_t kIntakeRestartBytes = 768 << 10;
 // The fewest and the most batches that skip the linger wait after one that
 // gained nothing (see Linger).
