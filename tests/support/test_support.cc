@@ -145,19 +145,28 @@ void Subprocess::Kill() {
 }
 
 int RunCommand(const std::vector<std::string>& argv, std::string* out, int timeout_ms) {
+  if (argv.empty()) return -1;
+  // Built before the fork: the child of a process with other threads may
+  // only make async-signal-safe calls until it execs. An allocation there
+  // can wait forever on a lock another thread held at the fork (seen as a
+  // test that waited out its timeout for an openssl that never started).
+  std::vector<std::string> copy = argv;
+  std::vector<char*> args;
+  for (auto& a : copy) args.push_back(a.data());
+  args.push_back(nullptr);
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) return -1;
   pid_t pid = fork();
-  if (pid < 0) return -1;
+  if (pid < 0) {
+    close(pipefd[0]);
+    close(pipefd[1]);
+    return -1;
+  }
   if (pid == 0) {
     dup2(pipefd[1], 1);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    std::vector<char*> args;
-    std::vector<std::string> copy = argv;
-    for (auto& a : copy) args.push_back(a.data());
-    args.push_back(nullptr);
     execvp(args[0], args.data());
     _exit(127);
   }
