@@ -273,6 +273,12 @@ class BackboneLink::Impl {
   // An event holds its place in the window from PUBLISH until the store has
   // committed its ack: a crash can then repeat at most a window of events.
   size_t used_window() const { return inflight_.size() + control_mids_.size() + acks_unconfirmed_; }
+  // Whether one more event may be published now: room in the window, in
+  // the broker's Receive Maximum and in the publish limit.
+  bool publish_room() const {
+    return used_window() < window_ && inflight_.size() + control_mids_.size() < receive_max_ &&
+           inflight_.size() < publish_limit_.limit();
+  }
   // Leasing ahead of the window lets a PUBACK be followed by the next
   // PUBLISH in the same loop turn. The library walks its whole list of
   // unacknowledged messages on every publish and every PUBACK while its
@@ -353,9 +359,14 @@ class BackboneLink::Impl {
   bool returning_ = false;                   // draining this session to move to the primary
 
   // Delivery state of the current session.
-  uint32_t window_ = 0;                          // min(our window, the broker's Receive Maximum)
-  // Of the window, how many PUBLISHes may wait for their PUBACK at once:
-  // follows the measured round trips (core/publish_limit.h).
+  uint32_t window_ = 0;                          // our window: PUBLISH to the store's committed ack
+  // The broker's Receive Maximum (at most the window): PUBLISHes, events'
+  // and presence's, that may wait for their PUBACK at once. Acks waiting
+  // for the store's commit do not count against it: the broker is done
+  // with those.
+  uint32_t receive_max_ = 0;
+  // Of those, how many PUBLISHes of events may wait for their PUBACK at
+  // once: follows the measured round trips (core/publish_limit.h).
   PublishLimit publish_limit_{1};
   uint32_t broker_max_packet_ = 0;               // 0: the broker gave none
   std::unordered_map<int, InflightEvent> inflight_;  // message id -> event
@@ -834,19 +845,20 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
   previous_sleep_ms_ = 0;
   session_started_ms_ = SystemClock().MonotonicMillis();
   window_ = std::min(options_.inflight_window, kMaxWindow);
+  receive_max_ = window_;
   broker_max_packet_ = 0;
   if (props != nullptr) {
     uint16_t receive_maximum = 0;
     if (mosquitto_property_read_int16(props, MQTT_PROP_RECEIVE_MAXIMUM, &receive_maximum, false) != nullptr &&
         receive_maximum > 0) {
-      window_ = std::min<uint32_t>(window_, receive_maximum);
+      receive_max_ = std::min<uint32_t>(window_, receive_maximum);
     }
     uint32_t max_packet = 0;
     if (mosquitto_property_read_int32(props, MQTT_PROP_MAXIMUM_PACKET_SIZE, &max_packet, false) != nullptr) {
       broker_max_packet_ = max_packet;
     }
   }
-  publish_limit_.Reset(window_);
+  publish_limit_.Reset(receive_max_);
   // Absent means available. A broker that takes retained messages again is
   // sent a retained Will from the next connect on.
   uint8_t retain_available = 1;
@@ -862,6 +874,7 @@ void BackboneLink::Impl::OnConnected(int rc, const mosquitto_property* props) {
                {"tls", ep.tls.enabled ? (ep.tls.cert_file.empty() ? "tls" : "mtls") : "no"},
                {"protocol", mqtt5() ? "mqtt5" : "mqtt311"},
                {"window", std::to_string(window_)},
+               {"broker_receive_maximum", std::to_string(receive_max_)},
                {"broker_max_packet", std::to_string(broker_max_packet_)},
                {"retained_presence", RetainPresence() ? "yes" : "no"}});
   library_errors_.clear();
@@ -1441,8 +1454,9 @@ void BackboneLink::Impl::Pump() {
   // (and, on the broker's side, its own wake-up). Uncorking at the end of
   // the run sends what is left at once, so nothing waits.
   const int fd = (client_ && !client_lost_) ? mosquitto_socket(client_.get()) : -1;
-  const bool cork =
-      fd >= 0 && ready_count_ > 1 && used_window() + 1 < window_ && inflight_.size() + 1 < publish_limit_.limit();
+  const bool cork = fd >= 0 && ready_count_ > 1 && used_window() + 1 < window_ &&
+                    inflight_.size() + control_mids_.size() + 1 < receive_max_ &&
+                    inflight_.size() + 1 < publish_limit_.limit();
   const int on = 1;
   if (cork) static_cast<void>(setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on));  // only an optimisation
   PumpRun();
@@ -1457,7 +1471,7 @@ void BackboneLink::Impl::Pump() {
 }
 
 void BackboneLink::Impl::PumpRun() {
-  while (ready_count_ > 0 && used_window() < window_ && inflight_.size() < publish_limit_.limit()) {
+  while (ready_count_ > 0 && publish_room()) {
     // A transient failure pauses publishing: what follows is sent again
     // after the backoff, from the oldest undelivered event on.
     if (!session_up_ || state_ != LinkState::kConnected || returning_ || retry_pending_) return;

@@ -69,10 +69,10 @@ class LoopThread {
 class LinkFixture : public ::testing::Test {
  protected:
   // Opens the store (fatal to the test if it cannot be).
-  void OpenOutbox() {
+  void OpenOutbox(int64_t commit_window_us = 500) {
     SqliteOutboxOptions o;
     o.path = dir_.File("var/outbox.db");
-    o.commit_window_us = 500;
+    o.commit_window_us = commit_window_us;
     auto outbox = SqliteOutbox::Open(o);
     ASSERT_TRUE(outbox.ok()) << outbox.status().ToString();
     outbox_ = std::move(outbox).value();
