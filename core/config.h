@@ -25,7 +25,7 @@ struct StorageConfig {
   std::string path = "var/outbox.db";
   uint64_t max_bytes = 268435456;   // 256 MiB
   int64_t retain_delivered_s = 0;   // keep delivered events for replay; 0 = delete on ack
-  int64_t commit_window_us = 5000;  // longest a group commit waits to gather more events
+  int64_t commit_window_us = 8000;  // longest a group commit waits to gather more events
   uint64_t control_reserve_bytes = 1048576;  // top of max_bytes only control events may use
   // New events are made durable in a small log beside the file and enter
   // the database only if the link has not delivered them within about a

@@ -30,7 +30,7 @@ struct SqliteOutboxOptions {
   uint64_t control_reserve_bytes = 0;                    // the top of max_bytes that only control events may fill
   ClassLimitsArray classes = DefaultClassLimitsArray();  // per class, see core/outbox_policy.h
   int64_t retain_delivered_s = 0;
-  int64_t commit_window_us = 5000;  // how long a batch may wait for more appends (see GatherAppends)
+  int64_t commit_window_us = 8000;  // how long a batch may wait for more appends (see GatherAppends)
   // A batch closes at this many events (a single larger call goes alone).
   // At most half of what the node's API keeps waiting for commits (2,048
   // events): one batch then commits while the next one gathers. With the
