@@ -606,7 +606,8 @@ TEST_F(BackboneLinkTest, ThePublishLimitStartsEachSessionWithinTheWindowAndMeasu
 // gathers acks for up to its commit window while producers append, and the
 // link must go on publishing meanwhile. (When those acks took the broker's
 // quota, a broker with Mosquitto's default of 20 and a 10 ms commit window
-// held events back for a whole window: 1 % of them at 1,000 events/s.)
+// held 6 % of the events at 1,000 events/s for 10 ms or more between their
+// lease and their PUBLISH.)
 TEST_F(BackboneLinkTest, AcksWaitingForTheStoresCommitDoNotTakeTheBrokersReceiveMaximum) {
   // An ack waits up to this long for an append to share its commit: far
   // longer than the test waits for the events.
