@@ -273,11 +273,11 @@ class BackboneLink::Impl {
   // An event holds its place in the window from PUBLISH until the store has
   // committed its ack: a crash can then repeat at most a window of events.
   size_t used_window() const { return inflight_.size() + control_mids_.size() + acks_unconfirmed_; }
-  // Whether one more event may be published now: room in the window, in
+  // Whether `n` more events may be published now: room in the window, in
   // the broker's Receive Maximum and in the publish limit.
-  bool publish_room() const {
-    return used_window() < window_ && inflight_.size() + control_mids_.size() < receive_max_ &&
-           inflight_.size() < publish_limit_.limit();
+  bool publish_room(size_t n) const {
+    return used_window() + n <= window_ && inflight_.size() + control_mids_.size() + n <= receive_max_ &&
+           inflight_.size() + n <= publish_limit_.limit();
   }
   // Leasing ahead of the window lets a PUBACK be followed by the next
   // PUBLISH in the same loop turn. The library walks its whole list of
@@ -1454,9 +1454,7 @@ void BackboneLink::Impl::Pump() {
   // (and, on the broker's side, its own wake-up). Uncorking at the end of
   // the run sends what is left at once, so nothing waits.
   const int fd = (client_ && !client_lost_) ? mosquitto_socket(client_.get()) : -1;
-  const bool cork = fd >= 0 && ready_count_ > 1 && used_window() + 1 < window_ &&
-                    inflight_.size() + control_mids_.size() + 1 < receive_max_ &&
-                    inflight_.size() + 1 < publish_limit_.limit();
+  const bool cork = fd >= 0 && ready_count_ > 1 && publish_room(2);
   const int on = 1;
   if (cork) static_cast<void>(setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on));  // only an optimisation
   PumpRun();
@@ -1471,7 +1469,7 @@ void BackboneLink::Impl::Pump() {
 }
 
 void BackboneLink::Impl::PumpRun() {
-  while (ready_count_ > 0 && publish_room()) {
+  while (ready_count_ > 0 && publish_room(1)) {
     // A transient failure pauses publishing: what follows is sent again
     // after the backoff, from the oldest undelivered event on.
     if (!session_up_ || state_ != LinkState::kConnected || returning_ || retry_pending_) return;

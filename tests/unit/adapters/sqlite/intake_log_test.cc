@@ -1115,24 +1115,32 @@ class IntakeLogFaultLoopTest : public IntakeLogFaultTest {
     EXPECT_EQ(r.highest, 4);
     return injected == 0;
   }
+
+  // Runs rounds with the fault armed at the 1st, 2nd, ... point until one
+  // runs without it, at most `limit`; returns the point it got to.
+  int64_t RoundsUntilNoFault(const std::string& what, int64_t limit, const std::function<void(int64_t)>& arm,
+                             bool power_cut) {
+    int64_t n = 1;
+    for (; n <= limit; ++n) {
+      if (Round(what + " " + std::to_string(n), [&] { arm(n); }, power_cut)) break;
+      if (HasFailure()) break;
+    }
+    return n;
+  }
 };
 
 TEST_F(IntakeLogFaultLoopTest, EachWriteFailsInTurn) {
-  int64_t n = 1;
-  for (; n <= 200; ++n) {
-    if (Round("write " + std::to_string(n), [&] { fault_->FailWrite(n, FaultError::kIoError); }, false)) break;
-    if (HasFailure()) return;
-  }
+  const int64_t n =
+      RoundsUntilNoFault("write", 200, [&](int64_t k) { fault_->FailWrite(k, FaultError::kIoError); }, false);
+  if (HasFailure()) return;
   EXPECT_GE(n, 3) << "a chunk of more than 128 KiB takes at least two writes";
   EXPECT_LE(n, 200);
 }
 
 TEST_F(IntakeLogFaultLoopTest, EachSyncFailsInTurn) {
-  int64_t n = 1;
-  for (; n <= 20; ++n) {
-    if (Round("sync " + std::to_string(n), [&] { fault_->FailSync(n, FaultError::kIoError); }, false)) break;
-    if (HasFailure()) return;
-  }
+  const int64_t n =
+      RoundsUntilNoFault("sync", 20, [&](int64_t k) { fault_->FailSync(k, FaultError::kIoError); }, false);
+  if (HasFailure()) return;
   EXPECT_GE(n, 2) << "a synced write syncs at least once";
   EXPECT_LE(n, 20);
 }
@@ -1140,14 +1148,9 @@ TEST_F(IntakeLogFaultLoopTest, EachSyncFailsInTurn) {
 TEST_F(IntakeLogFaultLoopTest, ThePowerGoesAtEachSyncInTurn) {
   for (const CutTiming timing : {CutTiming::kBeforeSync, CutTiming::kAfterSync}) {
     const std::string name = timing == CutTiming::kBeforeSync ? "before" : "after";
-    int64_t n = 1;
-    for (; n <= 20; ++n) {
-      if (Round("power cut " + name + " sync " + std::to_string(n),
-                [&] { fault_->CutPowerAtSync(n, timing); }, true)) {
-        break;
-      }
-      if (HasFailure()) return;
-    }
+    const int64_t n = RoundsUntilNoFault("power cut " + name + " sync", 20,
+                                         [&](int64_t k) { fault_->CutPowerAtSync(k, timing); }, true);
+    if (HasFailure()) return;
     EXPECT_GE(n, 2);
     EXPECT_LE(n, 20);
   }
