@@ -7,9 +7,13 @@
 // append (loop_ figures aside), and producers multiplexed on one event loop
 // the way the node's HTTP connections are (`loop_` figures): each has one
 // append outstanding and sends the next when the store's answer was posted
-// back to the loop. Prints one `name value unit` line per figure. Bounded by
-// count and by time. Usage:
-//   ws_outbox_bench DIR [producers=64] [events=200000] [backlog=1000000] [commit_window_us=5000]
+// back to the loop. A last run (`delivering_` figures) adds a consumer on
+// that loop that leases and acks every event as the link does, so the
+// store keeps its new events in the intake log as with the link up; in
+// the first two the store keeps everything (past the first few thousand, in
+// the database), as during an outage. Prints one
+// `name value unit` line per figure. Bounded by count and by time. Usage:
+//   ws_outbox_bench DIR [producers=64] [events=200000] [backlog=1000000] [commit_window_us=the store's default]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -105,7 +109,7 @@ uint64_t RssBytes() {
   return st.ok() ? st->rss_bytes : 0;
 }
 
-int64_t g_commit_window_us = 5000;
+int64_t g_commit_window_us = ws::SqliteOutboxOptions{}.commit_window_us;
 
 std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* open_ms, ws::Clock* clock = nullptr) {
   ws::SqliteOutboxOptions o;
@@ -121,6 +125,111 @@ std::unique_ptr<ws::SqliteOutbox> OpenStore(const std::string& path, double* ope
     std::exit(1);
   }
   return std::move(s).value();
+}
+
+// Producers multiplexed on one event loop thread, the way the node's HTTP
+// connections are: each has one append outstanding and sends the next when
+// the store's answer was posted back to the loop. With `deliver`, a
+// consumer on the same loop takes the events as the link does: it leases
+// after every commit that added events (up to 1,024 at a time) and acks
+// each lease at once, so the store holds only what is in flight, as with
+// the link up. Prints its figures under `name`. False on a setup failure.
+bool RunLoopAppends(const std::string& path, const std::string& name, int producers, uint64_t events,
+                    Clock::time_point deadline, bool deliver) {
+  std::filesystem::remove(path);
+  std::unique_ptr<ws::SqliteOutbox> store = OpenStore(path, nullptr);
+  ws::Result<std::unique_ptr<ws::EventLoop>> made = ws::EventLoop::Create();
+  if (!made.ok()) {
+    std::fprintf(stderr, "event loop: %s\n", made.status().ToString().c_str());
+    return false;
+  }
+  ws::EventLoop* loop = made->get();
+  uint64_t next = 0, acked = 0, failed = 0;
+  int running = producers;
+  std::vector<double> lat;
+  lat.reserve(static_cast<size_t>(events));
+
+  // The consumer (loop thread only): one lease at a time; a commit that
+  // lands while one is out makes it lease again when it returns.
+  uint64_t delivered = 0, ack_failures = 0;
+  bool leasing = false, lease_again = false;
+  std::function<void()> lease_next = [&] {
+    if (leasing) {
+      lease_again = true;
+      return;
+    }
+    leasing = true;
+    lease_again = false;
+    store->Lease(1024, [&](ws::Result<std::vector<ws::LeasedEvent>> r) {
+      loop->Post([&, r = std::move(r)]() mutable {
+        leasing = false;
+        if (r.ok() && !r->empty()) {
+          std::vector<int64_t> seqs;
+          seqs.reserve(r->size());
+          for (const auto& e : *r) seqs.push_back(e.sequence);
+          delivered += seqs.size();
+          store->Ack(std::move(seqs), [&](ws::Status s) {
+            if (!s.ok()) loop->Post([&] { ++ack_failures; });
+          });
+          lease_next();  // a full lease may have left more behind
+        } else if (lease_again) {
+          lease_next();
+        }
+      });
+    });
+  };
+  if (deliver) store->SetAppendListener([&] { loop->Post([&] { lease_next(); }); });
+
+  const uint64_t commits0 = store->Stats().commits;
+  const uint64_t appended0 = store->Stats().appended_events;
+  uint64_t wb0 = WriteBytes();
+  auto t0 = Clock::now();
+  std::function<void()> start_one = [&] {
+    if (next >= events || Clock::now() > deadline) {
+      if (--running == 0) loop->Stop();
+      return;
+    }
+    std::vector<ws::OutboxEntry> one;
+    one.push_back(MakeEncodedEntry(next++));
+    auto s0 = Clock::now();
+    store->Append(std::move(one), [&, s0](ws::Result<std::vector<ws::AppendOutcome>> r) {
+      const bool ok = r.ok();
+      loop->Post([&, s0, ok] {
+        lat.push_back(Seconds(Clock::now() - s0) * 1e6);
+        (ok ? acked : failed) += 1;
+        start_one();
+      });
+    });
+  };
+  for (int p = 0; p < producers; ++p) loop->Post(start_one);
+  if (ws::Status s = loop->Run(); !s.ok()) {
+    std::fprintf(stderr, "event loop: %s\n", s.ToString().c_str());
+    return false;
+  }
+  double secs = Seconds(Clock::now() - t0);
+  uint64_t wb = WriteBytes() - wb0;
+  // The store's last answers may still post to the loop: close it first.
+  ws::OutboxStats st = store->Stats();
+  store.reset();
+  std::sort(lat.begin(), lat.end());
+  auto pct = [&](double q) { return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, static_cast<size_t>(q * static_cast<double>(lat.size())))]; };
+  const uint64_t commits = st.commits - commits0;
+  const char* n = name.c_str();
+  std::printf("%s_producers %d\n", n, producers);
+  std::printf("%s_acked %llu events\n", n, static_cast<unsigned long long>(acked));
+  std::printf("%s_failed %llu events\n", n, static_cast<unsigned long long>(failed));
+  std::printf("%s_rate %.0f events/s\n", n, static_cast<double>(acked) / secs);
+  std::printf("%s_commits %llu\n", n, static_cast<unsigned long long>(commits));
+  std::printf("%s_events_per_commit %.1f\n", n,
+              commits ? static_cast<double>(st.appended_events - appended0) / static_cast<double>(commits) : 0.0);
+  std::printf("%s_ack_latency_p50 %.0f us\n", n, pct(0.50));
+  std::printf("%s_ack_latency_p99 %.0f us\n", n, pct(0.99));
+  std::printf("%s_write_bytes_per_event %.0f bytes\n", n, acked ? static_cast<double>(wb) / static_cast<double>(acked) : 0.0);
+  if (deliver) {
+    std::printf("%s_delivered %llu events (ack failures %llu)\n", n, static_cast<unsigned long long>(delivered),
+                static_cast<unsigned long long>(ack_failures));
+  }
+  return true;
 }
 
 }  // namespace
@@ -197,65 +306,7 @@ int main(int argc, char** argv) {
   }
 
   // 1b. The same with the producers on one event loop thread.
-  {
-    std::string path = dir + "/append-loop.db";
-    std::filesystem::remove(path);
-    std::unique_ptr<ws::SqliteOutbox> store = OpenStore(path, nullptr);
-    ws::Result<std::unique_ptr<ws::EventLoop>> made = ws::EventLoop::Create();
-    if (!made.ok()) {
-      std::fprintf(stderr, "event loop: %s\n", made.status().ToString().c_str());
-      return 1;
-    }
-    ws::EventLoop* loop = made->get();
-    uint64_t next = 0, acked = 0, failed = 0;
-    int running = producers;
-    std::vector<double> lat;
-    lat.reserve(static_cast<size_t>(events));
-    const uint64_t commits0 = store->Stats().commits;
-    const uint64_t appended0 = store->Stats().appended_events;
-    uint64_t wb0 = WriteBytes();
-    auto t0 = Clock::now();
-    // Runs on the loop thread only.
-    std::function<void()> send_next;
-    std::function<void()> start_one = [&] {
-      if (next >= events || Clock::now() > deadline) {
-        if (--running == 0) loop->Stop();
-        return;
-      }
-      std::vector<ws::OutboxEntry> one;
-      one.push_back(MakeEncodedEntry(next++));
-      auto s0 = Clock::now();
-      store->Append(std::move(one), [&, s0](ws::Result<std::vector<ws::AppendOutcome>> r) {
-        const bool ok = r.ok();
-        loop->Post([&, s0, ok] {
-          lat.push_back(Seconds(Clock::now() - s0) * 1e6);
-          (ok ? acked : failed) += 1;
-          start_one();
-        });
-      });
-    };
-    for (int p = 0; p < producers; ++p) loop->Post(start_one);
-    if (ws::Status s = loop->Run(); !s.ok()) {
-      std::fprintf(stderr, "event loop: %s\n", s.ToString().c_str());
-      return 1;
-    }
-    double secs = Seconds(Clock::now() - t0);
-    uint64_t wb = WriteBytes() - wb0;
-    ws::OutboxStats st = store->Stats();
-    std::sort(lat.begin(), lat.end());
-    auto pct = [&](double q) { return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, static_cast<size_t>(q * static_cast<double>(lat.size())))]; };
-    const uint64_t commits = st.commits - commits0;
-    std::printf("loop_append_producers %d\n", producers);
-    std::printf("loop_append_acked %llu events\n", static_cast<unsigned long long>(acked));
-    std::printf("loop_append_failed %llu events\n", static_cast<unsigned long long>(failed));
-    std::printf("loop_append_rate %.0f events/s\n", static_cast<double>(acked) / secs);
-    std::printf("loop_append_commits %llu\n", static_cast<unsigned long long>(commits));
-    std::printf("loop_append_events_per_commit %.1f\n",
-                commits ? static_cast<double>(st.appended_events - appended0) / static_cast<double>(commits) : 0.0);
-    std::printf("loop_append_ack_latency_p50 %.0f us\n", pct(0.50));
-    std::printf("loop_append_ack_latency_p99 %.0f us\n", pct(0.99));
-    std::printf("loop_append_write_bytes_per_event %.0f bytes\n", acked ? static_cast<double>(wb) / static_cast<double>(acked) : 0.0);
-  }
+  if (!RunLoopAppends(dir + "/append-loop.db", "loop_append", producers, events, deadline, false)) return 1;
 
   // 2. A large backlog: RSS while holding it, reopen time, drain rate.
   if (backlog > 0) {
@@ -336,5 +387,10 @@ int main(int argc, char** argv) {
                 static_cast<double>(drained) / Seconds(Clock::now() - d0));
     std::printf("backlog_rss_after_drain %.1f MiB\n", static_cast<double>(RssBytes()) / 1048576.0);
   }
+
+  // 3. The appends of 1b with a consumer taking the events as the link
+  //    does. Last, so that the heap it leaves does not count in the
+  //    backlog's RSS above.
+  if (!RunLoopAppends(dir + "/append-delivering.db", "delivering_append", producers, events, deadline, true)) return 1;
   return 0;
 }
