@@ -90,6 +90,9 @@ Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_pat
   if (!log_path.empty()) {
     log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   }
+  // Built before the fork: the child of a threaded test may only make
+  // async-signal-safe calls (another thread may hold the allocator's lock).
+  const std::string exec_failed = "exec " + (argv.empty() ? std::string() : argv.front()) + " failed, errno ";
   pid_ = fork();
   if (pid_ < 0) std::abort();
   if (pid_ == 0) {
@@ -103,7 +106,18 @@ Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_pat
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     execvp(args[0], args.data());
-    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+    const int err = errno;
+    char digits[16];
+    size_t at = sizeof digits;
+    digits[--at] = '\n';
+    int v = err;
+    do {
+      digits[--at] = static_cast<char>('0' + v % 10);
+      v /= 10;
+    } while (v > 0 && at > 0);
+    ssize_t n = write(2, exec_failed.data(), exec_failed.size());
+    n = write(2, digits + at, sizeof digits - at);
+    (void)n;
     _exit(127);
   }
   if (log_fd >= 0) close(log_fd);
