@@ -34,7 +34,12 @@ namespace ws {
 namespace {
 
 constexpr std::string_view kLog = "backbone";
-constexpr size_t kAckBatch = 64;              // acks gathered before one outbox call
+// Acks gathered before one outbox call. Each call is a store transaction
+// that writes every page it changed, so larger ones write less per event:
+// in outage drains of 200,000 events, 256 instead of 64 (the hold below
+// then usually ends a batch first, at about 100 acks) wrote 611-709 bytes
+// per event instead of 750-791 and took 10-20 % less of the store's CPU.
+constexpr size_t kAckBatch = 256;
 constexpr int64_t kAckHoldMs = 2;             // longest a turn leaves fewer acks for the next PUBACKs (HoldOrFlushAcks)
 constexpr int64_t kMiscIntervalMs = 1000;     // mosquitto_loop_misc: keepalive pings
 constexpr int64_t kDisconnectGraceMs = 1000;  // after DISCONNECT, before giving up on a clean close
