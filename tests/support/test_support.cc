@@ -15,6 +15,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -51,7 +53,9 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-uint16_t FreeLoopbackPort() {
+namespace {
+
+uint16_t KernelChosenLoopbackPort() {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) std::abort();
   sockaddr_in addr{};
@@ -63,6 +67,23 @@ uint16_t FreeLoopbackPort() {
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) std::abort();
   close(fd);
   return ntohs(addr.sin_port);
+}
+
+}  // namespace
+
+uint16_t FreeLoopbackPort() {
+  // The kernel may offer a port it offered before, which is free again
+  // until its taker binds it: a broker given two such "free" ports for two
+  // listeners then failed to start ("Address already in use") on every
+  // try. So a port goes out at most once per test process.
+  static std::mutex mu;
+  static std::set<uint16_t> handed_out;
+  std::lock_guard<std::mutex> lock(mu);
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const uint16_t port = KernelChosenLoopbackPort();
+    if (handed_out.insert(port).second) return port;
+  }
+  std::abort();  // 100 repeats in a row: the port range is nearly used up
 }
 
 bool WaitForPort(uint16_t port, int timeout_ms) {

@@ -28,7 +28,8 @@ class TempDir {
   std::string path_;
 };
 
-// A loopback TCP port that was free a moment ago (bound to port 0, closed).
+// A loopback TCP port that was free a moment ago (bound to port 0, closed),
+// never the same one twice in a process.
 uint16_t FreeLoopbackPort();
 
 // True once something accepts TCP connections on 127.0.0.1:port.
