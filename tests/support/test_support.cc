@@ -103,30 +103,29 @@ bool WaitForPort(uint16_t port, int timeout_ms) {
   return false;
 }
 
-Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_path) {
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
-  int log_fd = -1;
-  if (!log_path.empty()) {
-    log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+namespace {
+
+// What a forked child needs to run a command, made before the fork: the
+// child of a process with other threads may only make async-signal-safe
+// calls until it execs. An allocation there can wait forever on a lock
+// another thread held at the fork (seen as a test that waited out its
+// timeout for an openssl that never started).
+class ChildExec {
+ public:
+  explicit ChildExec(std::vector<std::string> argv)
+      : argv_(std::move(argv)),
+        failed_("exec " + (argv_.empty() ? std::string() : argv_.front()) + " failed, errno ") {
+    for (std::string& a : argv_) args_.push_back(a.data());
+    args_.push_back(nullptr);
   }
-  // Built before the fork: the child of a threaded test may only make
-  // async-signal-safe calls (another thread may hold the allocator's lock).
-  const std::string exec_failed = "exec " + (argv.empty() ? std::string() : argv.front()) + " failed, errno ";
-  pid_ = fork();
-  if (pid_ < 0) std::abort();
-  if (pid_ == 0) {
-    if (log_fd >= 0) {
-      dup2(log_fd, 1);
-      dup2(log_fd, 2);
-    }
-    // Signals blocked by the test (e.g. a SignalWatcher) must not stay
-    // blocked in the child.
+
+  // In the child: unblocks the signals the test blocked (e.g. for a
+  // SignalWatcher) and execs; if that fails, says so on stderr and exits 127.
+  [[noreturn]] void Run() {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    execvp(args[0], args.data());
+    if (args_[0] != nullptr) execvp(args_[0], args_.data());
     const int err = errno;
     char digits[16];
     size_t at = sizeof digits;
@@ -136,10 +135,34 @@ Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_pat
       digits[--at] = static_cast<char>('0' + v % 10);
       v /= 10;
     } while (v > 0 && at > 0);
-    ssize_t n = write(2, exec_failed.data(), exec_failed.size());
+    ssize_t n = write(2, failed_.data(), failed_.size());
     n = write(2, digits + at, sizeof digits - at);
     (void)n;
     _exit(127);
+  }
+
+ private:
+  std::vector<std::string> argv_;
+  std::string failed_;
+  std::vector<char*> args_;
+};
+
+}  // namespace
+
+Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_path) {
+  ChildExec exec(std::move(argv));
+  int log_fd = -1;
+  if (!log_path.empty()) {
+    log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  }
+  pid_ = fork();
+  if (pid_ < 0) std::abort();
+  if (pid_ == 0) {
+    if (log_fd >= 0) {
+      dup2(log_fd, 1);
+      dup2(log_fd, 2);
+    }
+    exec.Run();
   }
   if (log_fd >= 0) close(log_fd);
 }
@@ -181,14 +204,7 @@ void Subprocess::Kill() {
 
 int RunCommand(const std::vector<std::string>& argv, std::string* out, int timeout_ms) {
   if (argv.empty()) return -1;
-  // Built before the fork: the child of a process with other threads may
-  // only make async-signal-safe calls until it execs. An allocation there
-  // can wait forever on a lock another thread held at the fork (seen as a
-  // test that waited out its timeout for an openssl that never started).
-  std::vector<std::string> copy = argv;
-  std::vector<char*> args;
-  for (auto& a : copy) args.push_back(a.data());
-  args.push_back(nullptr);
+  ChildExec exec(argv);
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) return -1;
   pid_t pid = fork();
@@ -199,11 +215,7 @@ int RunCommand(const std::vector<std::string>& argv, std::string* out, int timeo
   }
   if (pid == 0) {
     dup2(pipefd[1], 1);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execvp(args[0], args.data());
-    _exit(127);
+    exec.Run();
   }
   close(pipefd[1]);
   fcntl(pipefd[0], F_SETFL, O_NONBLOCK);

@@ -1,6 +1,7 @@
 // The test support's own promises that tests rely on.
 #include <cstdint>
 #include <set>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -20,6 +21,18 @@ TEST(FreeLoopbackPortTest, NeverHandsOutTheSamePortTwice) {
     EXPECT_NE(port, 0);
     EXPECT_TRUE(seen.insert(port).second) << "port " << port << " again at ask " << i;
   }
+}
+
+// A command that cannot start: the forked child says why on the log and
+// exits 127, without stdio (the test process has threads).
+TEST(SubprocessTest, ACommandThatCannotStartExits127AndSaysWhy) {
+  testing::TempDir dir;
+  const std::string log = dir.File("child.log");
+  testing::Subprocess child({"/nonexistent/waystation-test-binary", "arg"}, log);
+  EXPECT_EQ(child.Wait(10000), 127);
+  EXPECT_NE(testing::Slurp(log).find("exec /nonexistent/waystation-test-binary failed, errno 2\n"), std::string::npos)
+      << testing::Slurp(log);
+  EXPECT_EQ(testing::RunCommand({"/nonexistent/waystation-test-binary"}, nullptr, 10000), 127);
 }
 
 }  // namespace

@@ -731,8 +731,9 @@ TEST_F(BackboneLinkTest, BrokerCrashMidStreamLosesNothingAndDuplicatesStayWithin
   // The broker may also have acknowledged events whose PUBACKs wait unread
   // in the held loop's socket; the link counts those once it goes on. So
   // the crash waits until the subscriber has gone quiet: the broker has
-  // then delivered everything it received.
-  for (size_t seen = sub.Events().size(), quiet = 0; quiet < 5; ++quiet) {
+  // then delivered everything it received (at most 10 s: the held link
+  // feeds it nothing new).
+  for (size_t seen = sub.Events().size(), quiet = 0, polls = 0; quiet < 5 && polls < 100; ++quiet, ++polls) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     const size_t now = sub.Events().size();
     if (now != seen) quiet = 0;
