@@ -20,25 +20,45 @@ constexpr char kAckRecord = 'A';
 // Larger payloads are damage: a commit holds at most a few thousand events.
 constexpr uint32_t kMaxPayload = uint32_t{1} << 30;
 
-// CRC-32C (Castagnoli), reflected, one table.
-constexpr std::array<uint32_t, 256> MakeCrcTable() {
-  std::array<uint32_t, 256> t{};
+// CRC-32C (Castagnoli), reflected, eight bytes per step ("slicing by 8"):
+// table k holds the CRC of a byte followed by k zero bytes, so one step
+// looks up each of eight bytes in its own table and XORs the results, with
+// no chain from one byte to the next. On the x86 benchmark machine 16 KiB
+// took 44.5 us a byte at a time and 8.4 us this way; a commit of 64 events
+// of the benchmark's size makes a chunk of about 24 KiB, on the store's
+// thread between the commit and its answers.
+using CrcTables = std::array<std::array<uint32_t, 256>, 8>;
+constexpr CrcTables MakeCrcTables() {
+  CrcTables t{};
   for (uint32_t i = 0; i < 256; ++i) {
     uint32_t c = i;
     for (int k = 0; k < 8; ++k) c = (c & 1) != 0 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    t[i] = c;
+    t[0][i] = c;
+  }
+  for (size_t k = 1; k < t.size(); ++k) {
+    for (size_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xff];
   }
   return t;
 }
-constexpr std::array<uint32_t, 256> kCrcTable = MakeCrcTable();
+constexpr CrcTables kCrcTables = MakeCrcTables();
+
+// Little-endian whatever the machine's order (one load where it is).
+uint32_t LoadLe32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
+         static_cast<uint32_t>(p[3]) << 24;
+}
 
 int64_t AlignUp(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
 void PutU32(std::string* out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  char b[4];
+  for (int i = 0; i < 4; ++i) b[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  out->append(b, sizeof b);
 }
 void PutU64(std::string* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  char b[8];
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  out->append(b, sizeof b);
 }
 void PutBytes(std::string* out, std::string_view b) {
   PutU32(out, static_cast<uint32_t>(b.size()));
@@ -100,8 +120,15 @@ struct FileCloser {
 
 uint32_t IntakeLog::Crc32c(const void* data, size_t n, uint32_t crc) {
   const auto* p = static_cast<const uint8_t*>(data);
+  const CrcTables& t = kCrcTables;
   uint32_t c = ~crc;
-  for (size_t i = 0; i < n; ++i) c = kCrcTable[(c ^ p[i]) & 0xff] ^ (c >> 8);
+  for (; n >= 8; n -= 8, p += 8) {
+    const uint32_t lo = LoadLe32(p) ^ c;
+    const uint32_t hi = LoadLe32(p + 4);
+    c = t[7][lo & 0xff] ^ t[6][(lo >> 8) & 0xff] ^ t[5][(lo >> 16) & 0xff] ^ t[4][lo >> 24] ^ t[3][hi & 0xff] ^
+        t[2][(hi >> 8) & 0xff] ^ t[1][(hi >> 16) & 0xff] ^ t[0][hi >> 24];
+  }
+  for (; n > 0; --n, ++p) c = t[0][(c ^ *p) & 0xff] ^ (c >> 8);
   return ~c;
 }
 
@@ -113,7 +140,14 @@ uint64_t IntakeLog::NewEpoch() {
 
 std::string IntakeLog::EncodeChunk(uint64_t epoch, std::span<const IntakeEvent* const> events,
                                    std::span<const int64_t> acks) {
-  std::string chunk(kHeaderBytes, '\0');
+  // Sized once rather than grown as it is written.
+  size_t bytes = kHeaderBytes + acks.size() * (1 + 8);
+  for (const IntakeEvent* e : events) {
+    bytes += 1 + 8 + 1 + 8 + 8 + 4 * 4 + e->id.size() + e->stream.size() + e->topic.size() + e->record.size();
+  }
+  std::string chunk;
+  chunk.reserve(static_cast<size_t>(AlignUp(static_cast<int64_t>(bytes), kIntakeBlock)));
+  chunk.assign(kHeaderBytes, '\0');
   for (const IntakeEvent* e : events) {
     chunk.push_back(kEventRecord);
     PutU64(&chunk, static_cast<uint64_t>(e->sequence));
