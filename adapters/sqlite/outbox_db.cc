@@ -620,6 +620,7 @@ Status OutboxDb::Prepare() {
       {&find_queued_id_, "SELECT seq FROM events WHERE id = ?1"},
       {&find_id_in_outbox_, "SELECT seq, record FROM events WHERE id = ?1"},
       {&any_delivered_row_, "SELECT 1 FROM delivered LIMIT 1"},
+      {&any_event_row_, "SELECT 1 FROM events LIMIT 1"},
       {&find_topic_, "SELECT ref FROM topics WHERE topic = ?1"},
       {&add_topic_, "INSERT INTO topics(topic) VALUES (?1) RETURNING ref"},
       {&topic_by_ref_, "SELECT topic FROM topics WHERE ref = ?1"},
@@ -910,6 +911,12 @@ Result<std::optional<StoredId>> OutboxDb::FindIdInOutbox(std::string_view id) {
 Result<bool> OutboxDb::DeliveredEmpty() {
   StatementScope scope(any_delivered_row_);
   WS_ASSIGN_OR_RETURN(bool row, any_delivered_row_.Step());
+  return !row;
+}
+
+Result<bool> OutboxDb::EventsEmpty() {
+  StatementScope scope(any_event_row_);
+  WS_ASSIGN_OR_RETURN(bool row, any_event_row_.Step());
   return !row;
 }
 

@@ -250,6 +250,9 @@ class OutboxDb {
   Result<std::optional<StoredId>> FindIdInOutbox(std::string_view id);
   // Whether the delivered-retention table holds no row.
   Result<bool> DeliveredEmpty();
+  // Whether the outbox table holds no event (dead letters and delivered
+  // events aside).
+  Result<bool> EventsEmpty();
   // The sequence of `id` in the outbox itself (not dead letters or
   // delivered), if it is there.
   Result<std::optional<int64_t>> FindQueuedId(std::string_view id);
@@ -380,7 +383,7 @@ class OutboxDb {
   std::function<void(int)> wal_hook_;
   Statement begin_, commit_, rollback_, savepoint_, release_, rollback_to_;
   Statement last_sequence_, set_last_sequence_;
-  Statement find_id_, find_id_in_outbox_, find_queued_id_, insert_event_, any_delivered_row_;
+  Statement find_id_, find_id_in_outbox_, find_queued_id_, insert_event_, any_delivered_row_, any_event_row_;
   Statement copy_to_delivered_, delete_event_, delete_event_range_, copy_to_dlq_;
   Statement any_expired_, delete_expired_, any_delivered_, purge_delivered_;
   Statement class_head_, delete_class_up_to_;

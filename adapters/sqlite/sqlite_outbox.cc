@@ -265,6 +265,11 @@ struct OpenBatch {
   std::vector<std::pair<size_t, sqlite::IntakeEvent>> held_taken;
   bool direct = false;   // the batch writes its events into the database
   bool settled = false;  // held events moved into the database in its transaction
+  // Whether the database's outbox table held no event, asked once by the
+  // batch's first intake event that needs to know. Within the batch it
+  // can only lose events (acks): it gains some only once `direct`, and
+  // then no event goes to the intake.
+  std::optional<bool> outbox_table_empty;
 };
 
 }  // namespace
@@ -1263,8 +1268,23 @@ class SqliteOutbox::Impl {
         found_seq = held.sequence;
         found_record = held.record;
       } else {
-        Result<std::optional<sqlite::StoredId>> r =
-            only_outbox ? db_->FindIdInOutbox(e.event.id) : db_->FindId(e.event.id);
+        // With the link up the database's outbox is usually empty: then an
+        // id that is in neither map is new, without a lookup per event.
+        if (only_outbox && !b->outbox_table_empty.has_value()) {
+          Result<bool> empty = db_->EventsEmpty();
+          if (!empty.ok()) {
+            undo();
+            b->storage = empty.status();
+            return empty.status();
+          }
+          b->outbox_table_empty = *empty;
+        }
+        Result<std::optional<sqlite::StoredId>> r = std::optional<sqlite::StoredId>();
+        if (!only_outbox) {
+          r = db_->FindId(e.event.id);
+        } else if (!*b->outbox_table_empty) {
+          r = db_->FindIdInOutbox(e.event.id);
+        }
         if (!r.ok()) {
           undo();
           b->storage = r.status();

@@ -3070,6 +3070,42 @@ TEST_F(SqliteOutboxTest, IntakeAHeldIdIsKnownUntilItIsDelivered) {
   EXPECT_EQ(Decoded((*leased)[0]).data, "{\"v\":3}");
 }
 
+// The intake skips the database's id lookup while the outbox table is
+// empty; an id settled into the database must still be found.
+TEST_F(SqliteOutboxTest, IntakeAnIdInTheDatabaseIsKnownToLaterAppends) {
+  const auto options = Options(dir_, &clock_);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const int64_t first = AppendOne(*o, Entry("x"));
+  clock_.AdvanceMillis(1500);
+  LeaseResult leased = LeaseSync(*o, 10);
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  ASSERT_EQ(QueryFile(options.path, kCountEvents), 1) << "the held event did not settle";
+  o->ResetLeases();
+
+  // In one call with a new event, which goes to the intake first.
+  AppendResult same = AppendSync(*o, {Entry("y"), Entry("x")});
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  ASSERT_EQ(same->size(), 2u);
+  EXPECT_FALSE((*same)[0].duplicate);
+  EXPECT_TRUE((*same)[1].duplicate);
+  EXPECT_EQ((*same)[1].sequence, first);
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 1) << "y belongs in the intake";
+
+  AppendResult other = AppendSync(*o, {Entry("x", Priority::kNormal, "{\"v\":2}")});
+  EXPECT_EQ(other.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(BacklogCount(o->Stats()), 2u);
+
+  // Delivered and gone from the database: the id is new again.
+  ASSERT_TRUE(AckSync(*o, {first}).ok());
+  EXPECT_EQ(QueryFile(options.path, kCountEvents), 0);
+  AppendResult again = AppendSync(*o, {Entry("x", Priority::kNormal, "{\"v\":3}")});
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_FALSE((*again)[0].duplicate);
+  EXPECT_GT((*again)[0].sequence, first);
+}
+
 TEST_F(SqliteOutboxTest, IntakeDeadLetteringAHeldEventSettlesItWithItsAttempts) {
   const auto options = Options(dir_, &clock_);
   {
