@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -20,6 +21,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+
+#include <gtest/gtest.h>
 
 namespace ws::testing {
 namespace {
@@ -149,7 +152,7 @@ class ChildExec {
 
 }  // namespace
 
-Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_path) {
+Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_path) : log_path_(log_path) {
   ChildExec exec(std::move(argv));
   int log_fd = -1;
   if (!log_path.empty()) {
@@ -167,7 +170,28 @@ Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_pat
   if (log_fd >= 0) close(log_fd);
 }
 
-Subprocess::~Subprocess() { Kill(); }
+Subprocess::~Subprocess() {
+  Kill();
+  if (log_path_.empty()) return;
+  const std::string report = SanitizerReport(Slurp(log_path_));
+  if (!report.empty()) ADD_FAILURE() << "a sanitizer reported in " << log_path_ << ":\n" << report;
+}
+
+std::string SanitizerReport(const std::string& text) {
+  static constexpr const char* kMarks[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                           "WARNING: ThreadSanitizer", ": runtime error: "};
+  size_t first = std::string::npos;
+  for (const char* mark : kMarks) first = std::min(first, text.find(mark));
+  if (first == std::string::npos) return "";
+  const size_t start = text.rfind('\n', first);
+  size_t end = start == std::string::npos ? 0 : start + 1;
+  const size_t begin = end;
+  for (int lines = 0; lines < 40 && end < text.size(); ++lines) {
+    const size_t nl = text.find('\n', end);
+    end = nl == std::string::npos ? text.size() : nl + 1;
+  }
+  return text.substr(begin, end - begin);
+}
 
 bool Subprocess::running() {
   if (pid_ <= 0) return false;

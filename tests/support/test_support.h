@@ -36,7 +36,10 @@ uint16_t FreeLoopbackPort();
 bool WaitForPort(uint16_t port, int timeout_ms);
 
 // A child process started with execvp. The destructor kills it (SIGKILL) by
-// its PID and reaps it if it is still running.
+// its PID and reaps it if it is still running, then fails the running test
+// if a sanitizer reported in its log (see SanitizerReport): a daemon the
+// tests start is built with the same sanitizers as they are, and its
+// reports would otherwise stay unread in a temporary folder.
 class Subprocess {
  public:
   // `argv[0]` is looked up in PATH. stdout/stderr go to `log_path` if given,
@@ -59,7 +62,13 @@ class Subprocess {
  private:
   pid_t pid_ = -1;
   int exit_code_ = -1;
+  std::string log_path_;
 };
+
+// The first report of a sanitizer in `text` (AddressSanitizer,
+// LeakSanitizer, ThreadSanitizer, UndefinedBehaviorSanitizer), from its
+// first line on, at most 40 lines; "" if there is none.
+std::string SanitizerReport(const std::string& text);
 
 // Runs a command to completion (bounded by timeout_ms, then killed) and
 // returns its exit code; stdout into *out if given.

@@ -3,6 +3,7 @@
 #include <set>
 #include <string>
 
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
 #include "tests/support/test_support.h"
@@ -33,6 +34,39 @@ TEST(SubprocessTest, ACommandThatCannotStartExits127AndSaysWhy) {
   EXPECT_NE(testing::Slurp(log).find("exec /nonexistent/waystation-test-binary failed, errno 2\n"), std::string::npos)
       << testing::Slurp(log);
   EXPECT_EQ(testing::RunCommand({"/nonexistent/waystation-test-binary"}, nullptr, 10000), 127);
+}
+
+TEST(SanitizerReportTest, FindsEachSanitizersReportAndNothingInACleanLog) {
+  EXPECT_EQ(testing::SanitizerReport("2026-11-23T07:00:00Z info node: ready\nstopped\n"), "");
+  EXPECT_EQ(testing::SanitizerReport(""), "");
+  const std::string log =
+      "2026-11-23T07:00:00Z info node: ready\n"
+      "==4711==ERROR: AddressSanitizer: heap-use-after-free on address 0x602000000010\n"
+      "    #0 0x55 in ws::Foo() core/foo.cc:12\n";
+  EXPECT_EQ(testing::SanitizerReport(log),
+            "==4711==ERROR: AddressSanitizer: heap-use-after-free on address 0x602000000010\n"
+            "    #0 0x55 in ws::Foo() core/foo.cc:12\n");
+  EXPECT_NE(testing::SanitizerReport("==1==ERROR: LeakSanitizer: detected memory leaks\n"), "");
+  EXPECT_NE(testing::SanitizerReport("WARNING: ThreadSanitizer: data race (pid=9)\n"), "");
+  EXPECT_EQ(testing::SanitizerReport("x\ncore/a.cc:3:7: runtime error: signed integer overflow\n"),
+            "core/a.cc:3:7: runtime error: signed integer overflow\n");
+  // The first of two reports, whatever its kind.
+  EXPECT_EQ(testing::SanitizerReport("WARNING: ThreadSanitizer: data race\n==2==ERROR: AddressSanitizer: x\n")
+                .rfind("WARNING: ThreadSanitizer", 0),
+            0u);
+}
+
+// A process whose log holds a sanitizer's report fails the test that ran
+// it, once the process is gone.
+TEST(SubprocessTest, ASanitizerReportInItsLogFailsTheTest) {
+  testing::TempDir dir;
+  const std::string log = dir.File("child.log");
+  EXPECT_NONFATAL_FAILURE(
+      {
+        testing::Subprocess child({"sh", "-c", "echo '==7==ERROR: AddressSanitizer: heap-use-after-free'"}, log);
+        EXPECT_EQ(child.Wait(10000), 0);
+      },
+      "AddressSanitizer: heap-use-after-free");
 }
 
 }  // namespace
