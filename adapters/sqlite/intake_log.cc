@@ -141,9 +141,14 @@ uint64_t IntakeLog::NewEpoch() {
 std::string IntakeLog::EncodeChunk(uint64_t epoch, std::span<const IntakeEvent* const> events,
                                    std::span<const int64_t> acks) {
   // Sized once rather than grown as it is written.
-  size_t bytes = kHeaderBytes + acks.size() * (1 + 8);
+  // Record sizes as the layout above gives them: an event's kind,
+  // sequence, priority, accepted_us, bytes and four string lengths, then
+  // the strings; an ack's kind and sequence.
+  constexpr size_t kEventFixed = 1 + 8 + 1 + 8 + 8 + 4 * 4;
+  constexpr size_t kAck = 1 + 8;
+  size_t bytes = kHeaderBytes + acks.size() * kAck;
   for (const IntakeEvent* e : events) {
-    bytes += 1 + 8 + 1 + 8 + 8 + 4 * 4 + e->id.size() + e->stream.size() + e->topic.size() + e->record.size();
+    bytes += kEventFixed + e->id.size() + e->stream.size() + e->topic.size() + e->record.size();
   }
   std::string chunk;
   chunk.reserve(static_cast<size_t>(AlignUp(static_cast<int64_t>(bytes), kIntakeBlock)));

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -157,6 +158,8 @@ Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_pat
   int log_fd = -1;
   if (!log_path.empty()) {
     log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    struct stat st{};
+    if (log_fd >= 0 && fstat(log_fd, &st) == 0) log_start_ = static_cast<size_t>(st.st_size);
   }
   pid_ = fork();
   if (pid_ < 0) std::abort();
@@ -173,7 +176,8 @@ Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_pat
 Subprocess::~Subprocess() {
   Kill();
   if (log_path_.empty()) return;
-  const std::string report = SanitizerReport(Slurp(log_path_));
+  const std::string log = Slurp(log_path_);
+  const std::string report = SanitizerReport(log.size() > log_start_ ? log.substr(log_start_) : std::string());
   if (!report.empty()) ADD_FAILURE() << "a sanitizer reported in " << log_path_ << ":\n" << report;
 }
 

@@ -37,9 +37,11 @@ bool WaitForPort(uint16_t port, int timeout_ms);
 
 // A child process started with execvp. The destructor kills it (SIGKILL) by
 // its PID and reaps it if it is still running, then fails the running test
-// if a sanitizer reported in its log (see SanitizerReport): a daemon the
-// tests start is built with the same sanitizers as they are, and its
-// reports would otherwise stay unread in a temporary folder.
+// if a sanitizer reported in what it wrote to its log (see SanitizerReport):
+// a daemon the tests start is built with the same sanitizers as they are,
+// and its reports would otherwise stay unread in a temporary folder. A log
+// that several processes append to in turn (a daemon restarted) charges
+// each report to the process that wrote it, once.
 class Subprocess {
  public:
   // `argv[0]` is looked up in PATH. stdout/stderr go to `log_path` if given,
@@ -63,6 +65,7 @@ class Subprocess {
   pid_t pid_ = -1;
   int exit_code_ = -1;
   std::string log_path_;
+  size_t log_start_ = 0;  // the log's size when the process started: what it wrote follows
 };
 
 // The first report of a sanitizer in `text` (AddressSanitizer,

@@ -69,5 +69,24 @@ TEST(SubprocessTest, ASanitizerReportInItsLogFailsTheTest) {
       "AddressSanitizer: heap-use-after-free");
 }
 
+// A log that an earlier process of the test already wrote a report into
+// (a daemon restarted onto the same log): the next process is charged only
+// with what it writes itself.
+TEST(SubprocessTest, ALaterProcessOnTheSameLogIsNotChargedWithAnEarlierReport) {
+  testing::TempDir dir;
+  const std::string log = dir.File("child.log");
+  EXPECT_NONFATAL_FAILURE(
+      {
+        testing::Subprocess first({"sh", "-c", "echo '==7==ERROR: AddressSanitizer: heap-use-after-free'"}, log);
+        EXPECT_EQ(first.Wait(10000), 0);
+      },
+      "AddressSanitizer: heap-use-after-free");
+  {
+    testing::Subprocess second({"sh", "-c", "echo clean"}, log);
+    EXPECT_EQ(second.Wait(10000), 0);
+  }
+  EXPECT_NE(testing::Slurp(log).find("clean"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ws
