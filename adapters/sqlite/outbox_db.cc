@@ -255,7 +255,7 @@ Status StructuralCheck(const Connection& db, int version) {
 int StopRequested(void* flag) { return static_cast<std::atomic<bool>*>(flag)->load() ? 1 : 0; }
 
 // Returns the page size the file uses.
-Result<int64_t> ConfigureConnection(Connection& db, int64_t cache_kib) {
+Result<int64_t> ConfigureConnection(Connection& db, int64_t cache_kib, int64_t wal_checkpoint_bytes) {
   // A second process (an operator's sqlite3 shell) may hold a read lock
   // briefly; waiting a little beats failing a commit.
   const int rc = sqlite3_busy_timeout(db.get(), 2000);
@@ -286,23 +286,27 @@ Result<int64_t> ConfigureConnection(Connection& db, int64_t cache_kib) {
   // with zeros: extra flash wear for every delivered event. FAST still
   // clears deleted content where that costs no extra I/O.
   WS_TRY(db.Exec("PRAGMA secure_delete=FAST", "set secure_delete"));
-  // After a checkpoint the -wal file is cut back to 16 MiB, so one large
-  // batch does not keep its flash space forever. Not to 4 MiB, where the
-  // checkpoints start: the WAL peaks a little above that (4.4-4.7 MB in the
-  // in-process benchmark), and cutting it back at every reset (53 times in
-  // its 400,000 appends) made the filesystem allocate the blocks past 4 MiB
-  // anew, and zero the unwritten part of each, in every cycle. Below 16 MiB
-  // the file is overwritten in place.
-  const std::string size_limit = "PRAGMA journal_size_limit=" + std::to_string(kWalSizeLimitBytes);
+  // After a checkpoint the -wal file is cut back to twice the checkpoint
+  // size, so one large batch does not keep its flash space forever. Not to
+  // the checkpoint size itself: the WAL peaks a little above it (4.4-4.7 MB
+  // in the in-process benchmark when checkpoints started at 4 MiB), and
+  // cutting it back at every reset (53 times in its 400,000 appends) made
+  // the filesystem allocate the blocks past the limit anew, and zero the
+  // unwritten part of each, in every cycle. Below the limit the file is
+  // overwritten in place.
+  const std::string size_limit =
+      "PRAGMA journal_size_limit=" + std::to_string(WalSizeLimitBytes(wal_checkpoint_bytes));
   WS_TRY(db.Exec(size_limit.c_str(), "set journal_size_limit"));
   WS_TRY(db.Exec("PRAGMA trusted_schema=OFF", "set trusted_schema"));
-  // Checkpoint when the WAL holds 4 MiB, not after SQLite's default 1,000
-  // pages (1 MiB with 1 KiB pages): a page the outbox rewrites again and
-  // again (the tail of the table, the indexes) is copied into the database
-  // file once per checkpoint, so rarer checkpoints write less.
+  // Checkpoint when the WAL holds wal_checkpoint_bytes (16 MiB), not after
+  // SQLite's default 1,000 pages (1 MiB with 1 KiB pages): a page the
+  // outbox rewrites again and again (the tail of the table, the indexes) is
+  // copied into the database file once per checkpoint, so rarer checkpoints
+  // write less.
   WS_ASSIGN_OR_RETURN(int64_t page_size, QueryInt(db, "PRAGMA page_size"));
   if (page_size <= 0) return Internal("page_size is " + std::to_string(page_size));
-  const std::string checkpoint = "PRAGMA wal_autocheckpoint=" + std::to_string(kWalCheckpointBytes / page_size);
+  const std::string checkpoint =
+      "PRAGMA wal_autocheckpoint=" + std::to_string(std::max<int64_t>(wal_checkpoint_bytes / page_size, 1));
   WS_TRY(db.Exec(checkpoint.c_str(), "set wal_autocheckpoint"));
   return page_size;
 }
@@ -443,7 +447,7 @@ void OutboxDb::SetWalHook(std::function<void(int frames)> hook) {
   wal_hook_ = std::move(hook);
   if (!wal_hook_) {
     // Back to SQLite's own checkpoints, at the size ConfigureConnection set.
-    sqlite3_wal_autocheckpoint(db_.get(), static_cast<int>(kWalCheckpointBytes / page_size_));
+    sqlite3_wal_autocheckpoint(db_.get(), static_cast<int>(std::max<int64_t>(wal_checkpoint_bytes_ / page_size_, 1)));
     return;
   }
   sqlite3_wal_hook(
@@ -574,7 +578,9 @@ Result<std::unique_ptr<OutboxDb>> OutboxDb::Open(const OutboxDbOptions& options,
   report->check_us = MicrosSince(check_start);
   WS_TRY(SetCheckpointOnClose(store->db_, true));
 
-  WS_ASSIGN_OR_RETURN(store->page_size_, ConfigureConnection(store->db_, options.cache_kib));
+  WS_ASSIGN_OR_RETURN(store->page_size_,
+                      ConfigureConnection(store->db_, options.cache_kib, options.wal_checkpoint_bytes));
+  store->wal_checkpoint_bytes_ = options.wal_checkpoint_bytes;
   WS_TRY(store->SetWalGathering(true));
   WS_TRY(Migrate(store->db_, report->schema_version_found));
   WS_TRY(store->Prepare());

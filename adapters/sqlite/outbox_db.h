@@ -20,11 +20,17 @@
 #include <vector>
 
 #include "adapters/sqlite/sqlite_handle.h"
+#include "adapters/sqlite/sqlite_outbox.h"
 #include "core/outbox.h"
 #include "core/priority.h"
 #include "platform/status.h"
 
 namespace ws::sqlite {
+
+// After a checkpoint a larger -wal file is cut back to this size: above the
+// peak of a normal cycle (a little over the checkpoint size), so the file
+// is overwritten in place; the committer copies everything at 4 x.
+constexpr int64_t WalSizeLimitBytes(int64_t wal_checkpoint_bytes) { return 2 * wal_checkpoint_bytes; }
 
 struct OutboxDbOptions {
   std::string path;
@@ -34,6 +40,7 @@ struct OutboxDbOptions {
   // only the structural check runs (header, page count against the file
   // size, schema), and the caller is expected to run FullCheck later.
   bool full_check = true;
+  int64_t wal_checkpoint_bytes = kDefaultWalCheckpointBytes;
 };
 
 // An event id already in the store (outbox, dead letters or delivered).
@@ -138,13 +145,6 @@ Status CheckDatabaseHeader(std::string_view header, uint64_t file_size);
 Status FullCheckOnOwnConnection(const std::string& path, const std::string& vfs, int64_t cache_kib,
                                 std::atomic<bool>* stop);
 
-// The WAL is copied into the database file (checkpointed) once it holds
-// this much.
-constexpr int64_t kWalCheckpointBytes = int64_t{4} << 20;
-// After a checkpoint a larger -wal file is cut back to this size: the most
-// the checkpoints let it reach (the committer copies everything at 4 x).
-constexpr int64_t kWalSizeLimitBytes = 4 * kWalCheckpointBytes;
-
 // How far a checkpoint got: the frames the WAL held, and how many of them
 // are now in the database file (both 0 when another checkpoint was running).
 struct CheckpointResult {
@@ -230,6 +230,7 @@ class OutboxDb {
   // A PASSIVE checkpoint on this connection (see CheckpointConnection::Run).
   Result<CheckpointResult> Checkpoint();
   int64_t PageSize() const { return page_size_; }
+  int64_t WalCheckpointBytes() const { return wal_checkpoint_bytes_; }
   Result<FileSpace> Space();
   // Rewrites the database without its free pages (VACUUM) in one durable
   // transaction: a failure or a power cut leaves it as it was, and every
@@ -380,6 +381,7 @@ class OutboxDb {
   // statement prepared on it.
   Connection db_;
   int64_t page_size_ = 1024;
+  int64_t wal_checkpoint_bytes_ = kDefaultWalCheckpointBytes;
   std::function<void(int)> wal_hook_;
   Statement begin_, commit_, rollback_, savepoint_, release_, rollback_to_;
   Statement last_sequence_, set_last_sequence_;

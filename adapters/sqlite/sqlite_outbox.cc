@@ -55,6 +55,12 @@ constexpr auto kCompactRetry = std::chrono::minutes(10);
 // never a sequence given twice. A clean shutdown writes the exact value.
 constexpr int64_t kSequenceReserve = 1024;
 
+// The range of SqliteOutboxOptions::wal_checkpoint_bytes: below it a
+// checkpoint would run every few commits; above it the WAL (up to four
+// times as much) would rival the store itself.
+constexpr int64_t kMinWalCheckpointBytes = 64 * 1024;
+constexpr int64_t kMaxWalCheckpointBytes = int64_t{256} << 20;
+
 // The intake log (intake_log.h) beside the database file.
 constexpr const char* kIntakeSuffix = "-intake";
 // Events held only in the intake log move into the database (settle) once
@@ -420,7 +426,7 @@ class SqliteOutbox::Impl {
       return;
     }
     checkpointer_ = std::move(c).value();
-    const int soft = static_cast<int>(std::max<int64_t>(sqlite::kWalCheckpointBytes / db_->PageSize(), 1));
+    const int soft = static_cast<int>(std::max<int64_t>(db_->WalCheckpointBytes() / db_->PageSize(), 1));
     db_->SetWalHook([this, soft](int frames) { OnWalFrames(frames, soft); });
     ckpt_thread_ = std::thread([this] { RunCheckpoints(); });
     static_cast<void>(pthread_setname_np(ckpt_thread_.native_handle(), "ws-outbox-ckpt"));
@@ -2414,6 +2420,10 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
   if (options.path.empty()) return InvalidArgument("storage path must not be empty");
   if (options.max_batch_events == 0) return InvalidArgument("max_batch_events must be at least 1");
   if (options.cache_kib <= 0) return InvalidArgument("cache_kib must be positive");
+  if (options.wal_checkpoint_bytes < kMinWalCheckpointBytes || options.wal_checkpoint_bytes > kMaxWalCheckpointBytes) {
+    return InvalidArgument("wal_checkpoint_bytes must be from " + std::to_string(kMinWalCheckpointBytes) + " to " +
+                           std::to_string(kMaxWalCheckpointBytes));
+  }
   if (options.commit_window_us < 0) return InvalidArgument("commit_window_us must not be negative");
   if (options.retain_delivered_s < 0) return InvalidArgument("retain_delivered_s must not be negative");
   for (const ClassLimits& c : options.classes) {
@@ -2435,7 +2445,8 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
   const CheckPlan plan = PlanCheck(options.path, options.full_check_max_bytes);
   // From here on the file may change: the marker described it as it was.
   RemoveMarker(options.path + kCleanSuffix);
-  sqlite::OutboxDbOptions db_options{options.path, options.vfs, options.cache_kib, plan.full};
+  sqlite::OutboxDbOptions db_options{options.path, options.vfs, options.cache_kib, plan.full,
+                                     options.wal_checkpoint_bytes};
   sqlite::OpenReport report;
   Result<std::unique_ptr<sqlite::OutboxDb>> db = sqlite::OutboxDb::Open(db_options, &report);
   bool quarantined = false;

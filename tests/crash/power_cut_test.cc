@@ -223,6 +223,10 @@ SqliteOutboxOptions StoreOptions(const std::string& path) {
   o.path = path;
   o.commit_window_us = 500;
   o.intake_log = g_intake_log;
+  // The smallest the store takes, so that the WAL is checkpointed (by the
+  // store's checkpoint thread, and its last frames by the committer) in the
+  // middle of a scenario, and the power also goes at those syncs.
+  o.wal_checkpoint_bytes = 64 * 1024;
   return o;
 }
 

@@ -889,6 +889,23 @@ TEST_F(SqliteOutboxTest, UnusableFolderFailsOpenInsteadOfQuarantining) {
   EXPECT_TRUE(FilesStartingWith(dir_.path(), "a-folder.corrupt-").empty());
 }
 
+TEST_F(SqliteOutboxTest, ACheckpointSizeOutOfRangeIsRefusedBeforeAnythingIsWritten) {
+  auto options = Options(dir_, &clock_);
+  options.wal_checkpoint_bytes = 4096;  // a checkpoint every few commits
+  auto r = SqliteOutbox::Open(options);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("wal_checkpoint_bytes"), std::string::npos) << r.status().ToString();
+  EXPECT_FALSE(std::filesystem::exists(options.path));
+  options.wal_checkpoint_bytes = (int64_t{256} << 20) + 1;  // a WAL to rival the store
+  r = SqliteOutbox::Open(options);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+  EXPECT_FALSE(std::filesystem::exists(options.path));
+  options.wal_checkpoint_bytes = 64 * 1024;
+  EXPECT_TRUE(SqliteOutbox::Open(options).ok());
+}
+
 TEST_F(SqliteOutboxTest, FolderWithoutWritePermissionFailsOpen) {
   if (::geteuid() == 0) GTEST_SKIP() << "root ignores folder permissions";
   ASSERT_EQ(::mkdir(dir_.File("read-only").c_str(), 0555), 0);
@@ -2421,7 +2438,8 @@ TEST_F(SqliteOutboxTest, ARowFoundUnreadableWhileABatchWaitsIsDeadLetteredAfterI
 // four times the size), so the WAL starts over instead of growing with
 // what was written.
 TEST_F(SqliteOutboxTest, CheckpointsRunBesideTheCommitsAndTheWalStartsOver) {
-  const SqliteOutboxOptions options = Options(dir_, &clock_);
+  SqliteOutboxOptions options = Options(dir_, &clock_);
+  options.wal_checkpoint_bytes = int64_t{4} << 20;
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   const std::string data = "{\"pad\":\"" + std::string(1000, 'x') + "\"}";
@@ -2435,7 +2453,7 @@ TEST_F(SqliteOutboxTest, CheckpointsRunBesideTheCommitsAndTheWalStartsOver) {
   EXPECT_GT(s.checkpoints_background, 0u);
   EXPECT_GT(s.checkpoints_committer, 0u);
   const auto wal = std::filesystem::file_size(options.path + "-wal");
-  EXPECT_LE(wal, static_cast<uintmax_t>(4 * sqlite::kWalCheckpointBytes + (int64_t{1} << 20)));
+  EXPECT_LE(wal, static_cast<uintmax_t>(4 * options.wal_checkpoint_bytes + (int64_t{1} << 20)));
   EXPECT_EQ(Backlog(s, Priority::kNormal).count, static_cast<uint64_t>(kCalls * kPerCall));
 }
 
@@ -2450,12 +2468,13 @@ std::string WalSalts(const std::string& wal) {
 }
 
 // After a checkpoint the WAL starts over and SQLite cuts the -wal file back
-// to journal_size_limit. At 4 MiB, where checkpoints start, a WAL that
+// to journal_size_limit. At the checkpoint size (4 MiB here), a WAL that
 // peaked a little above it was cut back and regrown in every cycle; the
-// limit is 16 MiB, so a file of 5-6 MiB is overwritten in place.
-TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowSixteenMiB) {
+// limit is twice that, so a file of 5-6 MiB is overwritten in place.
+TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowTwiceTheCheckpointSize) {
   SqliteOutboxOptions options = Options(dir_, &clock_);
   options.intake_log = false;  // the WAL of commits into the database
+  options.wal_checkpoint_bytes = int64_t{4} << 20;
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   const std::string data = "{\"pad\":\"" + std::string(1000, 'x') + "\"}";
@@ -2464,7 +2483,7 @@ TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowSixteenMiB) {
   ASSERT_TRUE(AppendSync(*o, std::move(entries)).ok());  // one transaction
   const std::string wal = options.path + "-wal";
   const auto peak = std::filesystem::file_size(wal);
-  ASSERT_GT(peak, static_cast<uintmax_t>(sqlite::kWalCheckpointBytes));
+  ASSERT_GT(peak, static_cast<uintmax_t>(options.wal_checkpoint_bytes));
   // Small commits until the WAL has started over (a checkpoint, by the
   // committer or in the background, copied it all, and the next commit
   // began the file anew with new salts in its header), then a few more:
@@ -2480,7 +2499,8 @@ TEST_F(SqliteOutboxTest, TheWalFileIsNotCutBackBelowSixteenMiB) {
   EXPECT_GT(o->Stats().checkpoints_committer + o->Stats().checkpoints_background, 0u);
   for (int i = 0; i < 3; ++i) ASSERT_GT(AppendOne(*o, Entry(Numbered("after", i))), 0);
   EXPECT_GE(std::filesystem::file_size(wal), peak);
-  EXPECT_LE(std::filesystem::file_size(wal), static_cast<uintmax_t>(sqlite::kWalSizeLimitBytes));
+  EXPECT_LE(std::filesystem::file_size(wal),
+            static_cast<uintmax_t>(sqlite::WalSizeLimitBytes(options.wal_checkpoint_bytes)));
 }
 
 // ---- compaction ----
