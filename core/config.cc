@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include <string_view>
@@ -87,6 +88,12 @@ std::string ExpandTopicPrefix(const Config& config) {
   return out;
 }
 
+uint64_t WalCheckpointBytes(const StorageConfig& storage) {
+  if (storage.wal_checkpoint_bytes != 0) return storage.wal_checkpoint_bytes;
+  constexpr uint64_t kSmallest = uint64_t{1} << 20;
+  return std::clamp(storage.max_bytes / 16, kSmallest, static_cast<uint64_t>(kDefaultWalCheckpointBytes));
+}
+
 bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
   size_t before = errors->size();
   auto err = [errors](std::string key, std::string_view why) {
@@ -114,6 +121,12 @@ bool ValidateConfig(const Config& c, std::vector<std::string>* errors) {
   if (c.storage.max_bytes >= 1024 * 1024 && c.storage.control_reserve_bytes > c.storage.max_bytes / 2) {
     err("storage.control_reserve_bytes", "must be at most half of storage.max_bytes (" +
                                              std::to_string(c.storage.max_bytes / 2) + "); the default is 1048576");
+  }
+  if (const uint64_t w = c.storage.wal_checkpoint_bytes;
+      w != 0 && (w < static_cast<uint64_t>(kMinWalCheckpointBytes) || w > static_cast<uint64_t>(kMaxWalCheckpointBytes))) {
+    err("storage.wal_checkpoint_bytes", "must be 0 (from storage.max_bytes) or between " +
+                                            std::to_string(kMinWalCheckpointBytes) + " and " +
+                                            std::to_string(kMaxWalCheckpointBytes));
   }
   for (Priority p : kAllPriorities) {
     const ClassLimits& cl = c.storage.classes[static_cast<size_t>(p)];

@@ -27,6 +27,10 @@ struct StorageConfig {
   int64_t retain_delivered_s = 0;   // keep delivered events for replay; 0 = delete on ack
   int64_t commit_window_us = 8000;  // longest a group commit waits to gather more events
   uint64_t control_reserve_bytes = 1048576;  // top of max_bytes only control events may use
+  // The WAL is copied into the database file once it holds this much; the
+  // -wal file beside it is kept at up to twice that. 0 = from max_bytes
+  // (WalCheckpointBytes below).
+  uint64_t wal_checkpoint_bytes = 0;
   // New events are made durable in a small log beside the file and enter
   // the database only if the link has not delivered them within about a
   // second (adapters/sqlite/intake_log.h).
@@ -165,6 +169,11 @@ struct Config {
 // human-readable reason per problem to `errors`, each naming the key
 // ("backbone.endpoints[1].port: ..."). True if there were none.
 bool ValidateConfig(const Config& config, std::vector<std::string>* errors);
+
+// The checkpoint size the store runs with: storage.wal_checkpoint_bytes, or
+// when that is 0 a sixteenth of storage.max_bytes, from 1 MiB to 16 MiB, so
+// that a small store does not keep a WAL as large as itself beside it.
+uint64_t WalCheckpointBytes(const StorageConfig& storage);
 
 // The TLS settings of api.listen[i]; nullptr for a plain listener.
 inline const ListenTlsConfig* ListenTls(const ApiConfig& api, size_t i) {

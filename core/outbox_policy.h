@@ -106,4 +106,16 @@ size_t AckLatencyBucket(int64_t latency_us);
 // Counts `events` observations of `latency_us` into the histogram.
 void RecordAckLatency(int64_t latency_us, uint64_t events, OutboxStats* stats);
 
+// How much WAL a store gathers before it is copied into the database file
+// (checkpointed). A page that commits change again and again is copied
+// once per checkpoint, so rarer checkpoints write less: with a backlog of
+// random (UUIDv4) ids, whose index pages every commit scatters, 16 MiB
+// instead of 4 wrote about 40 % fewer bytes per event (docs/benchmarks.md,
+// "Event ids"). Below the minimum a checkpoint would run every few
+// commits; above the maximum the WAL (up to four times as much) would
+// rival the store itself.
+inline constexpr int64_t kDefaultWalCheckpointBytes = int64_t{16} << 20;
+inline constexpr int64_t kMinWalCheckpointBytes = int64_t{64} << 10;
+inline constexpr int64_t kMaxWalCheckpointBytes = int64_t{256} << 20;
+
 }  // namespace ws

@@ -105,6 +105,7 @@ class Node::Impl {
     so.retain_delivered_s = config_.storage.retain_delivered_s;
     so.commit_window_us = config_.storage.commit_window_us;
     so.intake_log = config_.storage.intake_log;
+    so.wal_checkpoint_bytes = static_cast<int64_t>(WalCheckpointBytes(config_.storage));
     int64_t t0 = SystemClock().MonotonicMillis();
     WS_ASSIGN_OR_RETURN(outbox_, SqliteOutbox::Open(so));
     OutboxStats st = outbox_->Stats();

@@ -168,6 +168,7 @@ bool ParseConfig(std::string_view json, Config* c, std::vector<std::string>* err
         else if (n == "commit_window_us") r.Integer(f, p, &c->storage.commit_window_us);
         else if (n == "intake_log") r.Bool(f, p, &c->storage.intake_log);
         else if (n == "control_reserve_bytes") r.Integer(f, p, &c->storage.control_reserve_bytes);
+        else if (n == "wal_checkpoint_bytes") r.Integer(f, p, &c->storage.wal_checkpoint_bytes);
         else if (n == "classes") {
           r.Object(f, p, [&](const std::string& cn, const cJSON* cf, const std::string& cp) {
             Priority prio = Priority::kNormal;

@@ -298,7 +298,7 @@ Result<int64_t> ConfigureConnection(Connection& db, int64_t cache_kib, int64_t w
       "PRAGMA journal_size_limit=" + std::to_string(WalSizeLimitBytes(wal_checkpoint_bytes));
   WS_TRY(db.Exec(size_limit.c_str(), "set journal_size_limit"));
   WS_TRY(db.Exec("PRAGMA trusted_schema=OFF", "set trusted_schema"));
-  // Checkpoint when the WAL holds wal_checkpoint_bytes (16 MiB), not after
+  // Checkpoint when the WAL holds wal_checkpoint_bytes (16 MiB by default), not after
   // SQLite's default 1,000 pages (1 MiB with 1 KiB pages): a page the
   // outbox rewrites again and again (the tail of the table, the indexes) is
   // copied into the database file once per checkpoint, so rarer checkpoints

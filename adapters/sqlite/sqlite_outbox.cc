@@ -55,12 +55,6 @@ constexpr auto kCompactRetry = std::chrono::minutes(10);
 // never a sequence given twice. A clean shutdown writes the exact value.
 constexpr int64_t kSequenceReserve = 1024;
 
-// The range of SqliteOutboxOptions::wal_checkpoint_bytes: below it a
-// checkpoint would run every few commits; above it the WAL (up to four
-// times as much) would rival the store itself.
-constexpr int64_t kMinWalCheckpointBytes = 64 * 1024;
-constexpr int64_t kMaxWalCheckpointBytes = int64_t{256} << 20;
-
 // The intake log (intake_log.h) beside the database file.
 constexpr const char* kIntakeSuffix = "-intake";
 // Events held only in the intake log move into the database (settle) once

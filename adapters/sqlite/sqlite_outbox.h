@@ -24,14 +24,6 @@
 
 namespace ws {
 
-// The WAL is copied into the database file (checkpointed) once it holds
-// this much (SqliteOutboxOptions::wal_checkpoint_bytes). A page that
-// commits change again and again is copied once per checkpoint, so rarer
-// checkpoints write less: with a backlog of random (UUIDv4) ids, whose
-// index pages every commit scatters, 16 MiB instead of 4 wrote about 40 %
-// fewer bytes per event (docs/benchmarks.md, "Event ids").
-inline constexpr int64_t kDefaultWalCheckpointBytes = int64_t{16} << 20;
-
 struct SqliteOutboxOptions {
   std::string path;                                      // the database file; its folder is created if missing
   uint64_t max_bytes = 268435456;                        // appends beyond this fail with kResourceExhausted

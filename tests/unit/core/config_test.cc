@@ -58,6 +58,27 @@ struct BadValue {
   std::vector<std::string> also = {};  // keys of knock-on errors, if any
 };
 
+// 0 takes a sixteenth of the store's size, from 1 MiB to 16 MiB; any other
+// value is used as given (ValidateConfig keeps it in range).
+TEST(ConfigTest, TheCheckpointSizeFollowsTheStoreSizeUnlessSet) {
+  StorageConfig s;
+  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{16} << 20);  // the default store, 256 MiB
+  s.max_bytes = uint64_t{64} << 20;
+  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{4} << 20);
+  s.max_bytes = uint64_t{1} << 20;
+  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{1} << 20);
+  s.max_bytes = uint64_t{8} << 30;
+  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{16} << 20);
+  s.wal_checkpoint_bytes = 65536;
+  EXPECT_EQ(WalCheckpointBytes(s), 65536u);
+  Config c = ValidConfig();
+  c.storage.wal_checkpoint_bytes = uint64_t{256} << 20;
+  std::vector<std::string> errors;
+  EXPECT_TRUE(ValidateConfig(c, &errors)) << (errors.empty() ? "" : errors.front());
+  c.storage.wal_checkpoint_bytes = 65536;
+  EXPECT_TRUE(ValidateConfig(c, &errors)) << (errors.empty() ? "" : errors.front());
+}
+
 TEST(ConfigTest, EachBadValueNamesItsKey) {
   TokenConfig good_token;
   good_token.name = "line-2";
@@ -75,6 +96,10 @@ TEST(ConfigTest, EachBadValueNamesItsKey) {
        "storage.retain_delivered_s"},
       {"storage.commit_window_us too big", [](Config* c) { c->storage.commit_window_us = 1'000'001; },
        "storage.commit_window_us"},
+      {"storage.wal_checkpoint_bytes too small", [](Config* c) { c->storage.wal_checkpoint_bytes = 65535; },
+       "storage.wal_checkpoint_bytes"},
+      {"storage.wal_checkpoint_bytes too big",
+       [](Config* c) { c->storage.wal_checkpoint_bytes = (uint64_t{256} << 20) + 1; }, "storage.wal_checkpoint_bytes"},
       {"api.listen empty", [](Config* c) { c->api.listen.clear(); }, "api.listen"},
       {"api.listen no port", [](Config* c) { c->api.listen = {"1.2.3.4"}; }, "api.listen[0]"},
       {"api.listen v6 without colon", [](Config* c) { c->api.listen = {"[::1]8080"}; }, "api.listen[0]"},

@@ -201,7 +201,8 @@ TEST(ConfigParser, ApiPolicyValuesOutOfRangeAreNamed) {
 TEST(ConfigParser, StorageClassLimits) {
   Config c;
   std::vector<std::string> errors;
-  ASSERT_TRUE(ParseConfig(R"({"storage":{"max_bytes":67108864,"control_reserve_bytes":2097152,"classes":{
+  ASSERT_TRUE(ParseConfig(R"({"storage":{"max_bytes":67108864,"control_reserve_bytes":2097152,
+      "wal_checkpoint_bytes":8388608,"classes":{
       "bulk":{"max_bytes":8388608,"max_count":100000,"max_age_s":86400,"overflow":"drop_oldest"},
       "normal":{"max_count":500000},
       "high":{"overflow":"drop_oldest"}}},
@@ -209,6 +210,7 @@ TEST(ConfigParser, StorageClassLimits) {
                           &c, &errors))
       << (errors.empty() ? "" : errors.front());
   EXPECT_EQ(c.storage.control_reserve_bytes, 2097152u);
+  EXPECT_EQ(c.storage.wal_checkpoint_bytes, 8388608u);
   const ClassLimits& bulk = c.storage.classes[static_cast<size_t>(Priority::kBulk)];
   EXPECT_EQ(bulk.max_bytes, 8388608u);
   EXPECT_EQ(bulk.max_count, 100000u);
