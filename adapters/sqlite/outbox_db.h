@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "adapters/sqlite/sqlite_handle.h"
-#include "adapters/sqlite/sqlite_outbox.h"
 #include "core/outbox.h"
+#include "core/outbox_policy.h"
 #include "core/priority.h"
 #include "platform/status.h"
 
