@@ -90,7 +90,7 @@ std::string ExpandTopicPrefix(const Config& config) {
 
 uint64_t WalCheckpointBytes(const StorageConfig& storage) {
   if (storage.wal_checkpoint_bytes != 0) return storage.wal_checkpoint_bytes;
-  constexpr uint64_t kSmallest = uint64_t{1} << 20;
+  constexpr uint64_t kSmallest = uint64_t{4} << 20;  // the size before 16 MiB became the default
   return std::clamp(storage.max_bytes / 16, kSmallest, static_cast<uint64_t>(kDefaultWalCheckpointBytes));
 }
 

@@ -171,8 +171,9 @@ struct Config {
 bool ValidateConfig(const Config& config, std::vector<std::string>* errors);
 
 // The checkpoint size the store runs with: storage.wal_checkpoint_bytes, or
-// when that is 0 a sixteenth of storage.max_bytes, from 1 MiB to 16 MiB, so
-// that a small store does not keep a WAL as large as itself beside it.
+// when that is 0 a sixteenth of storage.max_bytes, from 4 MiB to 16 MiB, so
+// that a store smaller than 256 MiB does not keep a WAL larger than the 16
+// MiB one that 4 MiB checkpoints kept, nor checkpoint more often than that.
 uint64_t WalCheckpointBytes(const StorageConfig& storage);
 
 // The TLS settings of api.listen[i]; nullptr for a plain listener.

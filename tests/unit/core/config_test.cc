@@ -58,15 +58,15 @@ struct BadValue {
   std::vector<std::string> also = {};  // keys of knock-on errors, if any
 };
 
-// 0 takes a sixteenth of the store's size, from 1 MiB to 16 MiB; any other
+// 0 takes a sixteenth of the store's size, from 4 MiB to 16 MiB; any other
 // value is used as given (ValidateConfig keeps it in range).
 TEST(ConfigTest, TheCheckpointSizeFollowsTheStoreSizeUnlessSet) {
   StorageConfig s;
   EXPECT_EQ(WalCheckpointBytes(s), uint64_t{16} << 20);  // the default store, 256 MiB
-  s.max_bytes = uint64_t{64} << 20;
-  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{4} << 20);
+  s.max_bytes = uint64_t{128} << 20;
+  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{8} << 20);
   s.max_bytes = uint64_t{1} << 20;
-  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{1} << 20);
+  EXPECT_EQ(WalCheckpointBytes(s), uint64_t{4} << 20);
   s.max_bytes = uint64_t{8} << 30;
   EXPECT_EQ(WalCheckpointBytes(s), uint64_t{16} << 20);
   s.wal_checkpoint_bytes = 65536;
