@@ -176,8 +176,7 @@ Subprocess::Subprocess(std::vector<std::string> argv, const std::string& log_pat
 Subprocess::~Subprocess() {
   Kill();
   if (log_path_.empty()) return;
-  const std::string log = Slurp(log_path_);
-  const std::string report = SanitizerReport(log.size() > log_start_ ? log.substr(log_start_) : std::string());
+  const std::string report = SanitizerReport(Slurp(log_path_, log_start_));
   if (!report.empty()) ADD_FAILURE() << "a sanitizer reported in " << log_path_ << ":\n" << report;
 }
 
@@ -187,9 +186,9 @@ std::string SanitizerReport(const std::string& text) {
   size_t first = std::string::npos;
   for (const char* mark : kMarks) first = std::min(first, text.find(mark));
   if (first == std::string::npos) return "";
-  const size_t start = text.rfind('\n', first);
-  size_t end = start == std::string::npos ? 0 : start + 1;
-  const size_t begin = end;
+  const size_t line_end = text.rfind('\n', first);
+  const size_t begin = line_end == std::string::npos ? 0 : line_end + 1;
+  size_t end = begin;
   for (int lines = 0; lines < 40 && end < text.size(); ++lines) {
     const size_t nl = text.find('\n', end);
     end = nl == std::string::npos ? text.size() : nl + 1;
@@ -349,10 +348,11 @@ std::vector<std::string> EmulatorPrefix() { return Split(WS_EMULATOR); }
 
 std::string SourceDir() { return WS_SOURCE_DIR; }
 
-std::string Slurp(const std::string& path) {
+std::string Slurp(const std::string& path, size_t from) {
   std::ifstream f(path, std::ios::binary);
+  if (from > 0) f.seekg(static_cast<std::streamoff>(from));
   std::ostringstream ss;
-  ss << f.rdbuf();
+  if (f) ss << f.rdbuf();
   return ss.str();
 }
 

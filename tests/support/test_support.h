@@ -133,7 +133,7 @@ std::vector<std::string> EmulatorPrefix();
 std::vector<std::string> DaemonArgv(const std::vector<std::string>& args);
 std::string SourceDir();
 
-// Reads a file; "" if it cannot be read.
-std::string Slurp(const std::string& path);
+// Reads a file from byte `from` on; "" if it cannot be read or is shorter.
+std::string Slurp(const std::string& path, size_t from = 0);
 
 }  // namespace ws::testing

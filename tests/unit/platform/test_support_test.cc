@@ -1,5 +1,6 @@
 // The test support's own promises that tests rely on.
 #include <cstdint>
+#include <fstream>
 #include <set>
 #include <string>
 
@@ -56,11 +57,22 @@ TEST(SanitizerReportTest, FindsEachSanitizersReportAndNothingInACleanLog) {
             0u);
 }
 
-// A process whose log holds a sanitizer's report fails the test that ran
-// it, once the process is gone.
-TEST(SubprocessTest, ASanitizerReportInItsLogFailsTheTest) {
+TEST(SlurpTest, ReadsFromTheGivenByteOn) {
   testing::TempDir dir;
-  const std::string log = dir.File("child.log");
+  const std::string path = dir.File("f");
+  {
+    std::ofstream(path, std::ios::binary) << "abcdef";
+  }
+  EXPECT_EQ(testing::Slurp(path), "abcdef");
+  EXPECT_EQ(testing::Slurp(path, 2), "cdef");
+  EXPECT_EQ(testing::Slurp(path, 6), "");
+  EXPECT_EQ(testing::Slurp(path, 10), "");
+  EXPECT_EQ(testing::Slurp(dir.File("missing"), 2), "");
+}
+
+// Runs a child that prints an AddressSanitizer report into `log` and
+// expects exactly that report to fail the test once the child is gone.
+void ExpectAReportingChildFailsTheTest(const std::string& log) {
   EXPECT_NONFATAL_FAILURE(
       {
         testing::Subprocess child({"sh", "-c", "echo '==7==ERROR: AddressSanitizer: heap-use-after-free'"}, log);
@@ -69,18 +81,20 @@ TEST(SubprocessTest, ASanitizerReportInItsLogFailsTheTest) {
       "AddressSanitizer: heap-use-after-free");
 }
 
+// A process whose log holds a sanitizer's report fails the test that ran
+// it, once the process is gone.
+TEST(SubprocessTest, ASanitizerReportInItsLogFailsTheTest) {
+  testing::TempDir dir;
+  ExpectAReportingChildFailsTheTest(dir.File("child.log"));
+}
+
 // A log that an earlier process of the test already wrote a report into
 // (a daemon restarted onto the same log): the next process is charged only
 // with what it writes itself.
 TEST(SubprocessTest, ALaterProcessOnTheSameLogIsNotChargedWithAnEarlierReport) {
   testing::TempDir dir;
   const std::string log = dir.File("child.log");
-  EXPECT_NONFATAL_FAILURE(
-      {
-        testing::Subprocess first({"sh", "-c", "echo '==7==ERROR: AddressSanitizer: heap-use-after-free'"}, log);
-        EXPECT_EQ(first.Wait(10000), 0);
-      },
-      "AddressSanitizer: heap-use-after-free");
+  ExpectAReportingChildFailsTheTest(log);
   {
     testing::Subprocess second({"sh", "-c", "echo clean"}, log);
     EXPECT_EQ(second.Wait(10000), 0);
