@@ -70,4 +70,14 @@ bool ReleaseFreeHeap() {
 #endif
 }
 
+Result<std::string> KernelBootId() {
+  constexpr const char* kPath = "/proc/sys/kernel/random/boot_id";
+  WS_ASSIGN_OR_RETURN(std::string id, ReadFile(kPath));
+  while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+  // A UUID in text: 36 characters of hex digits and dashes.
+  const bool uuid = id.size() == 36 && id.find_first_not_of("0123456789abcdef-") == std::string::npos;
+  if (!uuid) return Internal(std::string(kPath) + " does not hold a boot id");
+  return id;
+}
+
 }  // namespace ws

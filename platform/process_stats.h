@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "platform/status.h"
 
@@ -26,5 +27,11 @@ Result<ProcessStats> ReadProcessStats();
 // count in RSS until the next burst reuses them. True if anything was
 // released. Costs a walk over the allocator's free lists.
 bool ReleaseFreeHeap();
+
+// The kernel's random id of the running boot (/proc/sys/kernel/random/
+// boot_id), the same for every process until the machine restarts. Files
+// written in the same boot are in the page cache whatever happened to the
+// process that wrote them; after a power cut the id is new.
+Result<std::string> KernelBootId();
 
 }  // namespace ws

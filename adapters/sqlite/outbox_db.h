@@ -215,6 +215,10 @@ class OutboxDb {
   Status RollbackToSavepoint();
   bool InTransaction() const;
 
+  // Found damaged after open: the connection's close must leave the file
+  // and its WAL as they are (no checkpoint), for the quarantine.
+  Status KeepFilesAtClose();
+
   // Whether the next commits fsync the WAL (synchronous=FULL, the default)
   // or only write it (NORMAL: consistent after a power cut, but the last
   // such commits may be undone until a later FULL commit or SyncWal).

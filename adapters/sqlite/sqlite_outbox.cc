@@ -29,6 +29,7 @@
 #include "adapters/sqlite/outbox_db.h"
 #include "platform/file_system.h"
 #include "platform/log.h"
+#include "platform/process_stats.h"
 
 namespace ws {
 namespace {
@@ -86,6 +87,9 @@ constexpr size_t kMaxReplayEvents = 100000;
 
 constexpr const char* kCleanSuffix = ".clean";
 constexpr const char* kNeedsCheckSuffix = ".needs-check";
+// Names the boot in which the store was last opened (and had passed the
+// checks its open called for), until a clean shutdown removes it.
+constexpr const char* kBootSuffix = ".boot";
 
 Status ShuttingDown() { return Status(StatusCode::kCancelled, "the outbox is shutting down"); }
 
@@ -138,6 +142,10 @@ std::string CleanMarkerText(uint64_t size) {
   return "waystation outbox closed cleanly\nsize=" + std::to_string(size) + "\n";
 }
 
+std::string BootMarkerText(std::string_view boot_id) {
+  return "waystation outbox open in boot\nboot_id=" + std::string(boot_id) + "\n";
+}
+
 // How much Open checks, and why (for the log).
 struct CheckPlan {
   bool full = true;
@@ -146,11 +154,15 @@ struct CheckPlan {
 };
 
 // The full check reads every page: it runs at open whenever that is cheap
-// (a small file) or there is reason to doubt the file; a large file after a
-// clean shutdown gets the structural check at open and the full one in the
-// background, so the node collects events again within a fraction of a
-// second.
-CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes) {
+// (a small file) or there is reason to doubt the file. A large file gets the
+// structural check at open and the full one in the background, so the node
+// collects events again within a fraction of a second, after a clean
+// shutdown and after a run that ended without closing in the current boot
+// (`boot_id`; empty = unknown): a killed or crashed process leaves its
+// writes in the page cache, and SQLite recovers from its WAL what such a
+// stop interrupted. Only a power cut or a reboot can lose or tear writes
+// the storage had not made durable, and a restart after one is a new boot.
+CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes, std::string_view boot_id) {
   const std::optional<uint64_t> size = FileSize(path);
   if (!size.has_value() || *size == 0) return {true, false, "new store"};
   if (PathExists(path + kNeedsCheckSuffix)) return {true, false, "the last background check found damage"};
@@ -158,11 +170,20 @@ CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes) {
   // A running store always has a -wal file; one left with content means the
   // last run did not close, whatever the marker says.
   const std::optional<uint64_t> wal = FileSize(path + "-wal");
-  if (wal.has_value() && *wal > 0) return {true, false, "the last shutdown was not clean (WAL left behind)"};
+  const bool wal_left = wal.has_value() && *wal > 0;
   Result<std::string> marker = ReadFile(path + kCleanSuffix);
-  if (!marker.ok()) return {true, false, "the last shutdown was not clean (no marker)"};
-  if (*marker != CleanMarkerText(*size)) return {true, false, "the file changed since its clean shutdown"};
-  return {false, true, "clean shutdown"};
+  if (!wal_left && marker.ok()) {
+    if (*marker != CleanMarkerText(*size)) return {true, false, "the file changed since its clean shutdown"};
+    return {false, true, "clean shutdown"};
+  }
+  if (!boot_id.empty()) {
+    Result<std::string> ran_in = ReadFile(path + kBootSuffix);
+    if (ran_in.ok() && *ran_in == BootMarkerText(boot_id)) {
+      return {false, true, "the last run stopped without closing, in this boot (no power cut since)"};
+    }
+  }
+  if (wal_left) return {true, false, "the last shutdown was not clean (WAL left behind)"};
+  return {true, false, "the last shutdown was not clean (no marker)"};
 }
 
 // Best effort: a marker that cannot be removed is logged. A stale clean
@@ -557,9 +578,11 @@ class SqliteOutbox::Impl {
     if (!size.has_value()) return;
     Status s = AtomicWriteFile(options_.path + kCleanSuffix, CleanMarkerText(*size));
     if (!s.ok()) {
-      // Only costs the next start a full check.
+      // Only costs the next start a full check (unless in this same boot).
       WS_LOG_WARN(kComponent, "could not mark the shutdown clean", {{"error", s.ToString()}});
+      return;
     }
+    RemoveMarker(options_.path + kBootSuffix);
   }
 
   // ---- background check thread ----
@@ -2436,7 +2459,12 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
 
   // Open time is measured on the real clock even under a FakeClock.
   const int64_t started_ns = SystemClock().MonotonicNanos();
-  const CheckPlan plan = PlanCheck(options.path, options.full_check_max_bytes);
+  Result<std::string> boot_id = KernelBootId();
+  if (!boot_id.ok()) {
+    WS_LOG_WARN(kComponent, "the boot id is unknown; after a crash the store is checked in full at open",
+                {{"error", boot_id.status().ToString()}});
+  }
+  const CheckPlan plan = PlanCheck(options.path, options.full_check_max_bytes, boot_id.ok() ? *boot_id : "");
   // From here on the file may change: the marker described it as it was.
   RemoveMarker(options.path + kCleanSuffix);
   sqlite::OutboxDbOptions db_options{options.path, options.vfs, options.cache_kib, plan.full,
@@ -2445,10 +2473,10 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
   Result<std::unique_ptr<sqlite::OutboxDb>> db = sqlite::OutboxDb::Open(db_options, &report);
   bool quarantined = false;
   bool background = plan.background;
-  if (!db.ok() && db.status().code() == StatusCode::kDataLoss) {
-    // The node must keep collecting events: keep the evidence, start afresh.
+  // The node must keep collecting events: keep the evidence, start afresh.
+  auto start_afresh = [&](const Status& damage) -> Status {
     WS_LOG_ERROR(kComponent, "the outbox file is damaged; moving it aside and starting a fresh store",
-                 {{"path", options.path}, {"error", db.status().ToString()}});
+                 {{"path", options.path}, {"error", damage.ToString()}});
     WS_ASSIGN_OR_RETURN(std::string moved_to, Quarantine(options.path, *clock));
     WS_LOG_ERROR(kComponent, "damaged outbox quarantined", {{"path", options.path}, {"moved_to", moved_to}});
     RemoveMarker(options.path + kNeedsCheckSuffix);
@@ -2457,6 +2485,10 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
     report = sqlite::OpenReport{};
     db_options.full_check = true;
     db = sqlite::OutboxDb::Open(db_options, &report);
+    return Status::Ok();
+  };
+  if (!db.ok() && db.status().code() == StatusCode::kDataLoss) {
+    WS_TRY(start_afresh(db.status()));
   } else if (db.ok() && PathExists(options.path + kNeedsCheckSuffix)) {
     // The full check just passed: whatever the background check saw (a
     // read error of the moment) is not there now.
@@ -2466,6 +2498,20 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
   }
   if (!db.ok()) return db.status().WithContext("open outbox " + options.path);
   Result<std::unique_ptr<sqlite::IntakeLog>> intake = OpenIntake(options, *clock, **db, &report);
+  if (!intake.ok() && intake.status().code() == StatusCode::kDataLoss && !report.full_check) {
+    // Only the structural check ran, and moving what the intake log held
+    // (after a crash) read a damaged page: as if the full check had found
+    // it. That move is one transaction, so the log still holds every event
+    // and they go into the fresh store.
+    if (Status s = (*db)->KeepFilesAtClose(); !s.ok()) {
+      WS_LOG_WARN(kComponent, "the damaged store's WAL may be checkpointed into it as it closes",
+                  {{"error", s.ToString()}});
+    }
+    db->reset();
+    WS_TRY(start_afresh(intake.status()));
+    if (!db.ok()) return db.status().WithContext("open outbox " + options.path);
+    intake = OpenIntake(options, *clock, **db, &report);
+  }
   if (!intake.ok()) return intake.status().WithContext("open outbox " + options.path);
 
   uint64_t backlog = 0;
@@ -2483,6 +2529,16 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
                {"schema_found", std::to_string(report.schema_version_found)},
                {"sqlite", LibraryVersion()}});
 
+  if (boot_id.ok()) {
+    // Written once the checks this open called for have passed (a run
+    // killed during its full check leaves the last boot's marker, so the
+    // next start checks in full again). A store without it is checked in
+    // full after a crash.
+    if (Status s = AtomicWriteFile(options.path + kBootSuffix, BootMarkerText(*boot_id)); !s.ok()) {
+      WS_LOG_WARN(kComponent, "could not note the boot the store is open in; after a crash it is checked in full",
+                  {{"error", s.ToString()}});
+    }
+  }
   auto impl = std::make_unique<Impl>(std::move(options), clock, std::move(db).value(), report, quarantined);
   impl->SetIntake(std::move(intake).value());
   impl->PrepareClockShift();

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "platform/file_system.h"
 #include "platform/unique_fd.h"
 #include "tests/support/test_support.h"
 
@@ -129,6 +130,20 @@ TEST(ProcessStatsTest, WriteBytesGrowWithFileWrites) {
   EXPECT_GE(after.write_bytes - before.write_bytes, kTotal / 2)
       << "before " << before.write_bytes << " after " << after.write_bytes;
   EXPECT_GT(after.cpu_user_us + after.cpu_system_us, 0u);
+}
+
+TEST(KernelBootIdTest, IsTheSameForEveryProcessOfThisBoot) {
+  Result<std::string> id = KernelBootId();
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  EXPECT_EQ(id->size(), 36u) << *id;
+  EXPECT_EQ(id->find('\n'), std::string::npos);
+  // What a shell reads from the same file: the whole machine shares it.
+  Result<std::string> raw = ReadFile("/proc/sys/kernel/random/boot_id");
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(*raw, *id + "\n");
+  Result<std::string> again = KernelBootId();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *id);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1684,6 +1685,124 @@ TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
   bytes.resize(bytes.size() - 4096);  // one page shorter than at the clean shutdown
   WriteBytes(options.path, bytes);
   ExpectQuarantinedAndFresh(dir_, options, bytes);
+}
+
+// A run that dies without closing the store: a child process opens it,
+// appends, and exits without any shutdown, as after kill -9. Its writes
+// stay in the page cache, its WAL is left behind. False if the child failed.
+bool CrashAfterAppending(const SqliteOutboxOptions& options, int n) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    Result<std::unique_ptr<SqliteOutbox>> o = SqliteOutbox::Open(options);
+    if (!o.ok()) ::_exit(2);
+    std::vector<OutboxEntry> entries;
+    for (int i = 0; i < n; ++i) entries.push_back(Entry(Numbered("crashed-", i)));
+    if (!AppendSync(**o, std::move(entries)).ok()) ::_exit(3);
+    ::_exit(0);  // no destructor: the store is never closed
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return false;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+TEST_F(SqliteOutboxTest, AnOpenStoreNamesItsBootUntilItClosesCleanly) {
+  auto options = Options(dir_, &clock_);
+  Result<std::string> boot = ws::KernelBootId();
+  ASSERT_TRUE(boot.ok()) << boot.status().ToString();
+  {
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    const std::string marker = ws::testing::Slurp(options.path + ".boot");
+    EXPECT_NE(marker.find("boot_id=" + *boot + "\n"), std::string::npos) << marker;
+  }
+  EXPECT_TRUE(std::filesystem::exists(options.path + ".clean"));
+  EXPECT_FALSE(std::filesystem::exists(options.path + ".boot"));
+}
+
+// After a crash whose events were still in the intake log: the store was
+// quarantined at open, and those events went into the fresh store.
+void ExpectQuarantinedWithTheCrashedEvents(const ws::testing::TempDir& dir, const SqliteOutboxOptions& options,
+                                           const std::string& damaged_bytes) {
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  EXPECT_TRUE(o->Stats().quarantined_at_start);
+  const std::string moved = std::string("outbox.db.corrupt-") + kFakeStamp;
+  EXPECT_TRUE(ws::testing::Slurp(dir.File(moved)) == damaged_bytes) << "the quarantined file differs";
+  EXPECT_TRUE(std::filesystem::exists(dir.File(moved + "-wal"))) << "the crashed run's WAL is evidence too";
+  EXPECT_EQ(LeaseIds(*o, 10), (std::vector<std::string>{"crashed-0", "crashed-1", "crashed-2", "crashed-3", "crashed-4"}));
+}
+
+// Zeroes the root page of the index over event ids, which the structural
+// check at open does not read and a lookup of an id does.
+std::string DamageIdIndex(const std::string& path) {
+  const int64_t root = QueryFile(path, "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_events_1'");
+  const int64_t page_size = QueryFile(path, "PRAGMA page_size");
+  EXPECT_GT(root, 1);
+  std::string bytes = ws::testing::Slurp(path);
+  const auto at = static_cast<size_t>((root - 1) * page_size);
+  EXPECT_LE(at + static_cast<size_t>(page_size), bytes.size());
+  const auto first = bytes.begin() + static_cast<std::ptrdiff_t>(at);
+  std::fill(first, first + static_cast<std::ptrdiff_t>(page_size), '\0');
+  WriteBytes(path, bytes);
+  return bytes;
+}
+
+TEST_F(SqliteOutboxTest, ALargeFileLeftByACrashInThisBootIsCheckedInTheBackground) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  options.intake_log = false;  // the crashed run's events are in the WAL, not to be moved at open
+  BuildStore(options, 200);
+  ASSERT_TRUE(CrashAfterAppending(options, 5));
+  ASSERT_GT(std::filesystem::file_size(options.path + "-wal"), 0u) << "the child closed the store";
+  EXPECT_FALSE(std::filesystem::exists(options.path + ".clean"));
+  DamageMiddlePages(options.path);
+  {
+    // No power cut since the crash: open trusts the file as after a clean
+    // shutdown, and the full check behind it raises the alarm.
+    auto o = OpenStore(options);
+    ASSERT_NE(o, nullptr);
+    EXPECT_FALSE(o->Stats().quarantined_at_start);
+    const OutboxStats s = AfterBackgroundCheck(*o);
+    EXPECT_TRUE(s.integrity_failed);
+    EXPECT_TRUE(std::filesystem::exists(options.path + ".needs-check"));
+  }
+  // The next start checks in full and quarantines, whatever the boot.
+  const std::string damaged = ws::testing::Slurp(options.path);
+  ExpectQuarantinedAndFresh(dir_, options, damaged);
+}
+
+TEST_F(SqliteOutboxTest, DamageMetWhileMovingTheIntakeAfterACrashInThisBootQuarantinesAndKeepsTheEvents) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  ASSERT_TRUE(CrashAfterAppending(options, 5));  // held in the intake log
+  const std::string damaged = DamageIdIndex(options.path);
+  ExpectQuarantinedWithTheCrashedEvents(dir_, options, damaged);
+}
+
+TEST_F(SqliteOutboxTest, ALargeFileLeftByACrashInAnEarlierBootIsCheckedInFullAtOpen) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  ASSERT_TRUE(CrashAfterAppending(options, 5));
+  // As after a power cut: the machine has booted since.
+  WriteBytes(options.path + ".boot", "waystation outbox open in boot\nboot_id=00000000-0000-4000-8000-000000000000\n");
+  const std::string damaged = DamageMiddlePages(options.path);
+  ExpectQuarantinedWithTheCrashedEvents(dir_, options, damaged);
+}
+
+TEST_F(SqliteOutboxTest, AfterACrashInThisBootNothingAcknowledgedIsMissing) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  ASSERT_TRUE(CrashAfterAppending(options, 5));
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const OutboxStats s = AfterBackgroundCheck(*o);
+  EXPECT_FALSE(s.quarantined_at_start);
+  EXPECT_FALSE(s.integrity_failed);
+  EXPECT_EQ(BacklogCount(s), 205u);
 }
 
 // An event's record as builds before schema 4 wrote it, as an SQL blob
