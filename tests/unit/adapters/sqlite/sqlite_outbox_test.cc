@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -1688,22 +1689,33 @@ TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
 }
 
 // A run that dies without closing the store: a child process opens it,
-// appends, and exits without any shutdown, as after kill -9. Its writes
-// stay in the page cache, its WAL is left behind. False if the child failed.
+// appends, reports that through a pipe and is killed with SIGKILL, as by
+// kill -9. Its writes stay in the page cache, its WAL is left behind. False
+// if the child failed before that.
 bool CrashAfterAppending(const SqliteOutboxOptions& options, int n) {
+  int fds[2];
+  if (::pipe(fds) != 0) return false;
   const pid_t pid = ::fork();
   if (pid < 0) return false;
   if (pid == 0) {
+    ::close(fds[0]);
     Result<std::unique_ptr<SqliteOutbox>> o = SqliteOutbox::Open(options);
     if (!o.ok()) ::_exit(2);
     std::vector<OutboxEntry> entries;
     for (int i = 0; i < n; ++i) entries.push_back(Entry(Numbered("crashed-", i)));
     if (!AppendSync(**o, std::move(entries)).ok()) ::_exit(3);
-    ::_exit(0);  // no destructor: the store is never closed
+    const char done = 'y';
+    if (::write(fds[1], &done, 1) != 1) ::_exit(4);
+    ::raise(SIGKILL);  // no destructor, no exit handler: the store is never closed
+    ::_exit(5);
   }
+  ::close(fds[1]);
+  char done = 'n';
+  const bool appended = ::read(fds[0], &done, 1) == 1 && done == 'y';
+  ::close(fds[0]);
   int status = 0;
   if (::waitpid(pid, &status, 0) != pid) return false;
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  return appended && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
 }
 
 TEST_F(SqliteOutboxTest, AnOpenStoreNamesItsBootUntilItClosesCleanly) {
