@@ -76,7 +76,11 @@ Status SyncDirectory(const std::string& dir) {
   return Status::Ok();
 }
 
-Status AtomicWriteFile(const std::string& path, std::string_view contents, uint32_t mode) {
+namespace {
+
+// Writes `path.tmp-<pid>` and renames it over `path`; with `durable`, the
+// temp file is fsync'd before the rename and the directory after it.
+Status ReplaceFile(const std::string& path, std::string_view contents, uint32_t mode, bool durable) {
   std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   // A temp file left by a power cut (pids repeat across boots) would keep its
   // old permissions under O_TRUNC: remove it and create the file afresh so
@@ -86,14 +90,24 @@ Status AtomicWriteFile(const std::string& path, std::string_view contents, uint3
   UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode)));
   if (!fd.valid()) return ErrnoStatus(errno, "create " + tmp);
   Status s = WriteAllFd(fd.get(), contents, tmp);
-  if (s.ok() && ::fsync(fd.get()) != 0) s = ErrnoStatus(errno, "fsync " + tmp);
+  if (s.ok() && durable && ::fsync(fd.get()) != 0) s = ErrnoStatus(errno, "fsync " + tmp);
   if (s.ok() && ::close(fd.Release()) != 0) s = ErrnoStatus(errno, "close " + tmp);
   if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) s = ErrnoStatus(errno, "rename " + tmp + " to " + path);
   if (!s.ok()) {
     ::unlink(tmp.c_str());  // best effort: the error above is the one to report
     return s;
   }
-  return SyncDirectory(DirName(path));
+  return durable ? SyncDirectory(DirName(path)) : Status::Ok();
+}
+
+}  // namespace
+
+Status AtomicWriteFile(const std::string& path, std::string_view contents, uint32_t mode) {
+  return ReplaceFile(path, contents, mode, /*durable=*/true);
+}
+
+Status ReplaceFileUntilReboot(const std::string& path, std::string_view contents) {
+  return ReplaceFile(path, contents, 0644, /*durable=*/false);
 }
 
 Status MakeDirectories(const std::string& path, uint32_t mode) {

@@ -25,6 +25,11 @@ Result<std::string> ReadRegularFile(const std::string& path, size_t max_bytes);
 // to the new file.
 Status AtomicWriteFile(const std::string& path, std::string_view contents, uint32_t mode = 0644);
 
+// Replaces `path` with write-temp and rename, without any fsync: for a file
+// whose meaning ends with the boot (a power cut may leave the old contents,
+// the new ones or none, never a mix). Costs no flash sync.
+Status ReplaceFileUntilReboot(const std::string& path, std::string_view contents);
+
 // fsync of the directory itself, so a create/rename/unlink in it is durable.
 Status SyncDirectory(const std::string& dir);
 

@@ -2533,8 +2533,9 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
     // Written once the checks this open called for have passed (a run
     // killed during its full check leaves the last boot's marker, so the
     // next start checks in full again). A store without it is checked in
-    // full after a crash.
-    if (Status s = AtomicWriteFile(options.path + kBootSuffix, BootMarkerText(*boot_id)); !s.ok()) {
+    // full after a crash. No sync: after a power cut no marker can name
+    // the new boot, whatever the storage kept of it.
+    if (Status s = ReplaceFileUntilReboot(options.path + kBootSuffix, BootMarkerText(*boot_id)); !s.ok()) {
       WS_LOG_WARN(kComponent, "could not note the boot the store is open in; after a crash it is checked in full",
                   {{"error", s.ToString()}});
     }

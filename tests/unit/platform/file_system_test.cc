@@ -53,6 +53,25 @@ TEST(FileSystemTest, AtomicWriteCreatesAndReplaces) {
   EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"state.json"});  // no temp file left
 }
 
+TEST(FileSystemTest, ReplaceUntilRebootCreatesAndReplacesWithoutATempLeft) {
+  TempDir dir;
+  std::string path = dir.File("marker");
+  ASSERT_TRUE(ReplaceFileUntilReboot(path, "first, and longer").ok());
+  Result<std::string> r = ReadFile(path);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, "first, and longer");
+  ASSERT_TRUE(ReplaceFileUntilReboot(path, "second").ok());
+  r = ReadFile(path);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, "second");
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"marker"});
+  // A folder that is not there: an error naming the file, nothing created.
+  Status s = ReplaceFileUntilReboot(dir.File("missing/marker"), "x");
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("missing/marker"), std::string::npos) << s.ToString();
+  EXPECT_EQ(ListDir(dir.path()), std::vector<std::string>{"marker"});
+}
+
 TEST(FileSystemTest, AtomicWriteKeepsBinaryAndLargeContents) {
   TempDir dir;
   std::string path = dir.File("blob");
