@@ -26,8 +26,10 @@ Result<std::string> ReadRegularFile(const std::string& path, size_t max_bytes);
 Status AtomicWriteFile(const std::string& path, std::string_view contents, uint32_t mode = 0644);
 
 // Replaces `path` with write-temp and rename, without any fsync: for a file
-// whose meaning ends with the boot (a power cut may leave the old contents,
-// the new ones or none, never a mix). Costs no flash sync.
+// whose meaning ends with the boot. Until the machine restarts, readers see
+// the old contents or the new ones, never a mix; after a power cut the file
+// may hold either, be empty or be gone, so only an exact match of what
+// this boot would write may be trusted. Costs no flash sync.
 Status ReplaceFileUntilReboot(const std::string& path, std::string_view contents);
 
 // fsync of the directory itself, so a create/rename/unlink in it is durable.

@@ -783,12 +783,12 @@ void OutboxDb::Rollback() {
   }
 }
 
+Status OutboxDb::KeepFilesAtClose() { return SetCheckpointOnClose(db_, false); }
+
 // Not a prepared statement: SQLite applies PRAGMA synchronous while it
 // compiles the statement, so a prepared one would act once, at Prepare.
 // WAL writes stay gathered either way: the VFS passes a commit's frames on
 // at its commit frame, whether a sync follows or not (wal_write_vfs.h).
-Status OutboxDb::KeepFilesAtClose() { return SetCheckpointOnClose(db_, false); }
-
 Status OutboxDb::SetDurableCommits(bool durable) {
   return durable ? db_.Exec("PRAGMA synchronous=FULL", "set synchronous=FULL")
                  : db_.Exec("PRAGMA synchronous=NORMAL", "set synchronous=NORMAL");
