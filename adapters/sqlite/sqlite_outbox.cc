@@ -171,10 +171,11 @@ CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes, std:
   // last run did not close, whatever the marker says.
   const std::optional<uint64_t> wal = FileSize(path + "-wal");
   const bool wal_left = wal.has_value() && *wal > 0;
-  Result<std::string> marker = ReadFile(path + kCleanSuffix);
-  if (!wal_left && marker.ok()) {
-    if (*marker != CleanMarkerText(*size)) return {true, false, "the file changed since its clean shutdown"};
-    return {false, true, "clean shutdown"};
+  if (!wal_left) {
+    if (Result<std::string> marker = ReadFile(path + kCleanSuffix); marker.ok()) {
+      if (*marker != CleanMarkerText(*size)) return {true, false, "the file changed since its clean shutdown"};
+      return {false, true, "clean shutdown"};
+    }
   }
   if (!boot_id.empty()) {
     Result<std::string> ran_in = ReadFile(path + kBootSuffix);

@@ -56,8 +56,8 @@ struct SqliteOutboxOptions {
   // otherwise open runs the structural check and the full one follows on a
   // background thread. The check reads about 3 ms per MB on the benchmark
   // machine (112 ms for 33 MB), so 16 MiB keeps every start that trusts
-  // the file well under 200 ms; with 64 MiB (until 2026-11-23) a store just
-  // under that size took about 200 ms to check at every start.
+  // the file well under 200 ms; at that rate a store just under 64 MiB (the
+  // size until 2026-11-23) would take about 200 ms to check at every start.
   uint64_t full_check_max_bytes = 16 * 1024 * 1024;
   // Gives disk space back once a backlog has drained: when at least
   // compact_min_free_bytes of the file are free pages and at most

@@ -1718,6 +1718,14 @@ bool CrashAfterAppending(const SqliteOutboxOptions& options, int n) {
   return appended && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
 }
 
+// A large store (every file counts as large) of 200 events, closed
+// cleanly, then a run that appends 5 more and is killed. False on a failure.
+bool BuildAndCrash(const SqliteOutboxOptions& options) {
+  EXPECT_EQ(options.full_check_max_bytes, 0u);
+  BuildStore(options, 200);
+  return !::testing::Test::HasFatalFailure() && CrashAfterAppending(options, 5);
+}
+
 TEST_F(SqliteOutboxTest, AnOpenStoreNamesItsBootUntilItClosesCleanly) {
   auto options = Options(dir_, &clock_);
   Result<std::string> boot = ws::KernelBootId();
@@ -1764,8 +1772,7 @@ TEST_F(SqliteOutboxTest, ALargeFileLeftByACrashInThisBootIsCheckedInTheBackgroun
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
   options.intake_log = false;  // the crashed run's events are in the WAL, not to be moved at open
-  BuildStore(options, 200);
-  ASSERT_TRUE(CrashAfterAppending(options, 5));
+  ASSERT_TRUE(BuildAndCrash(options));
   ASSERT_GT(std::filesystem::file_size(options.path + "-wal"), 0u) << "the child closed the store";
   EXPECT_FALSE(std::filesystem::exists(options.path + ".clean"));
   DamageMiddlePages(options.path);
@@ -1787,8 +1794,7 @@ TEST_F(SqliteOutboxTest, ALargeFileLeftByACrashInThisBootIsCheckedInTheBackgroun
 TEST_F(SqliteOutboxTest, DamageMetWhileMovingTheIntakeAfterACrashInThisBootQuarantinesAndKeepsTheEvents) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
-  BuildStore(options, 200);
-  ASSERT_TRUE(CrashAfterAppending(options, 5));  // held in the intake log
+  ASSERT_TRUE(BuildAndCrash(options));  // the 5 are held in the intake log
   const std::string damaged = DamageIdIndex(options.path);
   ExpectQuarantinedWithTheCrashedEvents(dir_, options, damaged);
 }
@@ -1796,8 +1802,7 @@ TEST_F(SqliteOutboxTest, DamageMetWhileMovingTheIntakeAfterACrashInThisBootQuara
 TEST_F(SqliteOutboxTest, ALargeFileLeftByACrashInAnEarlierBootIsCheckedInFullAtOpen) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
-  BuildStore(options, 200);
-  ASSERT_TRUE(CrashAfterAppending(options, 5));
+  ASSERT_TRUE(BuildAndCrash(options));
   // As after a power cut: the machine has booted since.
   WriteBytes(options.path + ".boot", "waystation outbox open in boot\nboot_id=00000000-0000-4000-8000-000000000000\n");
   const std::string damaged = DamageMiddlePages(options.path);
@@ -1807,8 +1812,7 @@ TEST_F(SqliteOutboxTest, ALargeFileLeftByACrashInAnEarlierBootIsCheckedInFullAtO
 TEST_F(SqliteOutboxTest, AfterACrashInThisBootNothingAcknowledgedIsMissing) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
-  BuildStore(options, 200);
-  ASSERT_TRUE(CrashAfterAppending(options, 5));
+  ASSERT_TRUE(BuildAndCrash(options));
   auto o = OpenStore(options);
   ASSERT_NE(o, nullptr);
   const OutboxStats s = AfterBackgroundCheck(*o);
