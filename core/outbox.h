@@ -130,8 +130,12 @@ struct OutboxStats {
   uint64_t ack_latency_sum_us = 0;
   uint64_t ack_latency_count = 0;
   bool quarantined_at_start = false;  // a corrupt file was moved aside at open
-  // The background integrity check after open found damage; the store is
-  // checked in full (and quarantined if still damaged) at the next start.
+  // The background check after open found damage and the file was moved
+  // aside while the store ran (a fresh one took over).
+  bool quarantined_while_running = false;
+  // The background integrity check after open found damage that is still
+  // in use (it could not be moved aside yet, or the store keeps no intake
+  // log); the next start checks in full and quarantines.
   bool integrity_failed = false;
   bool integrity_check_running = false;  // that background check has not finished yet
   // Steps of the wall clock carried into the stored times (and times found

@@ -274,7 +274,7 @@ class Node::Impl {
     w.BeginObject("dlq").Int("count", static_cast<int64_t>(st.dlq_count)).End();
     w.Int("last_sequence", st.last_sequence);
     w.BeginArray("alarms");
-    if (st.quarantined_at_start) w.String("", "store_quarantined");
+    if (st.quarantined_at_start || st.quarantined_while_running) w.String("", "store_quarantined");
     if (st.integrity_failed) w.String("", "store_integrity_failed");
     if (st.clock_shift_pending) w.String("", "store_clock_shift_pending");
     if (api_->tls_reload_failed()) w.String("", "api_tls_reload_failed");
@@ -332,10 +332,12 @@ class Node::Impl {
     m.Family("waystation_store_clock_shift_pending", "gauge",
              "1 while stored times could not yet follow a change of the wall clock (nothing expires meanwhile).")
         .Sample("", uint64_t{st.clock_shift_pending ? 1u : 0u});
-    m.Family("waystation_store_quarantined", "gauge", "1 if a damaged store was moved aside at start.")
-        .Sample("", uint64_t{st.quarantined_at_start ? 1u : 0u});
+    m.Family("waystation_store_quarantined", "gauge",
+             "1 if a damaged store was moved aside (at start, or when the background check found damage).")
+        .Sample("", uint64_t{st.quarantined_at_start || st.quarantined_while_running ? 1u : 0u});
     m.Family("waystation_store_integrity_failed", "gauge",
-             "1 if the background integrity check found damage (the store is quarantined at the next start).")
+             "1 if the background integrity check found damage that is still in use (the store is quarantined "
+             "as soon as it can be, at the latest at the next start).")
         .Sample("", uint64_t{st.integrity_failed ? 1u : 0u});
     m.Family("waystation_backbone_connected", "gauge", "1 while connected to a backbone broker.")
         .Sample("", uint64_t{ls.state == LinkState::kConnected ? 1u : 0u});

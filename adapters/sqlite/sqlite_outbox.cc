@@ -154,15 +154,21 @@ struct CheckPlan {
 };
 
 // The full check reads every page: it runs at open whenever that is cheap
-// (a small file) or there is reason to doubt the file. A large file gets the
+// (a small file) or damage was already found. A large file gets the
 // structural check at open and the full one in the background, so the node
-// collects events again within a fraction of a second, after a clean
-// shutdown and after a run that ended without closing in the current boot
-// (`boot_id`; empty = unknown): a killed or crashed process leaves its
-// writes in the page cache, and SQLite recovers from its WAL what such a
-// stop interrupted. Only a power cut or a reboot can lose or tear writes
-// the storage had not made durable, and a restart after one is a new boot.
-CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes, std::string_view boot_id) {
+// collects events again within a fraction of a second. With `can_hold` (the
+// store has an intake log) new events wait there until that check has
+// passed, so a file it finds damaged takes none of them and can be moved
+// aside while running: then any large file is checked in the background.
+// Without, the file is written to while the check runs, so only a file
+// that is as trusted as after a clean shutdown gets it: a clean shutdown,
+// or a run that ended without closing in the current boot (`boot_id`;
+// empty = unknown): a killed or crashed process leaves its writes in the
+// page cache, and SQLite recovers from its WAL what such a stop
+// interrupted. Only a power cut or a reboot can lose or tear writes the
+// storage had not made durable, and a restart after one is a new boot.
+CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes, std::string_view boot_id,
+                    bool can_hold) {
   const std::optional<uint64_t> size = FileSize(path);
   if (!size.has_value() || *size == 0) return {true, false, "new store"};
   if (PathExists(path + kNeedsCheckSuffix)) return {true, false, "the last background check found damage"};
@@ -171,20 +177,25 @@ CheckPlan PlanCheck(const std::string& path, uint64_t full_check_max_bytes, std:
   // last run did not close, whatever the marker says.
   const std::optional<uint64_t> wal = FileSize(path + "-wal");
   const bool wal_left = wal.has_value() && *wal > 0;
+  std::string why;
   if (!wal_left) {
     if (Result<std::string> marker = ReadFile(path + kCleanSuffix); marker.ok()) {
-      if (*marker != CleanMarkerText(*size)) return {true, false, "the file changed since its clean shutdown"};
-      return {false, true, "clean shutdown"};
+      if (*marker == CleanMarkerText(*size)) return {false, true, "clean shutdown"};
+      why = "the file changed since its clean shutdown";
     }
   }
-  if (!boot_id.empty()) {
+  if (why.empty() && !boot_id.empty()) {
     Result<std::string> ran_in = ReadFile(path + kBootSuffix);
     if (ran_in.ok() && *ran_in == BootMarkerText(boot_id)) {
       return {false, true, "the last run stopped without closing, in this boot (no power cut since)"};
     }
   }
-  if (wal_left) return {true, false, "the last shutdown was not clean (WAL left behind)"};
-  return {true, false, "the last shutdown was not clean (no marker)"};
+  if (why.empty()) {
+    why = wal_left ? "the last shutdown was not clean (WAL left behind)"
+                   : "the last shutdown was not clean (no marker)";
+  }
+  if (can_hold) return {false, true, why + "; new events wait in the intake log until the check passes"};
+  return {true, false, why};
 }
 
 // Best effort: a marker that cannot be removed is logged. A stale clean
@@ -292,6 +303,8 @@ struct OpenBatch {
   // can only lose events (acks): it gains some only once `direct`, and
   // then no event goes to the intake.
   std::optional<bool> outbox_table_empty;
+  // While gated: the calls (indexes in ops) that wait for the check.
+  std::vector<size_t> held_back;
 };
 
 }  // namespace
@@ -374,8 +387,26 @@ class SqliteOutbox::Impl {
     FinishClockShift();
   }
 
-  // Before Start: the intake log OpenIntake opened (null: none).
-  void SetIntake(std::unique_ptr<sqlite::IntakeLog> log) { intake_ = std::move(log); }
+  // Before Start: the intake log OpenIntake opened (null: none), and the
+  // events it left there to wait for the background check (with the
+  // highest sequence the log names; `totals`: the database's).
+  void SetIntake(std::unique_ptr<sqlite::IntakeLog> log, std::vector<sqlite::IntakeEvent> held, int64_t highest,
+                 const sqlite::StoreTotals& totals) {
+    intake_ = std::move(log);
+    for (sqlite::IntakeEvent& e : held) {
+      held_usage_[static_cast<size_t>(e.priority)].count += 1;
+      held_usage_[static_cast<size_t>(e.priority)].bytes += e.bytes;
+      held_ids_.emplace(e.id, e.sequence);
+      const int64_t seq = e.sequence;
+      held_.emplace(seq, std::move(e));
+    }
+    // The meta row's ceiling stays as the database has it: the log covers
+    // these sequences until the gate opens and writes the ceiling.
+    last_sequence_ = std::max(last_sequence_, highest);
+    ApplyTotals(totals);
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.last_sequence = last_sequence_;
+  }
 
   Status LoadWaiting() {
     std::vector<sqlite::WaitingRow> rows;
@@ -384,8 +415,12 @@ class SqliteOutbox::Impl {
     return Status::Ok();
   }
 
+  // With `background_check` and an intake log, the store is gated until
+  // that check ends: appends the log can take are answered from it, and
+  // everything else that would touch the file waits (see TryOpenGate).
   void Start(bool background_check) {
     if (background_check) {
+      gated_ = intake_ != nullptr;
       {
         std::lock_guard<std::mutex> lock(stats_mu_);
         stats_.integrity_check_running = true;
@@ -533,8 +568,9 @@ class SqliteOutbox::Impl {
   void CloseDatabase() {
     if (db_ == nullptr) return;
     if (intake_ != nullptr) {
-      // A clean stop leaves every event in the database.
-      if (Status s = Settle(); !s.ok()) {
+      // A clean stop leaves every event in the database, unless it is still
+      // gated: an unchecked file takes none (the next start holds them again).
+      if (Status s = gated_ ? Status::Ok() : Settle(); !s.ok()) {
         WS_LOG_WARN(kComponent, "could not move held events into the database at shutdown; the next start does",
                     {{"error", s.ToString()}});
       }
@@ -556,7 +592,7 @@ class SqliteOutbox::Impl {
     db_->SetWalHook(nullptr);  // the checkpoint thread is gone
     // The exact last sequence instead of the ceiling, so that a clean
     // restart goes on without a gap. If this fails the ceiling stands.
-    if (sequence_ceiling_ != last_sequence_) {
+    if (!gated_ && sequence_ceiling_ != last_sequence_) {
       Status s = db_->Begin();
       if (s.ok()) s = db_->SetLastSequence(last_sequence_);
       if (s.ok()) s = db_->Commit();
@@ -589,20 +625,26 @@ class SqliteOutbox::Impl {
   // ---- background check thread ----
 
   void RunBackgroundCheck() {
+    if (options_.before_background_check) options_.before_background_check();
     const auto start = std::chrono::steady_clock::now();
     Status s = sqlite::FullCheckOnOwnConnection(options_.path, options_.vfs, options_.cache_kib, &check_stop_);
+    NoteCheckDone(s);
     const std::string ms = std::to_string(
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count());
     if (s.ok()) {
       WS_LOG_INFO(kComponent, "background integrity check passed", {{"path", options_.path}, {"check_ms", ms}});
     } else if (s.code() == StatusCode::kDataLoss) {
-      // The file stays in use: what it holds is still readable in part, and
-      // quarantining under the committer's feet would stop collection. The
-      // next start checks in full first and moves it aside.
+      // Gated, the committer moves the file aside now (TryOpenGate); the
+      // marker stands for the case that this cannot be done or the process
+      // ends first. Without the gate the file stays in use (quarantining
+      // under the committer's feet would stop collection), and the next
+      // start checks in full first and moves it aside.
       Status marked = AtomicWriteFile(options_.path + kNeedsCheckSuffix, s.ToString() + "\n");
       WS_LOG_ERROR(kComponent,
-                   "ALARM: the background integrity check found damage; the store will be checked "
-                   "in full and quarantined at the next start",
+                   intake_ != nullptr ? "ALARM: the background integrity check found damage; the store is moved "
+                                        "aside and a fresh one takes the events held meanwhile"
+                                      : "ALARM: the background integrity check found damage; the store will be "
+                                        "checked in full and quarantined at the next start",
                    {{"path", options_.path},
                     {"error", s.ToString()},
                     {"marker", marked.ok() ? options_.path + kNeedsCheckSuffix : marked.ToString()}});
@@ -618,7 +660,154 @@ class SqliteOutbox::Impl {
     stats_.integrity_check_running = false;
   }
 
+  // The check thread's result, for the committer (which wakes for it).
+  void NoteCheckDone(const Status& s) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      check_done_ = true;
+      check_result_ = s;
+    }
+    cv_.notify_all();
+  }
+
   // ---- committer thread ----
+
+  // While gated: `op` waits for the check (its place in queue_ is gone;
+  // under mu_ for anything but an append).
+  void HoldForCheck(Op op) {
+    if (!std::holds_alternative<AppendOp>(op) && !std::holds_alternative<AckOp>(op)) --others_queued_;
+    held_ops_.push_back(std::move(op));
+  }
+
+  // The Append call being stored waits for the check (see FinishBatch).
+  Result<std::vector<AppendOutcome>> HoldBack(OpenBatch* b) {
+    b->held_back.push_back(b->results.size());
+    return Status(StatusCode::kUnavailable, "waits for the integrity check");
+  }
+
+  // The check has ended. Damage: the file moves aside and a fresh store
+  // takes over. Then the ceiling over every sequence handed out is
+  // written (until now the intake log covered them), the gate opens, and
+  // the calls that waited run first, in their order. A step that fails is
+  // tried again at the next once-a-second tick; held appends go on
+  // meanwhile.
+  void TryOpenGate() {
+    Status check;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      check = check_result_;
+    }
+    if (check.code() == StatusCode::kDataLoss && !replaced_) {
+      if (Status s = ReplaceDamagedStore(); !s.ok()) {
+        WS_LOG_ERROR(kComponent,
+                     "ALARM: could not move the damaged store aside; new events wait in the intake log, "
+                     "tried again in a second",
+                     {{"path", options_.path}, {"error", s.ToString()}});
+        gate_retry_ = true;
+        return;
+      }
+      replaced_ = true;
+    }
+    const int64_t ceiling = std::max(sequence_ceiling_, last_sequence_ + kSequenceReserve);
+    if (Status s = Transact([&] { return db_->SetLastSequence(ceiling); }); !s.ok()) {
+      WS_LOG_WARN(kComponent, "could not write the sequence ceiling after the check; tried again in a second",
+                  {{"error", s.ToString()}});
+      gate_retry_ = true;
+      return;
+    }
+    sequence_ceiling_ = ceiling;
+    gated_ = false;
+    size_t waited = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      waited = held_ops_.size();
+      for (auto it = held_ops_.rbegin(); it != held_ops_.rend(); ++it) {
+        if (!std::holds_alternative<AppendOp>(*it) && !std::holds_alternative<AckOp>(*it)) ++others_queued_;
+        queue_.push_front(std::move(*it));
+      }
+      held_ops_.clear();
+    }
+    WS_LOG_INFO(kComponent, "the store takes every call again after its background check",
+                {{"held_events", std::to_string(held_.size())}, {"calls_that_waited", std::to_string(waited)}});
+  }
+
+  // Gated, the check found damage: closes the database without
+  // checkpointing (its file and WAL stay as found), moves it aside as Open
+  // does and opens a fresh one, which the held events settle into later.
+  // After a failure it picks up where it stopped.
+  Status ReplaceDamagedStore() {
+    if (db_ != nullptr) {
+      StopCheckpoints();
+      if (Status s = db_->KeepFilesAtClose(); !s.ok()) {
+        WS_LOG_WARN(kComponent, "the damaged store's WAL may be checkpointed into it as it closes",
+                    {{"error", s.ToString()}});
+      }
+      db_.reset();
+    }
+    if (PathExists(options_.path)) {
+      WS_ASSIGN_OR_RETURN(std::string moved_to, Quarantine(options_.path, *clock_));
+      WS_LOG_ERROR(kComponent, "damaged outbox quarantined while running",
+                   {{"path", options_.path}, {"moved_to", moved_to}});
+    }
+    sqlite::OpenReport report;
+    sqlite::OutboxDbOptions o{options_.path, options_.vfs, options_.cache_kib, /*full_check=*/true,
+                              options_.wal_checkpoint_bytes};
+    Result<std::unique_ptr<sqlite::OutboxDb>> db = sqlite::OutboxDb::Open(o, &report);
+    if (!db.ok()) return db.status().WithContext("open a fresh store");
+    db_ = std::move(db).value();
+    RemoveMarker(options_.path + kNeedsCheckSuffix);
+    // Nothing the old file held is known any more: no leases, retries,
+    // dead letters, delivered events or unfinished clock shift.
+    sequence_ceiling_ = report.last_sequence;
+    cursor_ = {};
+    for (auto& w : waiting_) w.clear();
+    delivered_empty_ = true;
+    shift_.reset();
+    unsynced_acks_ = false;
+    ApplyTotals(report.totals);
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.quarantined_while_running = true;
+      stats_.integrity_failed = false;
+      stats_.clock_shift_pending = false;
+    }
+    StartCheckpoints();
+    return Status::Ok();
+  }
+
+  // Stops the checkpoint thread and closes its connection (before the
+  // committer's database is replaced).
+  void StopCheckpoints() {
+    if (db_ != nullptr) db_->SetWalHook(nullptr);
+    {
+      std::lock_guard<std::mutex> lock(ckpt_mu_);
+      ckpt_stop_ = true;
+    }
+    ckpt_cv_.notify_all();
+    if (ckpt_thread_.joinable()) ckpt_thread_.join();
+    checkpointer_.reset();
+    std::lock_guard<std::mutex> lock(ckpt_mu_);
+    ckpt_stop_ = false;
+    ckpt_wanted_ = false;
+    ckpt_running_ = false;
+    ckpt_failing_ = false;
+    ckpt_copied_ = 0;
+  }
+
+  // At shutdown: the calls still waiting for the check are answered.
+  void CancelHeldOps() {
+    std::deque<Op> ops = std::move(held_ops_);
+    held_ops_.clear();
+    for (Op& op : ops) {
+      std::visit(
+          [](auto& o) {
+            if constexpr (requires { o.done; }) {
+              if (o.done) o.done(ShuttingDown());
+            }
+          },
+          op);
+    }
+  }
 
   void Run() {
     // Maintenance keeps its cadence under load too: an offline gateway that
@@ -626,18 +815,37 @@ class SqliteOutbox::Impl {
     auto next_maintenance = std::chrono::steady_clock::now() + kMaintenanceInterval;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
+      if (gated_ && check_done_ && !gate_retry_) {
+        lock.unlock();
+        TryOpenGate();
+        lock.lock();
+      }
       if (std::chrono::steady_clock::now() >= next_maintenance) {
         lock.unlock();
-        RunMaintenance();
+        // While gated nothing but held appends may touch the file; a gate
+        // that could not open is tried again instead.
+        if (!gated_) RunMaintenance();
+        gate_retry_ = false;
         lock.lock();
         next_maintenance = std::chrono::steady_clock::now() + kMaintenanceInterval;
       }
       if (queue_.empty()) {
-        if (stopping_) return;
+        if (stopping_) {
+          lock.unlock();
+          CancelHeldOps();
+          return;
+        }
         committer_waiting_ = true;
         wake_at_queued_ = 1;
-        cv_.wait_until(lock, next_maintenance, [this] { return stopping_ || !queue_.empty(); });
+        cv_.wait_until(lock, next_maintenance, [this] {
+          return stopping_ || !queue_.empty() || (gated_ && check_done_ && !gate_retry_);
+        });
         committer_waiting_ = false;
+        continue;
+      }
+      if (gated_ && !std::holds_alternative<AppendOp>(queue_.front())) {
+        HoldForCheck(std::move(queue_.front()));
+        queue_.pop_front();
         continue;
       }
       if (std::holds_alternative<AppendOp>(queue_.front()) || std::holds_alternative<AckOp>(queue_.front())) {
@@ -691,7 +899,11 @@ class SqliteOutbox::Impl {
                    std::vector<AckOp>* acks) {
     while (!queue_.empty()) {
       if (auto* ack = std::get_if<AckOp>(&queue_.front())) {
-        acks->push_back(std::move(*ack));
+        if (gated_) {
+          HoldForCheck(std::move(queue_.front()));
+        } else {
+          acks->push_back(std::move(*ack));
+        }
         queue_.pop_front();
         continue;
       }
@@ -753,6 +965,12 @@ class SqliteOutbox::Impl {
     if (open_batch_ != nullptr && open_batch_->tally.dropped > 0) return false;
     bool ran = false;
     while (!queue_.empty() && std::holds_alternative<LeaseOp>(queue_.front())) {
+      if (gated_) {
+        HoldForCheck(std::move(queue_.front()));
+        queue_.pop_front();
+        ran = true;
+        continue;
+      }
       LeaseOp lease = std::move(std::get<LeaseOp>(queue_.front()));
       queue_.pop_front();
       --others_queued_;
@@ -937,7 +1155,9 @@ class SqliteOutbox::Impl {
     last_append_batch_ = std::chrono::steady_clock::now();
     b->tally = StartTally();
     b->storage = durable_commits_broken_ ? RestoreDurableCommits() : Status::Ok();
-    if (b->storage.ok()) b->storage = db_->Begin();
+    // Gated without a database (a damaged one moved aside, the fresh one
+    // not open yet): the batch only writes the intake log.
+    if (b->storage.ok() && db_ != nullptr) b->storage = db_->Begin();
     if (!b->storage.ok()) return;
     b->begun = true;
     open_batch_ = b;
@@ -983,10 +1203,14 @@ class SqliteOutbox::Impl {
   void FinishBatch(OpenBatch& b) {
     StoreTaken(&b);  // nothing is left untaken; a no-op unless a path forgot it
     Status storage = b.storage;
-    if (storage.ok()) storage = CoverSequences(&b.tally);
-    if (storage.ok()) storage = db_->Commit();
+    // While gated the intake log covers its sequences (TryOpenGate writes
+    // the ceiling before anything else can be stored).
+    if (storage.ok() && !gated_) storage = CoverSequences(&b.tally);
+    // Gated, the transaction only read (and a read that met damage would
+    // fail its commit): it ends without one.
+    if (storage.ok() && db_ != nullptr && !gated_) storage = db_->Commit();
     open_batch_ = nullptr;
-    if (!storage.ok()) db_->Rollback();
+    if ((!storage.ok() || gated_) && db_ != nullptr) db_->Rollback();
     settle_pending_ = false;
     if (storage.ok() && b.settled) AfterSettle();
     if (storage.ok()) {
@@ -1002,7 +1226,7 @@ class SqliteOutbox::Impl {
     if (storage.ok()) {
       if (intake_ == nullptr || b.direct || b.settled || b.acked_removed > 0) {
         unsynced_acks_ = false;  // this commit's fsync covered the WAL before it
-      } else if (unsynced_acks_) {
+      } else if (unsynced_acks_ && db_ != nullptr) {
         appends = db_->SyncWal().WithContext("sync the acks before it");
         if (appends.ok()) unsynced_acks_ = false;
       }
@@ -1010,6 +1234,13 @@ class SqliteOutbox::Impl {
     if (appends.ok() && !b.intake.empty()) appends = WriteIntake(b);
     std::vector<Result<std::vector<AppendOutcome>>>& results = b.results;
     std::vector<AppendOp>& batch = b.ops;
+    // Calls held back for the check are not answered now: they run again
+    // once it ended, whatever became of this batch.
+    std::vector<bool> answer(batch.size(), true);
+    for (size_t i : b.held_back) {
+      answer[i] = false;
+      HoldForCheck(Op(std::move(batch[i])));
+    }
 
     if (!appends.ok()) {
       appends = appends.WithContext("append");
@@ -1041,7 +1272,7 @@ class SqliteOutbox::Impl {
         stats_.appended_events += b.tally.new_events;
       }
       for (size_t i = 0; i < batch.size(); ++i) {
-        if (!results[i].ok()) continue;
+        if (!answer[i] || !results[i].ok()) continue;
         const int64_t us = std::chrono::duration_cast<std::chrono::microseconds>(committed - batch[i].called).count();
         RecordAckLatency(us, batch[i].entries.size(), &stats_);
       }
@@ -1061,7 +1292,7 @@ class SqliteOutbox::Impl {
     deferred_dead_letters_.clear();
     for (DeadLetterOp& dead : unreadable) RunDeadLetter(dead);
     for (size_t i = 0; i < batch.size(); ++i) {
-      if (batch[i].done) batch[i].done(std::move(results[i]));
+      if (answer[i] && batch[i].done) batch[i].done(std::move(results[i]));
     }
     if (appends.ok() && b.tally.new_events > 0) NotifyListener();
   }
@@ -1072,6 +1303,17 @@ class SqliteOutbox::Impl {
   // unless drop_oldest makes room, so its savepoint is taken only then.
   Result<std::vector<AppendOutcome>> RunAppendRequest(AppendOp& op, OpenBatch* b) {
     if (op.entries.empty()) return std::vector<AppendOutcome>{};
+    if (gated_) {
+      // Only the intake log, or wait for the check. A lookup that meets a
+      // damaged page waits too: the check is about to find that damage.
+      if (!IntakeCanTake(op.entries, *b, /*any_backlog=*/true)) return HoldBack(b);
+      Result<std::vector<AppendOutcome>> r = AppendToIntake(op.entries, b);
+      if (!r.ok() && !b->storage.ok() && b->storage.code() == StatusCode::kDataLoss) {
+        b->storage = Status::Ok();
+        return HoldBack(b);
+      }
+      return r;
+    }
     if (intake_ != nullptr && !b->direct) {
       if (IntakeCanTake(op.entries, *b)) return AppendToIntake(op.entries, b);
       // This call's events go into the database. What the intake holds
@@ -1237,7 +1479,8 @@ class SqliteOutbox::Impl {
   // events wait behind those, and the intake would only write them twice;
   // a few, because the link acks a batch while the next one commits); no TTL
   // (expiry is the database's sweep); each is admitted without making room.
-  bool IntakeCanTake(const std::vector<OutboxEntry>& entries, const OpenBatch& b) const {
+  // `any_backlog`: whatever the database holds (while gated).
+  bool IntakeCanTake(const std::vector<OutboxEntry>& entries, const OpenBatch& b, bool any_backlog = false) const {
     if (HeldBytes() > kIntakeMaxHeldBytes || intake_->used_bytes() > kIntakeMaxLogBytes) return false;
     const BatchTally& t = b.tally;
     uint64_t counted = 0, held = b.intake.size();
@@ -1245,7 +1488,7 @@ class SqliteOutbox::Impl {
       counted += t.usage.classes[p].count;
       held += held_usage_[p].count;
     }
-    if (counted > held && counted - held > kIntakeMaxDatabaseBacklog) return false;
+    if (!any_backlog && counted > held && counted - held > kIntakeMaxDatabaseBacklog) return false;
     StoreUsage u = t.usage;
     for (const OutboxEntry& e : entries) {
       const auto p = static_cast<size_t>(e.priority);
@@ -1294,6 +1537,8 @@ class SqliteOutbox::Impl {
       } else {
         // With the link up the database's outbox is usually empty: then an
         // id that is in neither map is new, without a lookup per event.
+        // Gated without a database: the fresh one will be empty.
+        if (db_ == nullptr) b->outbox_table_empty = true;
         if (only_outbox && !b->outbox_table_empty.has_value()) {
           Result<bool> empty = db_->EventsEmpty();
           if (!empty.ok()) {
@@ -1304,7 +1549,9 @@ class SqliteOutbox::Impl {
           b->outbox_table_empty = *empty;
         }
         Result<std::optional<sqlite::StoredId>> r = std::optional<sqlite::StoredId>();
-        if (!only_outbox) {
+        if (db_ == nullptr) {
+          // nothing to look up
+        } else if (!only_outbox) {
           r = db_->FindId(e.event.id);
         } else if (!*b->outbox_table_empty) {
           r = db_->FindIdInOutbox(e.event.id);
@@ -2363,6 +2610,14 @@ class SqliteOutbox::Impl {
   OutboxStats stats_;
 
   std::atomic<bool> check_stop_{false};
+  // The gate (see Start): committer thread, except check_done_ and
+  // check_result_ (under mu_, set by the check thread).
+  bool gated_ = false;
+  bool gate_retry_ = false;  // opening failed; tried again at the next tick
+  bool replaced_ = false;    // the damaged file was moved aside already
+  std::deque<Op> held_ops_;  // calls that wait for the check, in order
+  bool check_done_ = false;
+  Status check_result_;
 
   // Background checkpoints (see StartCheckpoints).
   std::unique_ptr<sqlite::CheckpointConnection> checkpointer_;  // null: the committer checkpoints
@@ -2385,8 +2640,14 @@ class SqliteOutbox::Impl {
 // the log over. A damaged log is moved aside like a damaged database and
 // the node goes on with a new one. Null when the store keeps delivered
 // events: then an ack moves a row in the database, and appends go there.
+//
+// With `hold` (the database's full check runs in the background and new
+// events wait for it in the log) the events stay in the log and go to
+// *hold instead, each id once as above, with *highest the highest sequence
+// the log names: nothing is written into the database before the check.
 Result<std::unique_ptr<sqlite::IntakeLog>> OpenIntake(const SqliteOutboxOptions& options, const Clock& clock,
-                                                      sqlite::OutboxDb& db, sqlite::OpenReport* report) {
+                                                      sqlite::OutboxDb& db, sqlite::OpenReport* report,
+                                                      std::vector<sqlite::IntakeEvent>* hold, int64_t* highest_out) {
   const std::string path = options.path + kIntakeSuffix;
   std::vector<sqlite::IntakeEvent> events;
   int64_t highest = 0;
@@ -2407,6 +2668,14 @@ Result<std::unique_ptr<sqlite::IntakeLog>> OpenIntake(const SqliteOutboxOptions&
   }
 
   const int64_t last = std::max(report->last_sequence, highest);
+  if (hold != nullptr) {
+    for (sqlite::IntakeEvent& e : events) {
+      WS_ASSIGN_OR_RETURN(std::optional<sqlite::StoredId> found, db.FindId(e.id));
+      if (!found.has_value()) hold->push_back(std::move(e));
+    }
+    *highest_out = highest;
+    return std::move(log).value();
+  }
   int64_t moved = 0;
   WS_TRY(db.Begin());
   Status s = [&]() -> Status {
@@ -2465,7 +2734,9 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
     WS_LOG_WARN(kComponent, "the boot id is unknown; after a crash the store is checked in full at open",
                 {{"error", boot_id.status().ToString()}});
   }
-  const CheckPlan plan = PlanCheck(options.path, options.full_check_max_bytes, boot_id.ok() ? *boot_id : "");
+  const bool can_hold = options.intake_log && options.retain_delivered_s == 0;
+  const CheckPlan plan =
+      PlanCheck(options.path, options.full_check_max_bytes, boot_id.ok() ? *boot_id : "", can_hold);
   // From here on the file may change: the marker described it as it was.
   RemoveMarker(options.path + kCleanSuffix);
   sqlite::OutboxDbOptions db_options{options.path, options.vfs, options.cache_kib, plan.full,
@@ -2498,7 +2769,12 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
     RemoveMarker(options.path + kNeedsCheckSuffix);
   }
   if (!db.ok()) return db.status().WithContext("open outbox " + options.path);
-  Result<std::unique_ptr<sqlite::IntakeLog>> intake = OpenIntake(options, *clock, **db, &report);
+  // While the full check runs in the background (gated, see Impl::Start)
+  // the events an earlier run left in the intake log stay held there.
+  std::vector<sqlite::IntakeEvent> held;
+  int64_t held_highest = 0;
+  auto hold = [&] { return background && can_hold ? &held : nullptr; };
+  Result<std::unique_ptr<sqlite::IntakeLog>> intake = OpenIntake(options, *clock, **db, &report, hold(), &held_highest);
   if (!intake.ok() && intake.status().code() == StatusCode::kDataLoss && !report.full_check) {
     // Only the structural check ran, and moving what the intake log held
     // (after a crash) read a damaged page: as if the full check had found
@@ -2511,7 +2787,8 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
     db->reset();
     WS_TRY(start_afresh(intake.status()));
     if (!db.ok()) return db.status().WithContext("open outbox " + options.path);
-    intake = OpenIntake(options, *clock, **db, &report);
+    held.clear();
+    intake = OpenIntake(options, *clock, **db, &report, hold(), &held_highest);
   }
   if (!intake.ok()) return intake.status().WithContext("open outbox " + options.path);
 
@@ -2542,7 +2819,7 @@ Result<std::unique_ptr<SqliteOutbox>> SqliteOutbox::Open(SqliteOutboxOptions opt
     }
   }
   auto impl = std::make_unique<Impl>(std::move(options), clock, std::move(db).value(), report, quarantined);
-  impl->SetIntake(std::move(intake).value());
+  impl->SetIntake(std::move(intake).value(), std::move(held), held_highest, report.totals);
   impl->PrepareClockShift();
   WS_TRY(impl->LoadWaiting().WithContext("open outbox: read retry times"));
   WS_TRY(impl->LoadDeliveredState().WithContext("open outbox: look for delivered events"));

@@ -12,12 +12,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -1625,9 +1627,12 @@ TEST_F(SqliteOutboxTest, CleanShutdownIsMarkedAndTheMarkIsGoneWhileOpen) {
   EXPECT_FALSE(std::filesystem::exists(options.path + ".clean")) << "a crash now would look clean";
 }
 
-TEST_F(SqliteOutboxTest, LargeFileAfterCleanShutdownIsCheckedInTheBackgroundThenQuarantinedAtNextStart) {
+// Without the intake log new events go into the file while it is checked,
+// so damage the check finds stays in use until the next start.
+TEST_F(SqliteOutboxTest, WithoutTheIntakeLogDamageFoundInTheBackgroundIsQuarantinedAtNextStart) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;  // every file counts as large
+  options.intake_log = false;
   BuildStore(options, 200);
   const std::string damaged = DamageMiddlePages(options.path);
   {
@@ -1660,9 +1665,10 @@ TEST_F(SqliteOutboxTest, IntactLargeFilePassesTheBackgroundCheck) {
   EXPECT_EQ(BacklogCount(s), 201u);
 }
 
-TEST_F(SqliteOutboxTest, WithoutACleanMarkALargeFileIsCheckedInFullAtOpen) {
+TEST_F(SqliteOutboxTest, WithoutTheIntakeLogAndACleanMarkALargeFileIsCheckedInFullAtOpen) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
+  options.intake_log = false;
   BuildStore(options, 200);
   ASSERT_EQ(std::remove((options.path + ".clean").c_str()), 0);  // as after a crash
   const std::string damaged = DamageMiddlePages(options.path);
@@ -1672,6 +1678,7 @@ TEST_F(SqliteOutboxTest, WithoutACleanMarkALargeFileIsCheckedInFullAtOpen) {
 TEST_F(SqliteOutboxTest, AWalLeftBehindOverridesTheCleanMark) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
+  options.intake_log = false;
   BuildStore(options, 200);
   const std::string damaged = DamageMiddlePages(options.path);
   WriteBytes(options.path + "-wal", std::string(4096, 'w'));
@@ -1681,6 +1688,7 @@ TEST_F(SqliteOutboxTest, AWalLeftBehindOverridesTheCleanMark) {
 TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
+  options.intake_log = false;
   BuildStore(options, 200);
   std::string bytes = DamageMiddlePages(options.path);
   bytes.resize(bytes.size() - 4096);  // one page shorter than at the clean shutdown
@@ -1725,6 +1733,10 @@ bool BuildAndCrash(const SqliteOutboxOptions& options) {
   BuildStore(options, 200);
   return !::testing::Test::HasFatalFailure() && CrashAfterAppending(options, 5);
 }
+
+// A boot marker naming another boot, as after a power cut.
+constexpr const char* kOtherBootMarker =
+    "waystation outbox open in boot\nboot_id=00000000-0000-4000-8000-000000000000\n";
 
 TEST_F(SqliteOutboxTest, AnOpenStoreNamesItsBootUntilItClosesCleanly) {
   auto options = Options(dir_, &clock_);
@@ -1799,13 +1811,14 @@ TEST_F(SqliteOutboxTest, DamageMetWhileMovingTheIntakeAfterACrashInThisBootQuara
   ExpectQuarantinedWithTheCrashedEvents(dir_, options, damaged);
 }
 
-TEST_F(SqliteOutboxTest, ALargeFileLeftByACrashInAnEarlierBootIsCheckedInFullAtOpen) {
+TEST_F(SqliteOutboxTest, WithoutTheIntakeLogALargeFileLeftByACrashInAnEarlierBootIsCheckedInFullAtOpen) {
   auto options = Options(dir_, &clock_);
   options.full_check_max_bytes = 0;
   ASSERT_TRUE(BuildAndCrash(options));
   // As after a power cut: the machine has booted since.
-  WriteBytes(options.path + ".boot", "waystation outbox open in boot\nboot_id=00000000-0000-4000-8000-000000000000\n");
+  WriteBytes(options.path + ".boot", kOtherBootMarker);
   const std::string damaged = DamageMiddlePages(options.path);
+  options.intake_log = false;  // the log the crashed run left is still read back at open
   ExpectQuarantinedWithTheCrashedEvents(dir_, options, damaged);
 }
 
@@ -1819,6 +1832,201 @@ TEST_F(SqliteOutboxTest, AfterACrashInThisBootNothingAcknowledgedIsMissing) {
   EXPECT_FALSE(s.quarantined_at_start);
   EXPECT_FALSE(s.integrity_failed);
   EXPECT_EQ(BacklogCount(s), 205u);
+}
+
+// ---- the gate: new events wait in the intake log while the check runs ----
+
+// Holds the background check before it reads a page, until Release (at
+// most 60 s, so a failing test cannot hang its store's shutdown).
+class CheckHold {
+ public:
+  std::function<void()> Hook() const {
+    return [state = state_] {
+      std::unique_lock<std::mutex> lock(state->mu);
+      state->cv.wait_for(lock, std::chrono::seconds(60), [&state] { return state->open; });
+    };
+  }
+  void Release() {
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->open = true;
+    }
+    state_->cv.notify_all();
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool open = false;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
+
+std::future<LeaseResult> LeaseLater(Outbox& o, size_t max) {
+  auto p = std::make_shared<std::promise<LeaseResult>>();
+  std::future<LeaseResult> f = p->get_future();
+  o.Lease(max, [p](LeaseResult r) { p->set_value(std::move(r)); });
+  return f;
+}
+
+std::vector<std::string> IdsOf(const LeaseResult& r) {
+  std::vector<std::string> ids;
+  if (r.ok()) {
+    for (const LeasedEvent& e : *r) ids.push_back(e.id);
+  }
+  return ids;
+}
+
+constexpr auto kNow = std::chrono::seconds(0);
+constexpr auto kBounded = std::chrono::seconds(60);
+
+TEST_F(SqliteOutboxTest, WhileTheBackgroundCheckRunsNewEventsWaitInTheIntakeLogAndEverythingElseWaitsForIt) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  CheckHold hold;
+  options.before_background_check = hold.Hook();
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  // Called in this order; the committer takes calls in order, so by the
+  // time the plain append is answered, the other two were taken.
+  std::future<LeaseResult> lease = LeaseLater(*o, 1000);
+  auto ttl_done = std::make_shared<std::promise<AppendResult>>();
+  std::future<AppendResult> ttl = ttl_done->get_future();
+  o->Append({Entry("with-ttl", Priority::kNormal, "{\"v\":1}", 3'600'000'000)},
+            [ttl_done](AppendResult r) { ttl_done->set_value(std::move(r)); });
+  const int64_t during = AppendOne(*o, Entry("during-check"));
+  EXPECT_EQ(lease.wait_for(kNow), std::future_status::timeout) << "a lease ran before the check";
+  EXPECT_EQ(ttl.wait_for(kNow), std::future_status::timeout) << "an event with a TTL (never held) was stored";
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events"), 200) << "the unchecked file took an event";
+
+  hold.Release();
+  ASSERT_EQ(lease.wait_for(kBounded), std::future_status::ready);
+  const LeaseResult leased = lease.get();
+  ASSERT_TRUE(leased.ok()) << leased.status().ToString();
+  // The file's events, then the one held: in sequence order.
+  ASSERT_EQ(leased->size(), 201u);
+  EXPECT_EQ(leased->front().id, "ev-0");
+  EXPECT_EQ(leased->back().id, "during-check");
+  EXPECT_EQ(leased->back().sequence, during);
+  for (size_t i = 1; i < leased->size(); ++i) EXPECT_LT((*leased)[i - 1].sequence, (*leased)[i].sequence);
+  ASSERT_EQ(ttl.wait_for(kBounded), std::future_status::ready);
+  const AppendResult stored = ttl.get();
+  ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+  EXPECT_GT((*stored)[0].sequence, during) << "answered after it, so sent after it";
+  const OutboxStats s = o->Stats();
+  EXPECT_FALSE(s.quarantined_while_running);
+  EXPECT_FALSE(s.integrity_failed);
+  EXPECT_EQ(BacklogCount(s), 202u);
+}
+
+TEST_F(SqliteOutboxTest, DamageTheBackgroundCheckFindsIsMovedAsideAtOnceAndTheEventsHeldMeanwhileGoOn) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  BuildStore(options, 200);
+  const std::string damaged = DamageMiddlePages(options.path);
+  CheckHold hold;
+  auto held_options = options;
+  held_options.before_background_check = hold.Hook();
+  int64_t last_held = 0;
+  {
+    auto o = OpenStore(held_options);
+    ASSERT_NE(o, nullptr);
+    EXPECT_FALSE(o->Stats().quarantined_at_start);
+    // Answered from the intake log, or (when looking up the id meets the
+    // damage) once the check ended: either way into the fresh store.
+    std::vector<std::future<AppendResult>> appends;
+    for (int i = 0; i < 2; ++i) {
+      auto p = std::make_shared<std::promise<AppendResult>>();
+      appends.push_back(p->get_future());
+      o->Append({Entry(Numbered("during-check-", i))}, [p](AppendResult r) { p->set_value(std::move(r)); });
+    }
+    std::future<LeaseResult> lease = LeaseLater(*o, 1000);
+    EXPECT_EQ(lease.wait_for(kNow), std::future_status::timeout) << "a lease ran before the check";
+    EXPECT_FALSE(o->Stats().quarantined_while_running);
+
+    hold.Release();
+    for (std::future<AppendResult>& f : appends) {
+      ASSERT_EQ(f.wait_for(kBounded), std::future_status::ready);
+      const AppendResult r = f.get();
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      last_held = std::max(last_held, (*r)[0].sequence);
+    }
+    ASSERT_EQ(lease.wait_for(kBounded), std::future_status::ready);
+    // The lease ran after the check, before or after the appends that
+    // waited for it: what it did not get, the next one gets.
+    std::vector<std::string> ids = IdsOf(lease.get());
+    for (const std::string& id : LeaseIds(*o, 1000)) ids.push_back(id);
+    EXPECT_EQ(ids, (std::vector<std::string>{"during-check-0", "during-check-1"}));
+    const OutboxStats s = o->Stats();
+    EXPECT_TRUE(s.quarantined_while_running);
+    EXPECT_FALSE(s.integrity_failed);
+    EXPECT_EQ(BacklogCount(s), 2u);
+    // Moved aside exactly as found: nothing was written into it.
+    const std::string moved = std::string("outbox.db.corrupt-") + kFakeStamp;
+    EXPECT_TRUE(ws::testing::Slurp(dir_.File(moved)) == damaged) << "the quarantined file differs";
+    EXPECT_FALSE(std::filesystem::exists(options.path + ".needs-check"));
+    // The fresh store goes on above the held sequences.
+    EXPECT_GT(AppendOne(*o, Entry("after")), last_held);
+  }
+  EXPECT_TRUE(std::filesystem::exists(options.path + ".clean"));
+  auto again = OpenStore(options);
+  ASSERT_NE(again, nullptr);
+  const OutboxStats s = AfterBackgroundCheck(*again);
+  EXPECT_FALSE(s.quarantined_at_start);
+  EXPECT_FALSE(s.integrity_failed);
+  EXPECT_EQ(LeaseIds(*again, 10), (std::vector<std::string>{"during-check-0", "during-check-1", "after"}));
+}
+
+// After a power cut (the boot marker names another boot) a large file is
+// checked in the background too; what the crashed run left in the intake
+// log, and what comes in while the check runs, wait in the log. A crash
+// while they wait loses none of them.
+TEST_F(SqliteOutboxTest, AfterAPowerCutTheCheckRunsInTheBackgroundAndEventsHeldMeanwhileSurviveACrash) {
+  auto options = Options(dir_, &clock_);
+  options.full_check_max_bytes = 0;
+  ASSERT_TRUE(BuildAndCrash(options));  // 200 in the file, crashed-0..4 in the intake log
+  WriteBytes(options.path + ".boot", kOtherBootMarker);
+  auto never_checked = options;
+  // The check never starts; the child is killed while everything waits.
+  never_checked.before_background_check = [] {
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  };
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    Result<std::unique_ptr<SqliteOutbox>> o = SqliteOutbox::Open(never_checked);
+    if (!o.ok() || (*o)->Stats().quarantined_at_start) ::_exit(2);
+    if (!AppendSync(**o, {Entry("while-held-0"), Entry("while-held-1")}).ok()) ::_exit(3);
+    const char done = 'y';
+    if (::write(fds[1], &done, 1) != 1) ::_exit(4);
+    ::raise(SIGKILL);
+    ::_exit(5);
+  }
+  ::close(fds[1]);
+  char done = 'n';
+  const bool appended = ::read(fds[0], &done, 1) == 1 && done == 'y';
+  ::close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(appended) << "the child failed before appending (exit " << WEXITSTATUS(status) << ")";
+  EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events"), 200) << "the unchecked file took an event";
+
+  WriteBytes(options.path + ".boot", kOtherBootMarker);
+  auto o = OpenStore(options);
+  ASSERT_NE(o, nullptr);
+  const OutboxStats s = AfterBackgroundCheck(*o);
+  EXPECT_FALSE(s.quarantined_at_start);
+  EXPECT_FALSE(s.quarantined_while_running);
+  const std::vector<std::string> ids = LeaseIds(*o, 1000);
+  ASSERT_EQ(ids.size(), 207u);
+  EXPECT_EQ(std::vector<std::string>(ids.end() - 7, ids.end()),
+            (std::vector<std::string>{"crashed-0", "crashed-1", "crashed-2", "crashed-3", "crashed-4", "while-held-0",
+                                      "while-held-1"}));
 }
 
 // An event's record as builds before schema 4 wrote it, as an SQL blob
