@@ -581,7 +581,9 @@ class SqliteOutbox::Impl {
         if (held_.empty()) return intake_->clean() ? Status::Ok() : intake_->Clear();
         return unwritten_marks_.empty() ? Status::Ok() : intake_->Write({}, unwritten_marks_, /*sync=*/true);
       };
-      Status s = finish();
+      // Gated, the log stays as it is: it holds the events (no ack can
+      // have come) and covers sequences the meta row does not.
+      Status s = gated_ ? Status::Ok() : finish();
       if (!s.ok()) s = finish();
       if (!s.ok()) {
         WS_LOG_WARN(kComponent, "could not write the last acks into the intake log; their events are sent again",
@@ -696,6 +698,12 @@ class SqliteOutbox::Impl {
     {
       std::lock_guard<std::mutex> lock(mu_);
       check = check_result_;
+    }
+    if (check.code() == StatusCode::kCancelled) {
+      // Stopped by shutdown: the file stays unchecked, so the gate stays
+      // shut (nothing settles into it; the next start checks it again).
+      gate_retry_ = true;
+      return;
     }
     if (check.code() == StatusCode::kDataLoss && !replaced_) {
       if (Status s = ReplaceDamagedStore(); !s.ok()) {
@@ -1719,8 +1727,9 @@ class SqliteOutbox::Impl {
 
   // With nothing held, a log grown past kIntakeRestartBytes starts over at
   // its beginning. Only after the acks that emptied it are final.
+  // Never while gated: the log then covers sequences the meta row does not.
   void MaybeRestartIntake() {
-    if (intake_ == nullptr || !held_.empty() || intake_->used_bytes() <= kIntakeRestartBytes) return;
+    if (gated_ || intake_ == nullptr || !held_.empty() || intake_->used_bytes() <= kIntakeRestartBytes) return;
     intake_->Restart();
     unwritten_marks_.clear();
   }
