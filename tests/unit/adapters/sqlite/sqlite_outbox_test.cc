@@ -1700,7 +1700,7 @@ TEST_F(SqliteOutboxTest, AFileChangedSinceItsCleanShutdownIsCheckedInFull) {
 // appends, reports that through a pipe and is killed with SIGKILL, as by
 // kill -9. Its writes stay in the page cache, its WAL is left behind. False
 // if the child failed before that.
-bool CrashAfterAppending(const SqliteOutboxOptions& options, int n) {
+bool CrashAfterAppending(const SqliteOutboxOptions& options, int n, const char* prefix = "crashed-") {
   int fds[2];
   if (::pipe(fds) != 0) return false;
   const pid_t pid = ::fork();
@@ -1710,7 +1710,7 @@ bool CrashAfterAppending(const SqliteOutboxOptions& options, int n) {
     Result<std::unique_ptr<SqliteOutbox>> o = SqliteOutbox::Open(options);
     if (!o.ok()) ::_exit(2);
     std::vector<OutboxEntry> entries;
-    for (int i = 0; i < n; ++i) entries.push_back(Entry(Numbered("crashed-", i)));
+    for (int i = 0; i < n; ++i) entries.push_back(Entry(Numbered(prefix, i)));
     if (!AppendSync(**o, std::move(entries)).ok()) ::_exit(3);
     const char done = 'y';
     if (::write(fds[1], &done, 1) != 1) ::_exit(4);
@@ -1993,27 +1993,7 @@ TEST_F(SqliteOutboxTest, AfterAPowerCutTheCheckRunsInTheBackgroundAndEventsHeldM
   never_checked.before_background_check = [] {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   };
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    Result<std::unique_ptr<SqliteOutbox>> o = SqliteOutbox::Open(never_checked);
-    if (!o.ok() || (*o)->Stats().quarantined_at_start) ::_exit(2);
-    if (!AppendSync(**o, {Entry("while-held-0"), Entry("while-held-1")}).ok()) ::_exit(3);
-    const char done = 'y';
-    if (::write(fds[1], &done, 1) != 1) ::_exit(4);
-    ::raise(SIGKILL);
-    ::_exit(5);
-  }
-  ::close(fds[1]);
-  char done = 'n';
-  const bool appended = ::read(fds[0], &done, 1) == 1 && done == 'y';
-  ::close(fds[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(appended) << "the child failed before appending (exit " << WEXITSTATUS(status) << ")";
+  ASSERT_TRUE(CrashAfterAppending(never_checked, 2, "while-held-"));
   EXPECT_EQ(QueryFile(options.path, "SELECT count(*) FROM events"), 200) << "the unchecked file took an event";
 
   WriteBytes(options.path + ".boot", kOtherBootMarker);
